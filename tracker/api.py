@@ -1,0 +1,162 @@
+"""The library API for an MCP server author: open a Tracker, start batches, record, read, list, cancel."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from .db import open_engine, short_reason
+from .errors import DatabaseUnavailable, InvalidInput, OperationNotFound
+from .ids import new_operation_id
+from .models import KINDS, STATUSES
+from .records import ItemRecord, OperationRecord
+from .recording import BatchHandle, Flusher
+from .settings import Settings
+from .store import Store
+from .timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_TYPE_CHARS = 64
+MAX_LIST_LIMIT = 200
+
+
+def _operation_type(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput("operation_type must be a non-empty string such as 'update', 'delete' or 'import'")
+    if len(value) > MAX_TYPE_CHARS:
+        raise InvalidInput(f"operation_type is longer than {MAX_TYPE_CHARS} characters")
+    return value.strip()
+
+
+def _total(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput("total must be a whole number >= 0 (the number of items the batch will process)")
+    return value
+
+
+class Tracker:
+    """Durable operation status over one database. Safe to share between threads; open one per process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = open_engine(settings)
+        self.store = Store(self.engine)
+        self._flusher = Flusher(settings.flush_interval_s, heartbeat_every_s=max(1.0, settings.heartbeat_lease_s / 4))
+        self._closed = threading.Event()
+        atexit.register(self.close)
+
+    @classmethod
+    def open(cls, db: str | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> Tracker:
+        """Open (creating and migrating if needed) the database at `db`, else TRACKER_DB, else the default path."""
+        return cls(Settings.from_env(env, db=db, **overrides))
+
+    # -- batches ------------------------------------------------------------------------------------------------
+
+    def start_batch(
+        self, operation_type: str, total: int = 0, inputs: Any = None, resumable: bool = False
+    ) -> BatchHandle:
+        """Record a new running batch and return the handle to record its items into."""
+        operation_type = _operation_type(operation_type)
+        now = utcnow()
+        record = self._write(
+            lambda: self.store.create_operation(
+                {
+                    "id": new_operation_id("batch", operation_type),
+                    "kind": "batch",
+                    "operation_type": operation_type,
+                    "total": _total(total),
+                    "started_at": now,
+                    "inputs": inputs,
+                    "owner_host": socket.gethostname(),
+                    "owner_pid": os.getpid(),
+                    "resumable": bool(resumable),
+                }
+            )
+        )
+        return self._handle(record)
+
+    def attach(self, operation_id: str) -> BatchHandle:
+        """A handle on an existing running batch, for another process or thread that records into it too."""
+        record = self.get(operation_id)
+        if record is None:
+            raise OperationNotFound(f"operation {operation_id!r} not found")
+        handle = self._handle(record)
+        if record.is_terminal:
+            handle._close(InvalidInput(f"operation {operation_id!r} is already {record.status}"))
+        return handle
+
+    def _handle(self, record: OperationRecord) -> BatchHandle:
+        handle = BatchHandle(self.store, record, self.settings.flush_interval_s, on_close=self._flusher.remove)
+        self._flusher.add(handle)
+        return handle
+
+    # -- reads and cancel ---------------------------------------------------------------------------------------
+
+    def get(self, operation_id: str) -> OperationRecord | None:
+        return self._read(lambda: self.store.get(operation_id))
+
+    def get_by_request_id(self, request_id: str) -> OperationRecord | None:
+        return self._read(lambda: self.store.get_by_request_id(request_id))
+
+    def items(self, operation_id: str, ok: bool, after_seq: int = 0, limit: int = 100) -> list[ItemRecord]:
+        return self._read(lambda: self.store.items(operation_id, ok, after_seq, limit))
+
+    def list(
+        self,
+        kind: str | None = None,
+        status: str | None = None,
+        operation_type: str | None = None,
+        limit: int = 20,
+        before: Any = None,
+    ) -> list[OperationRecord]:
+        """Newest first. `before` is (started_at, id) of the last row already seen."""
+        if kind is not None and kind not in KINDS:
+            raise InvalidInput(f"kind must be one of {', '.join(KINDS)}")
+        if status is not None and status not in STATUSES:
+            raise InvalidInput(f"status must be one of {', '.join(STATUSES)}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidInput(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}")
+        return self._read(lambda: self.store.list_operations(kind, status, operation_type, before, limit))
+
+    def cancel(self, operation_id: str, reason: str = "cancelled") -> OperationRecord:
+        """Cancel a running operation; its worker's next record raises OperationCancelled.
+        Raises OperationClosed if it already ended, OperationNotFound if there is no such operation."""
+        return self._write(lambda: self.store.cancel(operation_id, utcnow(), reason))
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush every open handle and release the database. Called at exit too."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._flusher.stop()
+        for handle in self._flusher.handles():
+            try:
+                handle.flush()
+            except Exception as exc:  # noqa: BLE001 - best effort at shutdown
+                log.warning("final flush of %s failed: %s", handle.id, exc)
+        self.engine.dispose()
+        atexit.unregister(self.close)
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _read(self, fn):  # noqa: ANN001, ANN202
+        try:
+            return fn()
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailable(f"could not read the database: {short_reason(exc)}") from None
+
+    _write = _read

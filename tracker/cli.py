@@ -1,0 +1,61 @@
+"""The `tracker` command: builds Settings once from the environment and flags, then runs one subcommand.
+Each subcommand lives in tracker/commands/<name>.py with add_parser(subparsers) and run(args, settings) -> int."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from .db import short_reason
+from .errors import TrackerError
+from .settings import Settings
+
+# Subcommand modules under tracker.commands; each registers its own parsers.
+COMMAND_MODULES = ["demo", "db"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one usage line and exit 2, never a traceback
+        self.print_usage(sys.stderr)
+        print(f"tracker: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tracker", description="Durable status for long-running MCP work.")
+    parser.add_argument("--db", help="database path or SQLAlchemy URL (default: $TRACKER_DB, else a per-user data path)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"tracker.commands.{name}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # stdout may be the MCP protocol: logs always go to stderr.
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        settings = Settings.from_env(db=args.db)
+        return int(args.run(args, settings) or 0)
+    except TrackerError as exc:
+        print(f"tracker: {exc}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        print(f"tracker: database error: {short_reason(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

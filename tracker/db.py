@@ -1,0 +1,201 @@
+"""Engines and schema: where the database is, how connections are set up, and upgrading it to head on open."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.util import find_spec
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+
+from .errors import DatabaseUnavailable
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_S = 30.0
+_PG_MIGRATION_LOCK = 0x7472_6163  # "trac": advisory lock key that serialises migrations on PostgreSQL
+
+
+def migrations_dir() -> Path:
+    """The top-level migrations/ of a checkout; in an installed wheel the same files are tracker._migrations."""
+    checkout = Path(__file__).resolve().parent.parent / "migrations"
+    if (checkout / "env.py").is_file():
+        return checkout
+    spec = find_spec("tracker._migrations")
+    if spec is None or spec.origin is None:
+        raise DatabaseUnavailable("tracker's migrations are missing from this installation")
+    return Path(spec.origin).parent
+
+
+def sqlite_module():
+    """A SQLite without the WAL-reset bug when the pysqlite3 wheel is installed, else the standard library's."""
+    try:
+        import pysqlite3.dbapi2 as module  # type: ignore[import-not-found]
+    except ImportError:  # pragma: no cover - platforms without the wheel
+        import sqlite3 as module
+
+        log.warning("pysqlite3 is not installed: using the system SQLite %s", module.sqlite_version)
+    return module
+
+
+def database_url(location: str) -> str:
+    """TRACKER_DB is a path or a SQLAlchemy URL."""
+    if "://" in location:
+        return location
+    return "sqlite:///" + str(Path(location).expanduser().absolute())
+
+
+def describe(location: str) -> str:
+    """The location for messages: a URL's password never shown."""
+    try:
+        return make_url(database_url(location)).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"
+
+
+def _prepare_sqlite_file(path: Path, create_parent: bool) -> None:
+    """Create the file with mode 0600 before SQLite does (its -wal and -shm files copy this mode)."""
+    if create_parent:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise DatabaseUnavailable(f"cannot create the directory for {path}: {exc.strerror}") from None
+    if not path.parent.is_dir():
+        raise DatabaseUnavailable(f"cannot open database {path}: directory {path.parent} does not exist")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except IsADirectoryError:
+        raise DatabaseUnavailable(f"cannot open database {path}: it is a directory") from None
+    except PermissionError:
+        raise DatabaseUnavailable(f"cannot open database {path}: permission denied (need read and write)") from None
+    except OSError as exc:
+        raise DatabaseUnavailable(f"cannot open database {path}: {exc.strerror}") from None
+    os.close(fd)
+    if not os.access(path.parent, os.W_OK):
+        raise DatabaseUnavailable(
+            f"cannot open database {path}: directory {path.parent} is not writable (SQLite needs its -wal file there)"
+        )
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise DatabaseUnavailable(f"cannot open database {path}: not a regular file")
+
+
+def _install_sqlite_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001
+        # Driver autocommit: SQLAlchemy's begin event below decides how each transaction starts.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn: Connection) -> None:
+        # Writers take the write lock up front: a deferred read-then-write fails at once with SQLITE_BUSY under WAL.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+
+
+def open_engine(settings: Settings, migrate: bool = True) -> Engine:
+    """An engine for settings.db, upgraded to the newest schema unless migrate is False."""
+    url_text = database_url(settings.db)
+    try:
+        url = make_url(url_text)
+    except ArgumentError:
+        raise DatabaseUnavailable(f"TRACKER_DB is not a path or a database URL: {describe(settings.db)}") from None
+    backend = url.get_backend_name()
+    try:
+        if backend == "sqlite":
+            if not url.database or url.database == ":memory:":
+                raise DatabaseUnavailable("tracker needs a database file shared by processes, not :memory:")
+            path = Path(url.database)
+            _prepare_sqlite_file(path, create_parent=settings.db_is_default)
+            engine = create_engine(
+                url.set(drivername="sqlite+pysqlite"),
+                module=sqlite_module(),
+                connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
+            )
+            _install_sqlite_hooks(engine)
+        elif backend == "postgresql":
+            engine = create_engine(url, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"})
+        else:
+            raise DatabaseUnavailable(f"unsupported database {describe(settings.db)}: use a file path, sqlite:// or postgresql+psycopg://")
+    except ImportError as exc:
+        raise DatabaseUnavailable(f"the driver for {describe(settings.db)} is not installed ({exc.name})") from None
+    if migrate:
+        try:
+            upgrade_to_head(engine)
+        except DatabaseUnavailable:
+            engine.dispose()
+            raise
+        except (SQLAlchemyError, OSError) as exc:
+            engine.dispose()
+            raise DatabaseUnavailable(f"cannot use database {describe(settings.db)}: {short_reason(exc)}") from None
+    return engine
+
+
+def short_reason(exc: BaseException) -> str:
+    """A one-line reason from a driver error, without the SQL statement SQLAlchemy attaches."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return str(exc.orig).strip().splitlines()[0][:200]
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+
+
+def _alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    return cfg
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+@contextmanager
+def write_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection in a write transaction (BEGIN IMMEDIATE on SQLite), committed on success."""
+    with engine.connect().execution_options(write=True) as conn, conn.begin():
+        yield conn
+
+
+def upgrade_to_head(engine: Engine, revision: str = "head") -> None:
+    """Upgrade under a lock, so processes opening a brand-new database at once all succeed and migrate it once."""
+    cfg = _alembic_config()
+    script = ScriptDirectory.from_config(cfg)
+    head = script.get_current_head()
+    current = current_revision(engine)
+    if revision == "head" and current == head:
+        return
+    if current is not None and current not in {rev.revision for rev in script.walk_revisions()}:
+        raise DatabaseUnavailable(
+            f"database schema revision {current!r} is newer than this tracker knows: upgrade tracker"
+        )
+    with write_connection(engine) as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    cfg = _alembic_config()
+    with write_connection(engine) as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)

@@ -1,0 +1,136 @@
+"""Typed ORM models: the shape of the schema. Migrations (migrations/) are the only thing that creates it."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+RUNNING = "running"
+COMPLETED = "completed"
+FAILED = "failed"
+CANCELLED = "cancelled"
+STATUSES = (RUNNING, COMPLETED, FAILED, CANCELLED)
+TERMINAL_STATUSES = (COMPLETED, FAILED, CANCELLED)
+KINDS = ("run", "batch")
+
+
+class UTCTimestamp(TypeDecorator[datetime]):
+    """Aware UTC datetimes. SQLite stores them as '2026-11-23T18:57:33.123Z' text, which sqlite3 reads as ISO-8601
+    and which sorts and compares as time; PostgreSQL uses timestamptz."""
+
+    impl = String(24)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(24))
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(timezone.utc)
+        if dialect.name == "sqlite":
+            return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+JSONValue = JSON().with_variant(JSONB(), "postgresql")
+# INTEGER PRIMARY KEY is SQLite's rowid alias (no extra index); PostgreSQL gets a bigint identity.
+ItemSeq = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Operation(Base):
+    """One batch operation or one remote run. Counters are kept on the row, in the same transaction that adds items."""
+
+    __tablename__ = "operations"
+
+    id: Mapped[str] = mapped_column(String(96), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    operation_type: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=RUNNING)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    succeeded_count: Mapped[int] = mapped_column(Integer, default=0)
+    failed_count: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(UTCTimestamp())
+    updated_at: Mapped[datetime] = mapped_column(UTCTimestamp())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCTimestamp())
+    execution_time_ms: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    inputs: Mapped[Any | None] = mapped_column(JSONValue)
+    outputs: Mapped[Any | None] = mapped_column(JSONValue)
+    owner_host: Mapped[str | None] = mapped_column(String(255))
+    owner_pid: Mapped[int | None] = mapped_column(Integer)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCTimestamp())
+    # A resumable operation whose owner died is left running for a new owner to pick up, not failed.
+    resumable: Mapped[bool] = mapped_column(Boolean, default=False)
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("operations.id", ondelete="SET NULL"))
+    request_id: Mapped[str | None] = mapped_column(String(128), unique=True)
+    grid_id: Mapped[str | None] = mapped_column(String(128))
+    mode: Mapped[str | None] = mapped_column(String(8))
+    idempotency_key: Mapped[str | None] = mapped_column(String(256), unique=True)
+    last_polled_at: Mapped[datetime | None] = mapped_column(UTCTimestamp())
+
+    __table_args__ = (
+        CheckConstraint("kind IN ('run', 'batch')", name="kind"),
+        CheckConstraint("status IN ('running', 'completed', 'failed', 'cancelled')", name="status"),
+        CheckConstraint("total >= 0 AND succeeded_count >= 0 AND failed_count >= 0", name="counts"),
+        Index("ix_operations_started_at_id", "started_at", "id"),
+        Index("ix_operations_status_completed_at", "status", "completed_at"),
+        Index("ix_operations_parent_id", "parent_id"),
+    )
+
+
+class OperationItem(Base):
+    """One processed item of an operation: a success (item_id) or a failure (item_id and/or row_number, error).
+    seq orders items by completion; items are appended, never rewritten."""
+
+    __tablename__ = "operation_items"
+
+    seq: Mapped[int] = mapped_column(ItemSeq, primary_key=True, autoincrement=True)
+    operation_id: Mapped[str] = mapped_column(ForeignKey("operations.id", ondelete="CASCADE"))
+    ok: Mapped[bool] = mapped_column(Boolean)
+    item_id: Mapped[str | None] = mapped_column(Text)
+    row_number: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_operation_items_operation_id_ok_seq", "operation_id", "ok", "seq"),)

@@ -1,0 +1,239 @@
+"""Recording a batch's items: buffered in memory, flushed in groups, visible to other processes within a bound.
+
+A flush is one transaction that appends the buffered items and bumps the counters. It happens when the buffer
+is full, when its oldest item is half the flush interval old (checked on every record), and from a background
+thread for handles that went quiet; so other processes see progress within flush_interval_s (250 ms default)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from .db import short_reason
+from .errors import DatabaseUnavailable, InvalidInput, OperationCancelled, OperationClosed, TrackerError
+from .records import NewItem, OperationRecord
+from .store import Store
+from .timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_BUFFER = 5000
+MAX_ITEM_ID_CHARS = 1024
+MAX_ERROR_CHARS = 4000
+
+
+def _item_id(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InvalidInput(f"item id must be a string or an integer, not {type(value).__name__}")
+    text = str(value)
+    if not text.strip():
+        raise InvalidInput("item id must not be empty")
+    if len(text) > MAX_ITEM_ID_CHARS:
+        raise InvalidInput(f"item id is longer than {MAX_ITEM_ID_CHARS} characters")
+    return text
+
+
+class BatchHandle:
+    """A running batch operation that this process records into. Thread-safe. Use as a context manager:
+    a body that raises marks the operation failed with the exception's message; a cancel ends the body quietly."""
+
+    def __init__(self, store: Store, record: OperationRecord, flush_interval_s: float, on_close: Callable) -> None:
+        self._store = store
+        self.id = record.id
+        self.operation_type = record.operation_type
+        self._flush_after_s = flush_interval_s / 2
+        self._on_close = on_close
+        self._lock = threading.RLock()
+        self._buffer: list[NewItem] = []
+        self._oldest = 0.0  # monotonic time of the oldest buffered item
+        self._last_write = time.monotonic()
+        self._closed: TrackerError | None = None  # set once the operation is known to be terminal
+        self.durable_count = 0  # items this handle has committed to the database
+
+    # -- recording ----------------------------------------------------------------------------------------------
+
+    def record_success(self, item_id: str | int) -> None:
+        self._add(NewItem(ok=True, item_id=_item_id(item_id)))
+
+    def record_failure(self, error: str, item_id: str | int | None = None, row_number: int | None = None) -> None:
+        if not isinstance(error, str) or not error.strip():
+            raise InvalidInput("error must be a non-empty string saying what went wrong")
+        if item_id is None and row_number is None:
+            raise InvalidInput("a failure needs an item id, a row_number, or both")
+        if row_number is not None and (isinstance(row_number, bool) or not isinstance(row_number, int) or row_number < 1):
+            raise InvalidInput("row_number must be a whole number from 1 (1-based)")
+        self._add(
+            NewItem(
+                ok=False,
+                item_id=None if item_id is None else _item_id(item_id),
+                row_number=row_number,
+                error=error[:MAX_ERROR_CHARS],
+            )
+        )
+
+    def _add(self, item: NewItem) -> None:
+        with self._lock:
+            if self._closed is not None:
+                raise self._closed
+            if not self._buffer:
+                self._oldest = time.monotonic()
+            self._buffer.append(item)
+            if len(self._buffer) >= MAX_BUFFER or time.monotonic() - self._oldest >= self._flush_after_s:
+                self.flush()
+
+    def flush(self) -> int:
+        """Write buffered items now; returns how many. Raises OperationCancelled/OperationClosed when the
+        operation became terminal (the buffered items are refused, never applied)."""
+        with self._lock:
+            if self._closed is not None:
+                raise self._closed
+            if not self._buffer:
+                return 0
+            items = self._buffer
+            try:
+                self._store.append_items(self.id, items, utcnow())
+            except OperationClosed as exc:
+                self._buffer = []
+                self._close(exc)
+                raise
+            except SQLAlchemyError as exc:
+                # Keep the items: a later flush retries them.
+                raise DatabaseUnavailable(f"could not record items of {self.id}: {short_reason(exc)}") from None
+            self._buffer = []
+            self._last_write = time.monotonic()
+            self.durable_count += len(items)
+            return len(items)
+
+    def _due(self, now: float) -> bool:
+        return bool(self._buffer) and now - self._oldest >= self._flush_after_s
+
+    # -- state changes ------------------------------------------------------------------------------------------
+
+    def set_total(self, total: int) -> OperationRecord:
+        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            raise InvalidInput("total must be a whole number >= 0")
+        with self._lock:
+            return self._guarded(lambda: self._store.update_running(self.id, {"total": total, "updated_at": utcnow()}))
+
+    def heartbeat(self) -> None:
+        with self._lock:
+            if self._closed is None:
+                now = utcnow()
+                self._guarded(lambda: self._store.update_running(self.id, {"heartbeat_at": now}))
+                self._last_write = time.monotonic()
+
+    def finish(self, outputs: Any = None) -> OperationRecord:
+        """Flush everything, then end the operation: `failed` when every processed item failed (at least one
+        failure and no success), otherwise `completed`."""
+        return self._end(status=None, error=None, outputs=outputs)
+
+    def fail(self, error: str, outputs: Any = None) -> OperationRecord:
+        """Flush everything, then mark the operation failed with this error."""
+        if not isinstance(error, str) or not error.strip():
+            raise InvalidInput("error must be a non-empty string")
+        return self._end(status="failed", error=error[:MAX_ERROR_CHARS], outputs=outputs)
+
+    def cancel(self, reason: str = "cancelled") -> OperationRecord:
+        return self._end(status="cancelled", error=reason, outputs=None)
+
+    def _end(self, status: str | None, error: str | None, outputs: Any) -> OperationRecord:
+        with self._lock:
+            self.flush()
+            record = self._guarded(
+                lambda: self._store.finish(
+                    self.id, utcnow(), status=status, error=error, outputs=outputs, set_outputs=outputs is not None
+                )
+            )
+            self._close(OperationClosed(f"operation {self.id!r} is already {record.status}; the write was refused"))
+            return record
+
+    def _guarded(self, write: Callable[[], OperationRecord]) -> OperationRecord:
+        if self._closed is not None:
+            raise self._closed
+        try:
+            return write()
+        except OperationClosed as exc:
+            self._buffer = []
+            self._close(exc)
+            raise
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailable(f"could not update {self.id}: {short_reason(exc)}") from None
+
+    def _close(self, reason: TrackerError) -> None:
+        self._closed = reason
+        self._on_close(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    def __enter__(self) -> BatchHandle:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:  # noqa: ANN001
+        if exc is None:
+            if not self.closed:
+                self.finish()
+            return False
+        if isinstance(exc, OperationCancelled):
+            return True  # cancelled elsewhere: the body stops quietly
+        if isinstance(exc, OperationClosed):
+            return False
+        if not self.closed:
+            try:
+                self.fail(str(exc) or type(exc).__name__)
+            except TrackerError:
+                log.exception("could not mark %s failed", self.id)
+        return False
+
+
+class Flusher:
+    """One daemon thread per Tracker: flushes quiet handles in time and keeps their heartbeats fresh."""
+
+    def __init__(self, flush_interval_s: float, heartbeat_every_s: float) -> None:
+        self._period = max(0.005, flush_interval_s / 4)
+        self._heartbeat_every_s = heartbeat_every_s
+        self._handles: weakref.WeakSet[BatchHandle] = weakref.WeakSet()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def add(self, handle: BatchHandle) -> None:
+        with self._lock:
+            self._handles.add(handle)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tracker-flusher", daemon=True)
+                self._thread.start()
+
+    def remove(self, handle: BatchHandle) -> None:
+        with self._lock:
+            self._handles.discard(handle)
+
+    def handles(self) -> list[BatchHandle]:
+        with self._lock:
+            return list(self._handles)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period):
+            now = time.monotonic()
+            for handle in self.handles():
+                try:
+                    if handle._due(now):
+                        handle.flush()
+                    elif now - handle._last_write >= self._heartbeat_every_s:
+                        handle.heartbeat()
+                except OperationClosed:
+                    pass  # the handle remembers; its owner's next record raises
+                except TrackerError as exc:
+                    log.warning("background flush of %s failed, will retry: %s", handle.id, exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

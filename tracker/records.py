@@ -1,0 +1,71 @@
+"""Plain, immutable values that the store hands to the service and protocol layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .models import TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class OperationRecord:
+    id: str
+    kind: str
+    operation_type: str
+    status: str
+    total: int
+    succeeded_count: int
+    failed_count: int
+    started_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+    execution_time_ms: int | None
+    error: str | None
+    inputs: Any
+    outputs: Any
+    owner_host: str | None
+    owner_pid: int | None
+    heartbeat_at: datetime | None
+    resumable: bool
+    parent_id: str | None
+    request_id: str | None
+    grid_id: str | None
+    mode: str | None
+    idempotency_key: str | None
+    last_polled_at: datetime | None
+
+    @property
+    def completed(self) -> int:
+        """Items processed, successes and failures together."""
+        return self.succeeded_count + self.failed_count
+
+    @property
+    def percent(self) -> float:
+        if self.total > 0:
+            return min(100.0, round(100.0 * self.completed / self.total, 2))
+        return 100.0 if self.is_terminal else 0.0
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    seq: int
+    ok: bool
+    item_id: str | None
+    row_number: int | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """An item waiting in a handle's buffer."""
+
+    ok: bool
+    item_id: str | None = None
+    row_number: int | None = None
+    error: str | None = None

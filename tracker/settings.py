@@ -1,0 +1,71 @@
+"""One settings object, read from the environment (and CLI flags) once, in main(); passed down as arguments."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .errors import InvalidInput
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, name: str = "duration") -> float:
+    """'90s', '30m', '1h', '7d' or a number of seconds -> seconds."""
+    match = _DURATION.match(str(text).lower())
+    if not match:
+        raise InvalidInput(f"{name} must look like 90s, 30m, 1h or 7d (got {str(text)[:40]!r})")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            word = {"d": "day", "h": "hour", "m": "minute"}[unit]
+            return f"{count} {word}{'s' if count != 1 else ''}"
+    return f"{seconds:g} seconds"
+
+
+def default_db_path(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME") or Path.home()) / ".local" / "share")
+    return Path(base) / "tracker" / "tracker.db"
+
+
+@dataclass(frozen=True)
+class Settings:
+    db: str  # a filesystem path or a SQLAlchemy URL
+    db_is_default: bool = False
+    retention_s: float = 3600.0
+    flush_interval_s: float = 0.25
+    reap_interval_s: float = 300.0  # 0 turns the in-server reaper off
+    heartbeat_lease_s: float = 60.0
+    upstream_base: str = "https://api.bitscale.ai/api/v1"
+    upstream_key: str = ""
+    upstream_rate_per_s: float = 5.0
+    poll_interval_s: float = 2.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        env = os.environ if env is None else env
+        db = env.get("TRACKER_DB", "").strip()
+        values: dict[str, object] = {"db": db or str(default_db_path(env)), "db_is_default": not db}
+        if env.get("TRACKER_RETENTION"):
+            values["retention_s"] = parse_duration(env["TRACKER_RETENTION"], "TRACKER_RETENTION")
+        if env.get("TRACKER_REAP_INTERVAL"):
+            values["reap_interval_s"] = parse_duration(env["TRACKER_REAP_INTERVAL"], "TRACKER_REAP_INTERVAL")
+        if env.get("TRACKER_FLUSH_INTERVAL"):
+            values["flush_interval_s"] = parse_duration(env["TRACKER_FLUSH_INTERVAL"], "TRACKER_FLUSH_INTERVAL")
+        if env.get("BITSCALE_API_BASE"):
+            values["upstream_base"] = env["BITSCALE_API_BASE"].strip()
+        if env.get("BITSCALE_API_KEY"):
+            values["upstream_key"] = env["BITSCALE_API_KEY"].strip()
+        settings = cls(**values)  # type: ignore[arg-type]
+        extra = {k: v for k, v in overrides.items() if v is not None}
+        if "db" in extra:
+            extra["db_is_default"] = False
+        return replace(settings, **extra) if extra else settings

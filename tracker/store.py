@@ -1,0 +1,208 @@
+"""All SQL lives here. Each public method is one short transaction; writes start with the write lock
+(BEGIN IMMEDIATE on SQLite, row locks on PostgreSQL) so concurrent processes never see SQLITE_BUSY mid-way."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import fields
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
+
+from .db import write_connection
+from .errors import OperationCancelled, OperationClosed, OperationNotFound
+from .models import CANCELLED, COMPLETED, FAILED, RUNNING, Operation, OperationItem
+from .records import ItemRecord, NewItem, OperationRecord
+from .timeutil import elapsed_ms
+
+_OPS = Operation.__table__
+_ITEMS = OperationItem.__table__
+_RECORD_FIELDS = [f.name for f in fields(OperationRecord)]
+_RECORD_COLUMNS = [_OPS.c[name] for name in _RECORD_FIELDS]
+
+
+def _record(row: Any) -> OperationRecord:
+    return OperationRecord(**{name: row._mapping[name] for name in _RECORD_FIELDS})
+
+
+class Store:
+    """The operation table and its items, over one engine (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- writes -------------------------------------------------------------------------------------------------
+
+    def create_operation(self, values: dict[str, Any]) -> OperationRecord:
+        row = {
+            "status": RUNNING,
+            "total": 0,
+            "succeeded_count": 0,
+            "failed_count": 0,
+            "resumable": False,
+            **values,
+        }
+        row.setdefault("updated_at", row["started_at"])
+        row.setdefault("heartbeat_at", row["started_at"])
+        with write_connection(self.engine) as conn:
+            conn.execute(insert(_OPS).values(**row))
+            return self._get(conn, row["id"])
+
+    def append_items(self, operation_id: str, items: Sequence[NewItem], now: datetime) -> None:
+        """Add items and bump the counters in one transaction; refused whole if the operation is terminal."""
+        succeeded = sum(1 for item in items if item.ok)
+        with write_connection(self.engine) as conn:
+            # The UPDATE comes first: it is the terminal guard, and on PostgreSQL it locks the row for the counters.
+            result = conn.execute(
+                update(_OPS)
+                .where(_OPS.c.id == operation_id, _OPS.c.status == RUNNING)
+                .values(
+                    succeeded_count=_OPS.c.succeeded_count + succeeded,
+                    failed_count=_OPS.c.failed_count + (len(items) - succeeded),
+                    updated_at=now,
+                    heartbeat_at=now,
+                )
+            )
+            if result.rowcount != 1:
+                self._raise_not_running(conn, operation_id)
+            if items:
+                conn.execute(
+                    insert(_ITEMS),
+                    [
+                        {
+                            "operation_id": operation_id,
+                            "ok": item.ok,
+                            "item_id": item.item_id,
+                            "row_number": item.row_number,
+                            "error": item.error,
+                        }
+                        for item in items
+                    ],
+                )
+
+    def update_running(self, operation_id: str, values: dict[str, Any]) -> OperationRecord:
+        """Change fields of a running operation (total, outputs, heartbeat...); refused once terminal."""
+        with write_connection(self.engine) as conn:
+            result = conn.execute(
+                update(_OPS).where(_OPS.c.id == operation_id, _OPS.c.status == RUNNING).values(**values)
+            )
+            if result.rowcount != 1:
+                self._raise_not_running(conn, operation_id)
+            return self._get(conn, operation_id)
+
+    def finish(
+        self,
+        operation_id: str,
+        now: datetime,
+        status: str | None = None,
+        error: str | None = None,
+        outputs: Any = None,
+        set_outputs: bool = False,
+    ) -> OperationRecord:
+        """Move a running operation to a terminal state. status None applies the rule: failed when every
+        processed item failed (at least one failure, no success), else completed."""
+        with write_connection(self.engine) as conn:
+            current = self._get_for_update(conn, operation_id)
+            if current.status != RUNNING:
+                self._raise_not_running(conn, operation_id)
+            if status is None:
+                status = FAILED if current.failed_count > 0 and current.succeeded_count == 0 else COMPLETED
+            values: dict[str, Any] = {
+                "status": status,
+                "completed_at": now,
+                "updated_at": now,
+                "execution_time_ms": max(0, elapsed_ms(current.started_at, now)),
+                "error": error if error is not None else current.error,
+            }
+            if set_outputs:
+                values["outputs"] = outputs
+            conn.execute(update(_OPS).where(_OPS.c.id == operation_id, _OPS.c.status == RUNNING).values(**values))
+            return self._get(conn, operation_id)
+
+    def cancel(self, operation_id: str, now: datetime, reason: str = "cancelled") -> OperationRecord:
+        return self.finish(operation_id, now, status=CANCELLED, error=reason)
+
+    # -- reads --------------------------------------------------------------------------------------------------
+
+    def get(self, operation_id: str) -> OperationRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(*_RECORD_COLUMNS).where(_OPS.c.id == operation_id)).first()
+        return _record(row) if row is not None else None
+
+    def get_by_request_id(self, request_id: str) -> OperationRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(*_RECORD_COLUMNS).where(_OPS.c.request_id == request_id)).first()
+        return _record(row) if row is not None else None
+
+    def items(self, operation_id: str, ok: bool, after_seq: int = 0, limit: int = 100) -> list[ItemRecord]:
+        """Items of one outcome in completion order, after a seq (exclusive)."""
+        query = (
+            select(_ITEMS.c.seq, _ITEMS.c.ok, _ITEMS.c.item_id, _ITEMS.c.row_number, _ITEMS.c.error)
+            .where(_ITEMS.c.operation_id == operation_id, _ITEMS.c.ok == ok, _ITEMS.c.seq > after_seq)
+            .order_by(_ITEMS.c.seq)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [ItemRecord(*row) for row in conn.execute(query)]
+
+    def list_operations(
+        self,
+        kind: str | None = None,
+        status: str | None = None,
+        operation_type: str | None = None,
+        before: tuple[datetime, str] | None = None,
+        limit: int = 20,
+    ) -> list[OperationRecord]:
+        """Newest first by (started_at, id); `before` is the last row of the previous page, so pages never overlap."""
+        query = select(*_RECORD_COLUMNS)
+        if kind:
+            query = query.where(_OPS.c.kind == kind)
+        if status:
+            query = query.where(_OPS.c.status == status)
+        if operation_type:
+            query = query.where(_OPS.c.operation_type == operation_type)
+        if before is not None:
+            started, last_id = before
+            query = query.where(
+                or_(_OPS.c.started_at < started, and_(_OPS.c.started_at == started, _OPS.c.id < last_id))
+            )
+        query = query.order_by(_OPS.c.started_at.desc(), _OPS.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [_record(row) for row in conn.execute(query)]
+
+    def count_items(self, operation_id: str) -> tuple[int, int]:
+        """(succeeded, failed) counted from the item rows themselves, for checks against the counters."""
+        query = (
+            select(_ITEMS.c.ok, func.count())
+            .where(_ITEMS.c.operation_id == operation_id)
+            .group_by(_ITEMS.c.ok)
+        )
+        with self.engine.connect() as conn:
+            counts = {bool(ok): n for ok, n in conn.execute(query)}
+        return counts.get(True, 0), counts.get(False, 0)
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+
+    def _get(self, conn: Connection, operation_id: str) -> OperationRecord:
+        row = conn.execute(select(*_RECORD_COLUMNS).where(_OPS.c.id == operation_id)).first()
+        if row is None:
+            raise OperationNotFound(f"operation {operation_id!r} not found")
+        return _record(row)
+
+    def _get_for_update(self, conn: Connection, operation_id: str) -> OperationRecord:
+        query = select(*_RECORD_COLUMNS).where(_OPS.c.id == operation_id)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None:
+            raise OperationNotFound(f"operation {operation_id!r} not found")
+        return _record(row)
+
+    def _raise_not_running(self, conn: Connection, operation_id: str) -> None:
+        status = conn.execute(select(_OPS.c.status).where(_OPS.c.id == operation_id)).scalar()
+        if status is None:
+            raise OperationNotFound(f"operation {operation_id!r} not found")
+        if status == CANCELLED:
+            raise OperationCancelled(f"operation {operation_id!r} was cancelled; the write was refused")
+        raise OperationClosed(f"operation {operation_id!r} is already {status}; the write was refused")
