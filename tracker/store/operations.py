@@ -10,11 +10,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
 
-from .db import write_connection
-from .errors import OperationCancelled, OperationClosed, OperationNotFound
-from .models import CANCELLED, COMPLETED, FAILED, RUNNING, Operation, OperationItem
-from .records import ItemRecord, NewItem, OperationRecord
-from .timeutil import elapsed_ms
+from ..db import write_connection
+from ..errors import OperationCancelled, OperationClosed, OperationNotFound
+from ..models import CANCELLED, COMPLETED, FAILED, RUNNING, Operation, OperationItem
+from ..records import ItemRecord, NewItem, OperationRecord
+from ..timeutil import elapsed_ms
 
 _OPS = Operation.__table__
 _ITEMS = OperationItem.__table__
