@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from .db import open_engine, short_reason
-from .errors import DatabaseUnavailable, InvalidInput, OperationNotFound
+from .errors import DatabaseUnavailable, InvalidInput, OperationClosed, OperationNotFound
 from .ids import new_operation_id
 from .models import KINDS, STATUSES
 from .records import ItemRecord, OperationRecord
@@ -90,7 +90,7 @@ class Tracker:
             raise OperationNotFound(f"operation {operation_id!r} not found")
         handle = self._handle(record)
         if record.is_terminal:
-            handle._close(InvalidInput(f"operation {operation_id!r} is already {record.status}"))
+            handle._close(OperationClosed(f"operation {operation_id!r} is already {record.status}; the write was refused"))
         return handle
 
     def _handle(self, record: OperationRecord) -> BatchHandle:
