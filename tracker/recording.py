@@ -59,7 +59,7 @@ class BatchHandle:
     # -- recording ----------------------------------------------------------------------------------------------
 
     def record_success(self, item_id: str | int) -> None:
-        self._add(NewItem(ok=True, item_id=_item_id(item_id)))
+        self._add((True, _item_id(item_id), None, None))
 
     def record_failure(self, error: str, item_id: str | int | None = None, row_number: int | None = None) -> None:
         if not isinstance(error, str) or not error.strip():
@@ -69,12 +69,7 @@ class BatchHandle:
         if row_number is not None and (isinstance(row_number, bool) or not isinstance(row_number, int) or row_number < 1):
             raise InvalidInput("row_number must be a whole number from 1 (1-based)")
         self._add(
-            NewItem(
-                ok=False,
-                item_id=None if item_id is None else _item_id(item_id),
-                row_number=row_number,
-                error=error[:MAX_ERROR_CHARS],
-            )
+            (False, None if item_id is None else _item_id(item_id), row_number, error[:MAX_ERROR_CHARS])
         )
 
     def _add(self, item: NewItem) -> None:

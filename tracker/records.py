@@ -61,11 +61,7 @@ class ItemRecord:
     error: str | None
 
 
-@dataclass(frozen=True)
-class NewItem:
-    """An item waiting in a handle's buffer."""
-
-    ok: bool
-    item_id: str | None = None
-    row_number: int | None = None
-    error: str | None = None
+# An item waiting in a handle's buffer: (ok, item_id, row_number, error). A plain tuple of atoms, not a class,
+# because the garbage collector untracks those; buffered objects otherwise trigger full collections (measured:
+# +40% per-item cost in some deciles of a 100,000-item batch).
+NewItem = tuple[bool, str | None, int | None, str | None]
