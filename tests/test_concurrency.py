@@ -5,11 +5,23 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
-from tracker import Tracker
+import pytest
+
+from tracker import Settings, Tracker
 
 from .conftest import PYTHON, subprocess_env
+
+
+# Contract tests: SQLite and a real PostgreSQL server.
+@pytest.fixture
+def db(backend_settings: Settings) -> str:
+    return backend_settings.db
+
+
+@pytest.fixture
+def tracker(backend_tracker: Tracker) -> Tracker:
+    return backend_tracker
 
 RECORDER = """
 import sys, tracker
@@ -25,7 +37,7 @@ with tracker.Tracker.open() as t:
 """
 
 
-def _run_all(db: Path, jobs: list[tuple[str, int, int]]) -> None:
+def _run_all(db: str, jobs: list[tuple[str, int, int]]) -> None:
     procs = [
         subprocess.Popen(
             [PYTHON, "-c", RECORDER, op_id, str(worker), str(count)],
@@ -38,9 +50,9 @@ def _run_all(db: Path, jobs: list[tuple[str, int, int]]) -> None:
     assert not any("locked" in text for text in stderr), stderr
 
 
-def test_four_processes_into_one_operation(tracker: Tracker, db_path: Path) -> None:
+def test_four_processes_into_one_operation(tracker: Tracker, db: str) -> None:
     batch = tracker.start_batch("update", total=4 * 3000)
-    _run_all(db_path, [(batch.id, w, 3000) for w in range(4)])
+    _run_all(db, [(batch.id, w, 3000) for w in range(4)])
     record = batch.finish()
     assert (record.succeeded_count, record.failed_count, record.total) == (4 * 2700, 4 * 300, 12_000)
     assert tracker.store.count_items(batch.id) == (10_800, 1_200)
@@ -48,16 +60,16 @@ def test_four_processes_into_one_operation(tracker: Tracker, db_path: Path) -> N
     assert len(ids) == len(set(ids)) == 10_800
 
 
-def test_four_processes_into_their_own_operations(tracker: Tracker, db_path: Path) -> None:
+def test_four_processes_into_their_own_operations(tracker: Tracker, db: str) -> None:
     batches = [tracker.start_batch("import", total=2500) for _ in range(4)]
-    _run_all(db_path, [(b.id, w, 2500) for w, b in enumerate(batches)])
+    _run_all(db, [(b.id, w, 2500) for w, b in enumerate(batches)])
     for batch in batches:
         record = batch.finish()
         assert (record.succeeded_count, record.failed_count, record.status) == (2250, 250, "completed")
         assert tracker.store.count_items(batch.id) == (2250, 250)
 
 
-def test_new_process_reads_what_an_old_one_wrote(db_path: Path) -> None:
+def test_new_process_reads_what_an_old_one_wrote(db: str) -> None:
     writer = (
         "import json, tracker\n"
         "with tracker.Tracker.open() as t:\n"
@@ -74,9 +86,9 @@ def test_new_process_reads_what_an_old_one_wrote(db_path: Path) -> None:
         "    items = [(i.ok, i.item_id, i.error) for ok in (True, False) for i in t.items(r.id, ok=ok)]\n"
         "    print(json.dumps([r.status, r.succeeded_count, r.failed_count, r.inputs, iso(r.completed_at), items]))\n"
     )
-    op_id = subprocess.run([PYTHON, "-c", writer], env=subprocess_env(db_path), capture_output=True, text=True,
+    op_id = subprocess.run([PYTHON, "-c", writer], env=subprocess_env(db), capture_output=True, text=True,
                            check=True).stdout.strip()
-    out = subprocess.run([PYTHON, "-c", reader, op_id], env=subprocess_env(db_path), capture_output=True, text=True,
+    out = subprocess.run([PYTHON, "-c", reader, op_id], env=subprocess_env(db), capture_output=True, text=True,
                          check=True).stdout
     status, ok, failed, inputs, completed_at, items = json.loads(out)
     assert (status, ok, failed, inputs) == ("completed", 2, 1, {"ids": ["a", "b", "c"]})

@@ -22,8 +22,8 @@ def _diff(engine, metadata: MetaData) -> list:
         return compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
 
 
-def test_upgrade_downgrade_upgrade(db_path: Path) -> None:
-    engine = open_engine(Settings.from_env({}, db=str(db_path)), migrate=False)
+def test_upgrade_downgrade_upgrade(backend_settings: Settings) -> None:
+    engine = open_engine(backend_settings, migrate=False)
     assert current_revision(engine) is None
     upgrade_to_head(engine)
     assert current_revision(engine) == head_revision()
@@ -37,8 +37,8 @@ def test_upgrade_downgrade_upgrade(db_path: Path) -> None:
     engine.dispose()
 
 
-def test_models_match_migrations(db_path: Path) -> None:
-    engine = open_engine(Settings.from_env({}, db=str(db_path)))
+def test_models_match_migrations(backend_settings: Settings) -> None:
+    engine = open_engine(backend_settings)
     assert _diff(engine, Base.metadata) == []
     # The check can fail: a model column the migrations lack is reported.
     drifted = MetaData()

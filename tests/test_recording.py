@@ -6,7 +6,18 @@ import time
 
 import pytest
 
-from tracker import InvalidInput, OperationCancelled, OperationClosed, Tracker
+from tracker import InvalidInput, OperationCancelled, OperationClosed, Settings, Tracker
+
+
+# Every test here is a contract test: it runs on SQLite and on a real PostgreSQL server.
+@pytest.fixture
+def settings(backend_settings: Settings) -> Settings:
+    return backend_settings
+
+
+@pytest.fixture
+def tracker(backend_tracker: Tracker) -> Tracker:
+    return backend_tracker
 
 
 def test_lifecycle_records_items_in_order(tracker: Tracker) -> None:
