@@ -157,6 +157,6 @@ class Tracker:
         try:
             return fn()
         except SQLAlchemyError as exc:
-            raise DatabaseUnavailable(f"could not read the database: {short_reason(exc)}") from None
+            raise DatabaseUnavailable(f"database {self.store.location}: {short_reason(exc)}") from None
 
     _write = _read

@@ -64,6 +64,13 @@ def describe(location: str) -> str:
         return "<unparseable database URL>"
 
 
+def engine_location(engine: Engine) -> str:
+    """What error messages call this database: the file for SQLite, the URL without password otherwise."""
+    if engine.dialect.name == "sqlite":
+        return str(engine.url.database)
+    return engine.url.render_as_string(hide_password=True)
+
+
 def _prepare_sqlite_file(path: Path, create_parent: bool) -> None:
     """Create the file with mode 0600 before SQLite does (its -wal and -shm files copy this mode)."""
     if create_parent:

@@ -80,7 +80,12 @@ class BatchHandle:
                 self._oldest = time.monotonic()
             self._buffer.append(item)
             if len(self._buffer) >= MAX_BUFFER or time.monotonic() - self._oldest >= self._flush_after_s:
-                self.flush()
+                try:
+                    self.flush()
+                except DatabaseUnavailable:
+                    # This call's item is not accepted (the caller may retry it); earlier ones stay buffered.
+                    self._buffer.pop()
+                    raise
 
     def flush(self) -> int:
         """Write buffered items now; returns how many. Raises OperationCancelled/OperationClosed when the
@@ -99,7 +104,7 @@ class BatchHandle:
                 raise
             except SQLAlchemyError as exc:
                 # Keep the items: a later flush retries them.
-                raise DatabaseUnavailable(f"could not record items of {self.id}: {short_reason(exc)}") from None
+                raise DatabaseUnavailable(f"could not record items of {self.id} in {self._store.location}: {short_reason(exc)}") from None
             self._buffer = []
             self._last_write = time.monotonic()
             self.durable_count += len(items)
@@ -158,7 +163,7 @@ class BatchHandle:
             self._close(exc)
             raise
         except SQLAlchemyError as exc:
-            raise DatabaseUnavailable(f"could not update {self.id}: {short_reason(exc)}") from None
+            raise DatabaseUnavailable(f"could not update {self.id} in {self._store.location}: {short_reason(exc)}") from None
 
     def _close(self, reason: TrackerError) -> None:
         self._closed = reason

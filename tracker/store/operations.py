@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, update
 
-from ..db import write_connection
+from ..db import engine_location, write_connection
 from ..errors import OperationCancelled, OperationClosed, OperationNotFound
 from ..models import CANCELLED, COMPLETED, FAILED, RUNNING, Operation, OperationItem
 from ..records import ItemRecord, NewItem, OperationRecord
@@ -39,6 +39,7 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.location = engine_location(engine)  # for error messages
 
     # -- writes -------------------------------------------------------------------------------------------------
 
