@@ -32,3 +32,8 @@ class UpstreamError(TrackerError):
         super().__init__(message)
         self.status_code = status_code
         self.body_excerpt = body_excerpt
+
+
+class UpstreamOutcomeUnknown(UpstreamError):
+    """A submission may have reached the upstream but no answer came back (timeout, dropped connection);
+    it is not resubmitted, because a second submission would run and bill the row twice."""

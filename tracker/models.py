@@ -12,6 +12,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -109,6 +110,8 @@ class Operation(Base):
     mode: Mapped[str | None] = mapped_column(String(8))
     idempotency_key: Mapped[str | None] = mapped_column(String(256), unique=True)
     last_polled_at: Mapped[datetime | None] = mapped_column(UTCTimestamp())
+    # 1-based input row of the batch (parent_id) that this run was submitted for.
+    row_number: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         CheckConstraint("kind IN ('run', 'batch')", name="kind"),
@@ -117,7 +120,18 @@ class Operation(Base):
         Index("ix_operations_started_at_id", "started_at", "id"),
         Index("ix_operations_status_completed_at", "status", "completed_at"),
         Index("ix_operations_parent_id", "parent_id"),
+        Index("ux_operations_parent_id_row_number", "parent_id", "row_number", unique=True),
     )
+
+
+class UpstreamRateLimit(Base):
+    """The next free request slot (epoch seconds) of one upstream workspace, shared by every process on the
+    database. Holds a hash of base URL and key, never the key."""
+
+    __tablename__ = "upstream_rate_limits"
+
+    workspace: Mapped[str] = mapped_column(String(64), primary_key=True)
+    next_slot_at: Mapped[float] = mapped_column(Float)
 
 
 class OperationItem(Base):
