@@ -1,7 +1,7 @@
-"""`python -m tracker` is the `tracker` command (with no subcommand: the MCP stdio server, once it exists)."""
+"""`python -m tracker` is the `tracker` command; with no subcommand it runs the MCP stdio server (`serve`)."""
 
 import sys
 
 from .cli import main
 
-sys.exit(main())
+sys.exit(main(default_command="serve"))

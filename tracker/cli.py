@@ -15,7 +15,7 @@ from .errors import TrackerError
 from .settings import Settings
 
 # Subcommand modules under tracker.commands; each registers its own parsers.
-COMMAND_MODULES = ["demo", "db"]
+COMMAND_MODULES = ["demo", "db", "serve"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,19 +25,21 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(default_command: str | None = None) -> argparse.ArgumentParser:
     parser = _Parser(prog="tracker", description="Durable status for long-running MCP work.")
     parser.add_argument("--db", help="database path or SQLAlchemy URL (default: $TRACKER_DB, else a per-user data path)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
-    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    subparsers = parser.add_subparsers(dest="command", required=default_command is None, parser_class=_Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(f"tracker.commands.{name}").add_parser(subparsers)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, default_command: str | None = None) -> int:
+    parser = build_parser(default_command)
     args = parser.parse_args(argv)
+    if args.command is None:  # no subcommand given: run the default one with the same options
+        args = parser.parse_args([*(sys.argv[1:] if argv is None else argv), str(default_command)])
     # stdout may be the MCP protocol: logs always go to stderr.
     logging.basicConfig(
         stream=sys.stderr,

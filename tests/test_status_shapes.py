@@ -1,0 +1,300 @@
+"""tracker.status in-process: the CONTRACTS.md shapes, bounded pages, cursors and argument checks that the MCP
+tools answer with (tests/test_mcp_server.py drives the same through a real stdio session)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+from dataclasses import replace
+
+import pytest
+
+from tracker import InvalidInput, OperationClosed, Tracker, status
+from tracker.ids import new_operation_id
+from tracker.status import (
+    ITEMS_LIMIT_MAX,
+    LIST_LIMIT_MAX,
+    STATUS_ERROR_CHARS,
+    StatusService,
+    decode_cursor,
+    encode_cursor,
+    optional_choice,
+    optional_operation_type,
+    require_id,
+    require_limit,
+    require_outcome,
+)
+from tracker.timeutil import utcnow
+
+OPERATION_FIELDS = {
+    "batch_operation_id",
+    "operation_type",
+    "status",
+    "progress",
+    "successful_ids",
+    "failed_items",
+    "started_at",
+    "completed_at",
+    "execution_time_ms",
+}
+
+
+@pytest.fixture
+def service(tracker: Tracker) -> StatusService:
+    return StatusService(tracker)
+
+
+def create_run(tracker: Tracker, request_id: str, status_outputs: dict | None = None) -> str:
+    """A remote-run row as the runs module records it (the store is the only writer of runs today)."""
+    record = tracker.store.create_operation(
+        {
+            "id": new_operation_id("run", "grid_run"),
+            "kind": "run",
+            "operation_type": "grid_run",
+            "started_at": utcnow(),
+            "request_id": request_id,
+            "grid_id": "grid-42",
+            "mode": "async",
+            "owner_host": socket.gethostname(),
+            "owner_pid": os.getpid(),
+        }
+    )
+    if status_outputs is not None:
+        tracker.store.finish(record.id, utcnow(), outputs=status_outputs, set_outputs=True)
+    return record.id
+
+
+def test_running_batch_has_every_contract_field(tracker: Tracker, service: StatusService) -> None:
+    batch = tracker.start_batch("update", total=10)
+    answer = service.batch_status(batch.id)
+    assert answer["found"] is True
+    operation = answer["operation"]
+    assert OPERATION_FIELDS <= set(operation)
+    assert operation["batch_operation_id"] == batch.id
+    assert (operation["operation_type"], operation["status"]) == ("update", "running")
+    assert operation["progress"] == {"completed": 0, "total": 10, "percent": 0.0}
+    assert operation["successful_ids"] == [] and operation["failed_items"] == []
+    assert operation["started_at"].endswith("Z") and operation["completed_at"] is None
+    assert operation["execution_time_ms"] is None
+    assert operation["successful_ids_truncated"] is False and operation["successful_ids_next_cursor"] is None
+
+
+def test_completed_batch_shape_and_failure_keys(tracker: Tracker, service: StatusService) -> None:
+    batch = tracker.start_batch("import", total=4)
+    batch.record_success("a")
+    batch.record_failure("locked", item_id="b")
+    batch.record_failure("bad email", row_number=3)
+    batch.record_failure("both", item_id="d", row_number=4)
+    record = batch.finish()
+    operation = service.batch_status(batch.id)["operation"]
+    assert operation["status"] == "completed"
+    assert operation["progress"] == {"completed": 4, "total": 4, "percent": 100.0}
+    assert operation["successful_ids"] == ["a"]
+    assert operation["failed_items"] == [
+        {"id": "b", "error": "locked"},
+        {"row_number": 3, "error": "bad email"},
+        {"id": "d", "row_number": 4, "error": "both"},
+    ]
+    assert operation["execution_time_ms"] == record.execution_time_ms
+    assert operation["completed_at"] is not None
+    json.dumps(operation)  # JSON-ready as it is
+
+
+def test_not_found_message_names_the_retention(tracker: Tracker) -> None:
+    assert StatusService(tracker).batch_status("batch_nope") == {
+        "found": False,
+        "message": 'Batch operation "batch_nope" not found. Operations are kept for 1 hour after completion.',
+    }
+    two_hours = Tracker(replace(tracker.settings, retention_s=7200))
+    try:
+        assert "kept for 2 hours after completion" in StatusService(two_hours).batch_status("x")["message"]
+    finally:
+        two_hours.close()
+
+
+def test_status_page_is_bounded_by_count_and_bytes(tracker: Tracker, service: StatusService) -> None:
+    batch = tracker.start_batch("update", total=300)
+    for n in range(200):
+        batch.record_success(f"id-{n}")
+    for n in range(60):
+        batch.record_failure("x" * 4000, item_id=f"f-{n}")
+    batch.finish()
+    operation = service.batch_status(batch.id)["operation"]
+    assert operation["successful_ids"] == [f"id-{n}" for n in range(50)]
+    assert operation["successful_ids_truncated"] is True
+    assert 0 < len(operation["failed_items"]) < 20  # the byte bound cut it before the count bound
+    for failure in operation["failed_items"]:
+        assert len(failure["error"]) == STATUS_ERROR_CHARS + 1 and failure["error"].endswith("…")
+    assert operation["failed_items_truncated"] is True
+    assert len(json.dumps(operation, indent=2).encode()) < 8000
+
+    long_ids = tracker.start_batch("update")
+    for n in range(10):
+        long_ids.record_success(f"{n}" + "é" * 1023)
+    long_ids.finish()
+    page = service.batch_status(long_ids.id)["operation"]
+    assert 0 < len(page["successful_ids"]) < 10 and page["successful_ids_truncated"] is True
+
+
+def test_cursor_pages_cover_every_item_once_in_order(tracker: Tracker, service: StatusService) -> None:
+    batch = tracker.start_batch("update")
+    for n in range(130):
+        batch.record_success(f"id-{n}")
+        if n % 10 == 0:
+            batch.record_failure(f"error {n}", row_number=n + 1)
+    batch.finish()
+    operation = service.batch_status(batch.id)["operation"]
+    seen = list(operation["successful_ids"])
+    cursor = operation["successful_ids_next_cursor"]
+    while cursor is not None:
+        page = service.operation_items(batch.id, "succeeded", cursor, 17)
+        assert page["total_count"] == 130 and len(page["items"]) <= 17
+        seen += page["items"]
+        cursor = page["next_cursor"]
+    assert seen == [f"id-{n}" for n in range(130)]
+    failures = service.operation_items(batch.id, "failed", None, ITEMS_LIMIT_MAX)
+    assert [f["row_number"] for f in failures["items"]] == [n + 1 for n in range(0, 130, 10)]
+    assert failures["next_cursor"] is None
+
+
+def test_items_page_of_long_failures_stops_early_but_always_advances(tracker: Tracker, service: StatusService) -> None:
+    batch = tracker.start_batch("import")
+    for n in range(40):
+        batch.record_failure("\x01" * 4000, item_id="é" * 1024, row_number=n + 1)  # escapes to 6 bytes a char
+    batch.finish()
+    rows: list[int] = []
+    cursor = None
+    while True:
+        page = service.operation_items(batch.id, "failed", cursor, 1000)
+        assert 1 <= len(page["items"]) < 40
+        rows += [f["row_number"] for f in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert rows == list(range(1, 41))
+    assert page["items"][0]["error"] == "\x01" * 4000  # full text here, clipped only in the status page
+
+
+@pytest.mark.parametrize(
+    "check, value, message",
+    [
+        (lambda v: require_id(v, "batch_operation_id"), "", "batch_operation_id must not be empty"),
+        (lambda v: require_id(v, "batch_operation_id"), " \t", "batch_operation_id must not be empty"),
+        (lambda v: require_id(v, "batch_operation_id"), "x" * 257, "batch_operation_id is longer than 256"),
+        (lambda v: require_id(v, "batch_operation_id"), 7, "batch_operation_id must be a string, not integer"),
+        (lambda v: require_id(v, "request_id"), None, "request_id must be a string, not null"),
+        (lambda v: require_id(v, "operation_id"), ["a"], "operation_id must be a string, not array"),
+        (lambda v: require_limit(v, "limit", LIST_LIMIT_MAX, 20), 0, "limit must be a whole number from 1 to 100"),
+        (lambda v: require_limit(v, "limit", LIST_LIMIT_MAX, 20), 101, "from 1 to 100"),
+        (lambda v: require_limit(v, "limit", LIST_LIMIT_MAX, 20), True, "from 1 to 100"),
+        (lambda v: require_limit(v, "limit", ITEMS_LIMIT_MAX, 100), "5", "limit must be a whole number from 1 to 1000"),
+        (lambda v: require_limit(v, "limit", ITEMS_LIMIT_MAX, 100), 2.5, "from 1 to 1000"),
+        (lambda v: optional_choice(v, "kind", ("run", "batch")), "job", "kind must be one of run, batch"),
+        (lambda v: optional_operation_type(v), "", "operation_type must be a non-empty string"),
+        (lambda v: optional_operation_type(v), "t" * 65, "operation_type is longer than 64"),
+        (lambda v: require_outcome(v), "ok", 'outcome must be "succeeded" or "failed"'),
+    ],
+)
+def test_argument_checks_name_the_parameter(check, value, message: str) -> None:  # noqa: ANN001
+    with pytest.raises(InvalidInput, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check(value)
+
+
+def test_argument_checks_pass_good_values() -> None:
+    assert require_id("batch_x", "batch_operation_id") == "batch_x"
+    assert require_limit(None, "limit", 100, 20) == 20 and require_limit(100, "limit", 100, 20) == 100
+    assert optional_choice(None, "kind", ("run",)) is None and require_outcome(None) == "succeeded"
+    assert optional_operation_type(" import ") == "import"
+
+
+def test_cursor_round_trip_and_every_kind_of_bad_cursor() -> None:
+    token = encode_cursor("items", op="batch_a", o="failed", s=41)
+    assert decode_cursor(token, "items", "get_operation_items")["s"] == 41
+    payload_char = len(token) - 5
+    bad = {
+        "garbage": "not a cursor!",
+        "empty": "",
+        "too long": "A" * 5000,
+        "checksum edited": ("B" if token[0] != "B" else "C") + token[1:],
+        "payload edited": token[:payload_char] + ("A", "B")[token[payload_char] == "A"] + token[payload_char + 1 :],
+        "cut short": token[:-6],
+    }
+    for label, value in bad.items():
+        with pytest.raises(InvalidInput, match=r"^cursor ") as raised:
+            decode_cursor(value, "items", "get_operation_items")
+        assert "omit cursor" in str(raised.value) or "omit it" in str(raised.value), label
+    with pytest.raises(InvalidInput, match="cursor of another tool"):
+        decode_cursor(encode_cursor("list", t="x", i="y", f=[None, None, None]), "items", "get_operation_items")
+    old_version = b'{"v":0,"p":"items","op":"batch_a","o":"failed","s":1}'
+    forged = base64.urlsafe_b64encode(status._checksum(old_version) + old_version).decode()
+    with pytest.raises(InvalidInput, match="cursor comes from another version of tracker"):
+        decode_cursor(forged, "items", "get_operation_items")
+    with pytest.raises(InvalidInput, match="cursor must be a string, not integer"):
+        decode_cursor(12, "items", "get_operation_items")
+
+
+def test_items_cursor_must_match_operation_and_outcome(tracker: Tracker, service: StatusService) -> None:
+    batch = tracker.start_batch("update")
+    other = tracker.start_batch("update")
+    for n in range(120):
+        batch.record_success(n)
+    batch.finish()
+    cursor = service.batch_status(batch.id)["operation"]["successful_ids_next_cursor"]
+    with pytest.raises(InvalidInput, match="cursor belongs to another operation"):
+        service.operation_items(other.id, "succeeded", cursor, 10)
+    with pytest.raises(InvalidInput, match='cursor pages succeeded items; pass it with outcome="succeeded"'):
+        service.operation_items(batch.id, "failed", cursor, 10)
+    assert service.operation_items(batch.id, "succeeded", cursor, 10)["items"][0] == "50"
+
+
+def test_list_pages_newest_first_with_filters_bound_to_the_cursor(tracker: Tracker, service: StatusService) -> None:
+    ids = [tracker.start_batch("import" if n % 2 else "delete").id for n in range(25)]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = service.list_operations("batch", None, "import", 5, cursor)
+        seen += [row["operation_id"] for row in page["operations"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(ids[1::2]) and len(seen) == len(set(seen))
+    started = [tracker.get(i).started_at for i in seen]
+    assert started == sorted(started, reverse=True)
+    first = service.list_operations("batch", None, "import", 5, None)["next_cursor"]
+    with pytest.raises(InvalidInput, match="cursor belongs to a list_operations call with other filters"):
+        service.list_operations("batch", None, "delete", 5, first)
+
+
+def test_run_status_from_the_table(tracker: Tracker, service: StatusService) -> None:
+    running = create_run(tracker, "req-running")
+    answer = service.run_status("req-running")
+    assert {k: answer[k] for k in ("found", "mode", "status", "grid_id")} == {
+        "found": True, "mode": "async", "status": "running", "grid_id": "grid-42"
+    }
+    assert "outputs" not in answer and answer["operation_id"] == running
+    create_run(tracker, "req-done", status_outputs={"col_1": {"value": "ACME", "name": "Company"}})
+    done = service.run_status("req-done")
+    assert done["status"] == "completed" and done["outputs"] == {"col_1": {"value": "ACME", "name": "Company"}}
+    assert service.run_status(running)["request_id"] == "req-running"  # the operation id finds it too
+    assert service.run_status("req-missing") == {
+        "found": False,
+        "message": 'Run "req-missing" not found. Runs are kept for 1 hour after completion.',
+    }
+    batch = tracker.start_batch("update")
+    assert service.run_status(batch.id)["found"] is False  # a batch is not a run
+
+
+def test_cancel_running_terminal_and_unknown(tracker: Tracker, service: StatusService) -> None:
+    batch = tracker.start_batch("update", total=3)
+    answer = service.cancel(batch.id)
+    assert answer["cancelled"] is True and answer["operation"]["status"] == "cancelled"
+    with pytest.raises(OperationClosed, match="is already cancelled; only a running operation can be cancelled"):
+        service.cancel(batch.id)
+    done = tracker.start_batch("update")
+    done.finish()
+    with pytest.raises(OperationClosed, match="is already completed"):
+        service.cancel(done.id)
+    assert service.cancel("batch_unknown")["found"] is False
+    assert tracker.get(done.id).status == "completed"

@@ -1,0 +1,191 @@
+"""The status tools: each checks its arguments, calls tracker.status off the event loop, and returns its answer.
+
+Parameters take any JSON value and are checked here (tracker.status), so a wrong type gets the same one-line
+message naming the parameter as every other bad input; their JSON schema still tells the model the type."""
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import anyio
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import Field, PlainValidator, WithJsonSchema
+
+from ..api import MAX_TYPE_CHARS, Tracker
+from ..errors import TrackerError
+from ..models import KINDS, STATUSES
+from ..status import (
+    ITEMS_LIMIT_DEFAULT,
+    ITEMS_LIMIT_MAX,
+    LIST_LIMIT_MAX,
+    MAX_ID_CHARS,
+    OUTCOMES,
+    StatusService,
+    optional_choice,
+    optional_operation_type,
+    require_id,
+    require_limit,
+    require_outcome,
+)
+
+_AS_GIVEN = PlainValidator(lambda value: value)  # no coercion: tracker.status checks the value
+
+
+# `str` (not Any) keeps the SDK from JSON-decoding an id such as "null" before we see it.
+_ID_SCHEMA = WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS})
+BatchOperationId = Annotated[
+    str, _AS_GIVEN, _ID_SCHEMA, Field(description="the batch_operation_id the batch tool returned")
+]
+OperationId = Annotated[
+    str, _AS_GIVEN, _ID_SCHEMA, Field(description="an operation id (a batch_operation_id or a run's)")
+]
+RequestId = Annotated[str, _AS_GIVEN, _ID_SCHEMA, Field(description="the request_id that run_grid returned")]
+Cursor = Annotated[
+    Any,
+    _AS_GIVEN,
+    WithJsonSchema({"type": ["string", "null"]}),
+    Field(description="next_cursor from the previous page; omit it for the first page"),
+]
+Kind = Annotated[
+    Any, _AS_GIVEN, WithJsonSchema({"enum": [*KINDS, None]}), Field(description="only batches, or only remote runs")
+]
+Status = Annotated[
+    Any, _AS_GIVEN, WithJsonSchema({"enum": [*STATUSES, None]}), Field(description="only operations in this status")
+]
+OperationType = Annotated[
+    Any,
+    _AS_GIVEN,
+    WithJsonSchema({"type": ["string", "null"], "maxLength": MAX_TYPE_CHARS}),
+    Field(description="only this operation_type, e.g. import"),
+]
+ListLimit = Annotated[
+    Any,
+    _AS_GIVEN,
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": LIST_LIMIT_MAX}),
+    Field(description="operations per page"),
+]
+ItemsLimit = Annotated[
+    Any,
+    _AS_GIVEN,
+    WithJsonSchema({"type": ["integer", "null"], "minimum": 1, "maximum": ITEMS_LIMIT_MAX}),
+    Field(description=f"items per page (default {ITEMS_LIMIT_DEFAULT}); a page of long items holds fewer"),
+]
+Outcome = Annotated[
+    Any,
+    _AS_GIVEN,
+    WithJsonSchema({"enum": list(OUTCOMES)}),
+    Field(description="succeeded: the successful ids; failed: the failures with their errors"),
+]
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+DESTRUCTIVE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False)
+
+
+@contextmanager
+def _as_tool_errors() -> Iterator[None]:
+    """tracker's own errors reach the model as their one-line message; anything else the SDK logs with its
+    traceback on stderr and reports only as "Error executing tool <name>"."""
+    try:
+        yield
+    except TrackerError as exc:
+        raise ToolError(str(exc)) from None
+
+
+async def _off_loop(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    return await anyio.to_thread.run_sync(fn, *args)  # the database calls block; the event loop must not
+
+
+class StatusTools:
+    """The five status tools over one Tracker. register() adds them to an MCPServer."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.service = StatusService(tracker)
+
+    async def get_batch_status(self, batch_operation_id: BatchOperationId) -> dict[str, Any]:
+        """Status of a batch operation (update, delete, import, ...) that a tool started and handed you a
+        batch_operation_id for. Returns {"found": true, "operation": {batch_operation_id, operation_type, status,
+        progress: {completed, total, percent}, successful_ids, failed_items: [{id?, row_number?, error}],
+        started_at, completed_at, execution_time_ms, ...}}. status is running, completed, failed or cancelled;
+        the last three never change again. successful_ids and failed_items hold only the first items of a large
+        batch: when successful_ids_truncated / failed_items_truncated is true, pass the matching *_next_cursor to
+        get_operation_items for the rest. While status is running, poll again every 2-5 seconds.
+        {"found": false} means no such operation: the id is wrong, or it finished more than <retention> ago
+        (operations are kept for <retention> after completion)."""
+        with _as_tool_errors():
+            operation_id = require_id(batch_operation_id, "batch_operation_id")
+            return await _off_loop(self.service.batch_status, operation_id)
+
+    async def get_run_status(self, request_id: RequestId) -> dict[str, Any]:
+        """Status of a remote grid run by the request_id that run_grid returned. Returns {mode, status, grid_id,
+        outputs (when completed)} with status running, completed, failed or cancelled. While it is running, poll
+        again every 2-5 seconds. {"found": false} means no such run: the id is wrong, or it finished more than
+        <retention> ago (runs are kept for <retention> after completion)."""
+        with _as_tool_errors():
+            checked = require_id(request_id, "request_id")
+            return await _off_loop(self.service.run_status, checked)
+
+    async def list_operations(
+        self,
+        kind: Kind = None,
+        status: Status = None,
+        operation_type: OperationType = None,
+        limit: ListLimit = 20,
+        cursor: Cursor = None,
+    ) -> dict[str, Any]:
+        """Recent batch operations and remote runs, newest first, optionally only one kind, status or
+        operation_type. Returns {"operations": [{operation_id, kind, operation_type, status, progress, counts,
+        started_at, completed_at, ...}], "next_cursor"}. next_cursor is null on the last page; otherwise pass it
+        back with the same filters for the next page (pages never repeat or skip an operation, even while new
+        ones start). Operations are kept for <retention> after completion. limit: 1 to 100."""
+        with _as_tool_errors():
+            checked = (
+                optional_choice(kind, "kind", KINDS),
+                optional_choice(status, "status", STATUSES),
+                optional_operation_type(operation_type),
+                require_limit(limit, "limit", LIST_LIMIT_MAX, 20),
+            )
+            return await _off_loop(self.service.list_operations, *checked, cursor)
+
+    async def get_operation_items(
+        self,
+        operation_id: OperationId,
+        outcome: Outcome = "succeeded",
+        cursor: Cursor = None,
+        limit: ItemsLimit = None,
+    ) -> dict[str, Any]:
+        """Pages through all the successful ids (outcome="succeeded") or all the failures with their full error
+        text (outcome="failed") of an operation, in completion order. Returns {"found": true, "items": [...],
+        "total_count", "status", "next_cursor"}; next_cursor is null when there are no more items (yet: a running
+        operation gains items). Start with the *_next_cursor from get_batch_status, or with no cursor for the
+        first page. limit: 1 to 1000, default 100. {"found": false}: no such operation (kept for <retention>
+        after completion)."""
+        with _as_tool_errors():
+            checked_id = require_id(operation_id, "operation_id")
+            checked_outcome = require_outcome(outcome)
+            checked_limit = require_limit(limit, "limit", ITEMS_LIMIT_MAX, ITEMS_LIMIT_DEFAULT)
+            return await _off_loop(self.service.operation_items, checked_id, checked_outcome, cursor, checked_limit)
+
+    async def cancel_operation(self, operation_id: OperationId) -> dict[str, Any]:
+        """Cancels a running batch operation or run: its status becomes cancelled at once, and the process doing
+        the work stops at its next recorded item; items already done stay done. Returns {"cancelled": true,
+        "found": true, "operation": ...} as get_batch_status does. Cancelling an operation that already completed,
+        failed or was cancelled is an error that says its status. {"found": false}: no such operation (kept for
+        <retention> after completion), nothing was cancelled."""
+        with _as_tool_errors():
+            checked = require_id(operation_id, "operation_id")
+            return await _off_loop(self.service.cancel, checked)
+
+    def register(self, server: MCPServer, include_run_status: bool = True) -> None:
+        tools: list[tuple[Callable[..., Any], ToolAnnotations]] = [
+            (self.get_batch_status, READ_ONLY),
+            (self.list_operations, READ_ONLY),
+            (self.get_operation_items, READ_ONLY),
+            (self.cancel_operation, DESTRUCTIVE),
+        ]
+        if include_run_status:
+            tools.insert(1, (self.get_run_status, READ_ONLY))
+        for fn, annotations in tools:
+            description = " ".join((fn.__doc__ or "").split()).replace("<retention>", self.service.retention)
+            server.add_tool(fn, name=fn.__name__, description=description, annotations=annotations)

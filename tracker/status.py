@@ -1,0 +1,378 @@
+"""Status answers for readers such as the MCP tools: an operation in the CONTRACTS.md shapes, bounded pages of
+its items, opaque cursors, and argument checks. No protocol here; tracker/server/ turns these into MCP tools.
+
+Every check raises InvalidInput naming the parameter, before anything is read or written."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from .api import MAX_TYPE_CHARS, Tracker
+from .errors import InvalidInput, OperationClosed
+from .records import ItemRecord, OperationRecord
+from .settings import format_duration
+from .timeutil import iso
+
+MAX_ID_CHARS = 256
+LIST_LIMIT_MAX = 100
+ITEMS_LIMIT_MAX = 1000
+ITEMS_LIMIT_DEFAULT = 100
+OUTCOMES = ("succeeded", "failed")
+
+# A status answer keeps a 100,000-item batch far under 16 KB (text and structured copies together):
+# at most this many ids/failures, and at most this many bytes of each list.
+STATUS_PAGE_IDS = 50
+STATUS_PAGE_FAILURES = 20
+STATUS_PAGE_BYTES = 3000
+STATUS_ERROR_CHARS = 200  # error text per failure in a status page; get_operation_items has the full text
+SUMMARY_ERROR_CHARS = 300
+ITEMS_PAGE_BYTES = 64_000  # a get_operation_items page stops early when its items are long
+
+MAX_CURSOR_CHARS = 1024
+_CURSOR_VERSION = 1
+# The checksum catches cursors that were edited or cut short. It is not a secret: a cursor is only a position,
+# and grants nothing a fresh call without one would not.
+_CURSOR_KEY = b"tracker cursor v1"
+_CHECKSUM_BYTES = 8
+
+
+# -- argument checks ------------------------------------------------------------------------------------------------
+
+
+def _type_name(value: Any) -> str:
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def require_id(value: Any, name: str) -> str:
+    """An operation or request id: a non-blank string of at most 256 characters."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be a string, not {_type_name(value)}")
+    if not value.strip():
+        raise InvalidInput(f"{name} must not be empty")
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidInput(f"{name} is longer than {MAX_ID_CHARS} characters ({len(value)}); pass the id as returned")
+    return value
+
+
+def optional_choice(value: Any, name: str, choices: tuple[str, ...]) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidInput(f"{name} must be one of {', '.join(choices)} (or omitted)")
+    return value
+
+
+def optional_operation_type(value: Any, name: str = "operation_type") -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{name} must be a non-empty string such as 'update' or 'import' (or omitted)")
+    if len(value) > MAX_TYPE_CHARS:
+        raise InvalidInput(f"{name} is longer than {MAX_TYPE_CHARS} characters")
+    return value.strip()
+
+
+def require_limit(value: Any, name: str, high: int, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise InvalidInput(f"{name} must be a whole number from 1 to {high}")
+    return value
+
+
+def require_outcome(value: Any, name: str = "outcome") -> str:
+    if value is None:
+        return OUTCOMES[0]
+    if not isinstance(value, str) or value not in OUTCOMES:
+        raise InvalidInput(f"{name} must be \"succeeded\" or \"failed\"")
+    return value
+
+
+# -- cursors --------------------------------------------------------------------------------------------------------
+
+
+def _checksum(payload: bytes) -> bytes:
+    return hmac.new(_CURSOR_KEY, payload, hashlib.sha256).digest()[:_CHECKSUM_BYTES]
+
+
+def encode_cursor(purpose: str, **position: Any) -> str:
+    """urlsafe base64 of a short checksum and the compact JSON of the position."""
+    payload = json.dumps({"v": _CURSOR_VERSION, "p": purpose, **position}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(_checksum(payload) + payload).decode().rstrip("=")
+
+
+def decode_cursor(token: Any, purpose: str, tool: str, name: str = "cursor") -> dict[str, Any]:
+    """The position a cursor of `purpose` holds; InvalidInput naming `name` if it is malformed, edited or foreign."""
+    start_over = f"pass the next_cursor of the previous {tool} answer unchanged, or omit {name} to start over"
+    if not isinstance(token, str):
+        raise InvalidInput(f"{name} must be a string, not {_type_name(token)}")
+    if not token.strip() or len(token) > MAX_CURSOR_CHARS:
+        raise InvalidInput(f"{name} is not a cursor from {tool}; {start_over}")
+    try:
+        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"{name} is not a cursor from {tool}; {start_over}") from None
+    checksum, payload = raw[:_CHECKSUM_BYTES], raw[_CHECKSUM_BYTES:]
+    if len(checksum) < _CHECKSUM_BYTES or not hmac.compare_digest(checksum, _checksum(payload)):
+        raise InvalidInput(f"{name} was altered or cut short; {start_over}")
+    try:
+        position = json.loads(payload)
+    except ValueError:
+        raise InvalidInput(f"{name} is not a cursor from {tool}; {start_over}") from None
+    if not isinstance(position, dict) or position.get("v") != _CURSOR_VERSION:
+        raise InvalidInput(f"{name} comes from another version of tracker; {start_over}")
+    if position.get("p") != purpose:
+        raise InvalidInput(f"{name} is a cursor of another tool, not of {tool}; {start_over}")
+    return position
+
+
+def _parse_iso(text: Any) -> datetime:
+    return datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+
+
+# -- shapes ---------------------------------------------------------------------------------------------------------
+
+
+def _clip(text: str | None, limit: int) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit] + "…"
+
+
+def _json_bytes(value: Any) -> int:
+    # The indented form the MCP text content uses, plus its nesting inside the answer.
+    return len(json.dumps(value, ensure_ascii=False, indent=2).encode()) + 8
+
+
+def progress(record: OperationRecord) -> dict[str, Any]:
+    return {"completed": record.completed, "total": record.total, "percent": record.percent}
+
+
+def failure_dict(item: ItemRecord, error_chars: int | None = None) -> dict[str, Any]:
+    """{id?, row_number?, error}: a key only when the failure has it."""
+    failure: dict[str, Any] = {}
+    if item.item_id is not None:
+        failure["id"] = item.item_id
+    if item.row_number is not None:
+        failure["row_number"] = item.row_number
+    failure["error"] = item.error if error_chars is None else _clip(item.error, error_chars)
+    return failure
+
+
+def bounded_page(
+    items: list[ItemRecord], limit: int, max_bytes: int, render: Callable[[ItemRecord], Any], at_least_one: bool
+) -> tuple[list[Any], int | None, bool]:
+    """The first items (up to `limit`, and up to `max_bytes` rendered) from `items`, which was fetched with one
+    extra row. Returns the rendered page, the seq of its last item, and whether more items follow it."""
+    page: list[Any] = []
+    used = 0
+    last_seq: int | None = None
+    for item in items[:limit]:
+        value = render(item)
+        size = _json_bytes(value)
+        if used + size > max_bytes and (page or not at_least_one):
+            break
+        page.append(value)
+        used += size
+        last_seq = item.seq
+    return page, last_seq, len(page) < len(items)
+
+
+def operation_dict(
+    record: OperationRecord, successful: list[ItemRecord], failures: list[ItemRecord]
+) -> dict[str, Any]:
+    """CONTRACTS.md section 1 OPERATION (every field always present) plus tracker's own fields: counts, the
+    error, and for each list a truncation flag and the get_operation_items cursor for the rest.
+    `successful` and `failures` are the first items, fetched with one row more than a page."""
+    ids, last_ok, ok_truncated = bounded_page(
+        successful, STATUS_PAGE_IDS, STATUS_PAGE_BYTES, lambda item: item.item_id, at_least_one=False
+    )
+    failed, last_failed, failed_truncated = bounded_page(
+        failures,
+        STATUS_PAGE_FAILURES,
+        STATUS_PAGE_BYTES,
+        lambda item: failure_dict(item, STATUS_ERROR_CHARS),
+        at_least_one=False,
+    )
+    return {
+        "batch_operation_id": record.id,
+        "operation_type": record.operation_type,
+        "status": record.status,
+        "progress": progress(record),
+        "successful_ids": ids,
+        "failed_items": failed,
+        "started_at": iso(record.started_at),
+        "completed_at": iso(record.completed_at),
+        "execution_time_ms": record.execution_time_ms,
+        "kind": record.kind,
+        "succeeded_count": record.succeeded_count,
+        "failed_count": record.failed_count,
+        "error": _clip(record.error, SUMMARY_ERROR_CHARS),
+        "successful_ids_truncated": ok_truncated,
+        "successful_ids_next_cursor": _items_cursor(record.id, "succeeded", last_ok) if ok_truncated else None,
+        "failed_items_truncated": failed_truncated,
+        "failed_items_next_cursor": _items_cursor(record.id, "failed", last_failed) if failed_truncated else None,
+    }
+
+
+def run_status_dict(record: OperationRecord) -> dict[str, Any]:
+    """CONTRACTS.md section 2: {mode, status, grid_id, outputs (when completed)} plus tracker's own fields."""
+    answer: dict[str, Any] = {
+        "found": True,
+        "mode": record.mode,
+        "status": record.status,
+        "grid_id": record.grid_id,
+        "request_id": record.request_id,
+        "operation_id": record.id,
+        "started_at": iso(record.started_at),
+        "completed_at": iso(record.completed_at),
+    }
+    if record.status == "completed":
+        answer["outputs"] = record.outputs
+    if record.error is not None and record.status != "completed":
+        answer["error"] = _clip(record.error, SUMMARY_ERROR_CHARS)
+    return answer
+
+
+def summary_dict(record: OperationRecord) -> dict[str, Any]:
+    """One row of list_operations: counts and times, no item lists."""
+    summary: dict[str, Any] = {
+        "operation_id": record.id,
+        "kind": record.kind,
+        "operation_type": record.operation_type,
+        "status": record.status,
+        "progress": progress(record),
+        "succeeded_count": record.succeeded_count,
+        "failed_count": record.failed_count,
+        "started_at": iso(record.started_at),
+        "completed_at": iso(record.completed_at),
+        "execution_time_ms": record.execution_time_ms,
+        "error": _clip(record.error, SUMMARY_ERROR_CHARS),
+    }
+    if record.kind == "run":
+        summary.update(request_id=record.request_id, grid_id=record.grid_id, mode=record.mode)
+    return summary
+
+
+def _items_cursor(operation_id: str, outcome: str, after_seq: int | None) -> str:
+    return encode_cursor("items", op=operation_id, o=outcome, s=after_seq or 0)
+
+
+# -- the service ----------------------------------------------------------------------------------------------------
+
+
+class StatusService:
+    """Reads (and the cancel) behind the status tools, over one Tracker. Arguments arrive already checked by the
+    functions above, except cursors, which are checked here against the call they are used with."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+        self.retention = format_duration(tracker.settings.retention_s)
+
+    def not_found(self, noun: str, operation_id: str, kept: str = "Operations") -> dict[str, Any]:
+        return {
+            "found": False,
+            "message": f'{noun} "{operation_id}" not found. {kept} are kept for {self.retention} after completion.',
+        }
+
+    def batch_status(self, operation_id: str) -> dict[str, Any]:
+        record = self.tracker.get(operation_id)
+        if record is None:
+            return self.not_found("Batch operation", operation_id)
+        successful = self._first_items(record, ok=True, limit=STATUS_PAGE_IDS)
+        failures = self._first_items(record, ok=False, limit=STATUS_PAGE_FAILURES)
+        return {"found": True, "operation": operation_dict(record, successful, failures)}
+
+    def _first_items(self, record: OperationRecord, ok: bool, limit: int) -> list[ItemRecord]:
+        if (record.succeeded_count if ok else record.failed_count) == 0:
+            return []
+        return self.tracker.items(record.id, ok=ok, limit=limit + 1)
+
+    def run_status(self, request_id: str) -> dict[str, Any]:
+        record = self.tracker.get_by_request_id(request_id)
+        if record is None:
+            by_id = self.tracker.get(request_id)
+            record = by_id if by_id is not None and by_id.kind == "run" else None
+        if record is None:
+            return self.not_found("Run", request_id, kept="Runs")
+        return run_status_dict(record)
+
+    def list_operations(
+        self, kind: str | None, status: str | None, operation_type: str | None, limit: int, cursor: Any
+    ) -> dict[str, Any]:
+        filters = [kind, status, operation_type]
+        before = None
+        if cursor is not None:
+            position = decode_cursor(cursor, "list", "list_operations")
+            if position.get("f") != filters:
+                raise InvalidInput(
+                    "cursor belongs to a list_operations call with other filters (kind, status, operation_type); "
+                    "pass the same filters with it, or omit cursor to start over"
+                )
+            try:
+                before = (_parse_iso(position["t"]), str(position["i"]))
+            except (KeyError, ValueError):
+                raise InvalidInput("cursor is not a cursor from list_operations; omit it to start over") from None
+        rows = self.tracker.list(kind, status, operation_type, limit=limit + 1, before=before)
+        page = rows[:limit]
+        next_cursor = None
+        if len(rows) > limit:
+            last = page[-1]
+            next_cursor = encode_cursor("list", t=iso(last.started_at), i=last.id, f=filters)
+        return {"operations": [summary_dict(r) for r in page], "count": len(page), "next_cursor": next_cursor}
+
+    def operation_items(self, operation_id: str, outcome: str, cursor: Any, limit: int) -> dict[str, Any]:
+        after_seq = 0
+        if cursor is not None:
+            position = decode_cursor(cursor, "items", "get_operation_items")
+            if position.get("op") != operation_id:
+                raise InvalidInput("cursor belongs to another operation; pass it with the operation_id it came from")
+            if position.get("o") != outcome:
+                other = position.get("o")
+                raise InvalidInput(f'cursor pages {other} items; pass it with outcome="{other}"')
+            after_seq = position.get("s")
+            if isinstance(after_seq, bool) or not isinstance(after_seq, int) or after_seq < 0:
+                raise InvalidInput("cursor is not a cursor from get_operation_items; omit it to start over")
+        record = self.tracker.get(operation_id)
+        if record is None:
+            return self.not_found("Operation", operation_id)
+        ok = outcome == "succeeded"
+        rows = self.tracker.items(operation_id, ok=ok, after_seq=after_seq, limit=limit + 1)
+        render = (lambda item: item.item_id) if ok else failure_dict
+        items, last_seq, more = bounded_page(rows, limit, ITEMS_PAGE_BYTES, render, at_least_one=True)
+        return {
+            "found": True,
+            "operation_id": operation_id,
+            "outcome": outcome,
+            "status": record.status,
+            "total_count": record.succeeded_count if ok else record.failed_count,
+            "items": items,
+            "next_cursor": _items_cursor(operation_id, outcome, last_seq) if more else None,
+        }
+
+    def cancel(self, operation_id: str) -> dict[str, Any]:
+        record = self.tracker.get(operation_id)
+        if record is None:
+            return self.not_found("Operation", operation_id)
+        if record.is_terminal:
+            raise self._already_ended(operation_id, record.status)
+        try:
+            self.tracker.cancel(operation_id, "cancelled by cancel_operation")
+        except OperationClosed:  # it ended between the read and the cancel
+            current = self.tracker.get(operation_id)
+            raise self._already_ended(operation_id, current.status if current else "ended") from None
+        return {"cancelled": True, **self.batch_status(operation_id)}
+
+    @staticmethod
+    def _already_ended(operation_id: str, status: str) -> OperationClosed:
+        return OperationClosed(
+            f"operation_id {operation_id!r} is already {status}; only a running operation can be cancelled"
+        )
