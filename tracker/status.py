@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .api import MAX_TYPE_CHARS, Tracker
-from .errors import InvalidInput, OperationClosed
+from .errors import InvalidInput, OperationClosed, OperationNotFound
 from .records import ItemRecord, OperationRecord
 from .settings import format_duration
 from .timeutil import iso
@@ -359,20 +359,14 @@ class StatusService:
         }
 
     def cancel(self, operation_id: str) -> dict[str, Any]:
-        record = self.tracker.get(operation_id)
-        if record is None:
-            return self.not_found("Operation", operation_id)
-        if record.is_terminal:
-            raise self._already_ended(operation_id, record.status)
         try:
             self.tracker.cancel(operation_id, "cancelled by cancel_operation")
-        except OperationClosed:  # it ended between the read and the cancel
+        except OperationNotFound:
+            return self.not_found("Operation", operation_id)
+        except OperationClosed:
             current = self.tracker.get(operation_id)
-            raise self._already_ended(operation_id, current.status if current else "ended") from None
+            status = current.status if current is not None else "ended"
+            raise OperationClosed(
+                f"operation_id {operation_id!r} is already {status}; only a running operation can be cancelled"
+            ) from None
         return {"cancelled": True, **self.batch_status(operation_id)}
-
-    @staticmethod
-    def _already_ended(operation_id: str, status: str) -> OperationClosed:
-        return OperationClosed(
-            f"operation_id {operation_id!r} is already {status}; only a running operation can be cancelled"
-        )
