@@ -32,7 +32,6 @@ from ..status import (
 
 _AS_GIVEN = PlainValidator(lambda value: value)  # no coercion: tracker.status checks the value
 
-
 # `str` (not Any) keeps the SDK from JSON-decoding an id such as "null" before we see it.
 _ID_SCHEMA = WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS})
 BatchOperationId = Annotated[
