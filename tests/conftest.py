@@ -74,3 +74,66 @@ def backend_settings(request, tmp_path: Path) -> Settings:
 def backend_tracker(backend_settings: Settings):
     with Tracker(backend_settings) as opened:
         yield opened
+
+
+# -- the fake upstream grid API: scripts/fake_upstream.py, a real HTTP server on 127.0.0.1 -------------------------
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import urllib.request  # noqa: E402
+
+FAKE_UPSTREAM_KEY = "test-key-0123456789"
+
+
+class FakeUpstreamProcess:
+    """scripts/fake_upstream.py in a child process; options are its command-line flags (run_seconds='0.3')."""
+
+    def __init__(self, **options: object) -> None:
+        args = [PYTHON, str(REPO / "scripts" / "fake_upstream.py"), "--key", FAKE_UPSTREAM_KEY]
+        for name, value in options.items():
+            args += [f"--{name.replace('_', '-')}", str(value)]
+        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        ready = json.loads(self.process.stdout.readline())
+        self.base_url: str = ready["base_url"]
+        self.port: int = ready["port"]
+        self.key = FAKE_UPSTREAM_KEY
+
+    def _call(self, path: str, body: object = None) -> dict:
+        data = None if body is None else json.dumps(body).encode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", data=data, timeout=10) as response:
+            return json.loads(response.read())
+
+    def stats(self) -> dict:
+        return self._call("/_fake/stats")
+
+    def configure(self, **options: object) -> dict:
+        return self._call("/_fake/config", options)
+
+    def reset(self) -> None:
+        self._call("/_fake/reset", {})
+
+    def env(self) -> dict[str, str]:
+        """BITSCALE_* variables pointing a tracker process at this server."""
+        return {"BITSCALE_API_BASE": self.base_url, "BITSCALE_API_KEY": self.key}
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def fake_upstream():
+    server = FakeUpstreamProcess(run_seconds="0.3", seed=1)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def upstream_settings(db_path: Path, fake_upstream: FakeUpstreamProcess) -> Settings:
+    """Settings for a fresh database whose upstream is the fake server (poll interval shortened for tests)."""
+    return Settings.from_env(fake_upstream.env(), db=str(db_path), poll_interval_s=0.3)

@@ -1,0 +1,67 @@
+"""One upstream rate limit shared by every tracker process on a database.
+
+Each request claims the next free slot of its workspace in a short write transaction (store/ratelimit.py) and
+then waits, outside any transaction, until that slot. Slots are spaced 1/rate apart, plus a small margin: an
+upstream that counts requests in a sliding one-second window sees slot 1 and slot rate+1 arrive with a few
+milliseconds of jitter, and exact spacing would trip it about half the time. A 429 moves the shared next slot
+past its Retry-After, so every process backs off, not only the one that was refused."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from .db import short_reason
+from .errors import DatabaseUnavailable, InvalidInput
+from .store.ratelimit import RateLimitStore
+
+SPACING_MARGIN = 1.1
+
+
+def workspace_key(base_url: str, api_key: str) -> str:
+    """The workspace a rate limit applies to: one per API key (and base URL). A hash, so the key is never stored."""
+    return hashlib.sha256(f"{base_url.rstrip('/')}\n{api_key}".encode()).hexdigest()[:32]
+
+
+class SharedRateLimiter:
+    """At most `rate_per_s` requests per second for one workspace, across processes sharing the database."""
+
+    def __init__(self, engine: Engine, workspace: str, rate_per_s: float) -> None:
+        if not rate_per_s > 0:
+            raise InvalidInput("upstream_rate_per_s must be a positive number of requests per second")
+        self._store = RateLimitStore(engine)
+        self.workspace = workspace
+        self.rate_per_s = rate_per_s
+        self.interval_s = SPACING_MARGIN / rate_per_s
+        # Half of the slack the margin leaves in a window of `rate` requests.
+        self.late_tolerance_s = (SPACING_MARGIN - 1.0) * rate_per_s * self.interval_s / 2
+        self._deferred_until = 0.0  # this process's view of the latest Retry-After
+
+    async def acquire(self) -> None:
+        """Return when this caller may send one request."""
+        while True:
+            slot = await self._db(self._store.claim, self.workspace, time.time(), self.interval_s)
+            delay = slot - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            # A 429 that arrived while we waited invalidates slots claimed before it; a slot we reach too late
+            # (a busy event loop or CPU) would crowd the next ones into the same second: take a fresh one.
+            if slot >= self._deferred_until and time.time() - slot <= self.late_tolerance_s:
+                return
+
+    async def defer(self, seconds: float) -> None:
+        """The upstream said 429 Retry-After `seconds`: nobody on this database sends before then."""
+        until = time.time() + max(0.0, seconds)
+        self._deferred_until = max(self._deferred_until, until)
+        await self._db(self._store.defer, self.workspace, until)
+
+    @staticmethod
+    async def _db(fn, *args):  # noqa: ANN001, ANN205
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailable(f"could not claim an upstream rate-limit slot: {short_reason(exc)}") from None

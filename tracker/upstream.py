@@ -1,0 +1,259 @@
+"""The upstream grid API (BitScale Grid API shape) over httpx: the only module that speaks HTTP.
+
+Every request first waits for a shared rate-limit slot. 429 moves the shared slot past Retry-After and retries;
+GETs are retried on 5xx, timeouts and connection errors with bounded, jittered backoff. A POST creates a run
+that costs credits, so it is retried only when the upstream cannot have acted on it (429, 503, or the
+connection never opened); a POST whose answer was lost raises UpstreamOutcomeUnknown instead of resubmitting.
+Every failure is an UpstreamError with the HTTP status and a short body excerpt; the API key never appears."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
+
+import anyio
+import httpx
+
+from .errors import InvalidInput, UpstreamError, UpstreamOutcomeUnknown
+
+log = logging.getLogger(__name__)
+
+EXCERPT_CHARS = 200
+MAX_RETRY_AFTER_S = 120.0
+RUN_STATUSES = ("running", "completed", "failed")
+
+
+class Limiter(Protocol):
+    async def acquire(self) -> None: ...
+    async def defer(self, seconds: float) -> None: ...
+
+
+def check_base_url(base_url: str) -> str:
+    """Only http(s) URLs with a host; the URL itself is not echoed (it may carry credentials)."""
+    if not isinstance(base_url, str) or not base_url.strip():
+        raise InvalidInput("BITSCALE_API_BASE must be an http:// or https:// URL (it is empty)")
+    parts = urlsplit(base_url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput(
+            f"BITSCALE_API_BASE must be an http:// or https:// URL with a host (got scheme {parts.scheme or 'none'!r})"
+        )
+    return base_url.strip().rstrip("/")
+
+
+def retry_after_seconds(value: str | None, default: float = 1.0) -> float:
+    """Retry-After as delta-seconds or an HTTP date; capped so a bad header cannot stall us for hours."""
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return default
+    return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
+
+
+class UpstreamClient:
+    """Async client for POST /grids/{grid_id}/run and GET /run/status/{request_id}. Create it inside the event
+    loop that uses it; close with `await client.aclose()`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        limiter: Limiter | None = None,
+        *,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 30.0,
+        sync_read_timeout_s: float = 150.0,  # the upstream holds a sync POST up to 120 s
+        max_attempts: int = 5,
+        max_rate_limited: int = 20,
+        backoff_base_s: float = 0.25,
+        backoff_cap_s: float = 8.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = check_base_url(base_url)
+        self._key = api_key or ""
+        self._limiter = limiter
+        self._timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
+        self._sync_timeout = httpx.Timeout(sync_read_timeout_s, connect=connect_timeout_s)
+        self._max_attempts = max(1, max_attempts)
+        self._max_rate_limited = max(0, max_rate_limited)
+        self._backoff_base_s = backoff_base_s
+        self._backoff_cap_s = backoff_cap_s
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self.requests_sent = 0
+
+    # -- the two endpoints ----------------------------------------------------------------------------------
+
+    async def submit_run(
+        self,
+        grid_id: str,
+        inputs: dict[str, str],
+        mode: str = "sync",
+        output_columns: list[str] | None = None,
+        source_id: str | None = None,
+        on_send: Callable[[], Awaitable[None]] | None = None,
+    ) -> dict[str, Any]:
+        """POST /grids/{grid_id}/run. Returns the upstream's answer: status completed with outputs, or running
+        with request_id. Raises UpstreamOutcomeUnknown when the run may exist upstream without our knowing.
+        `on_send` is awaited once, after the first rate-limit slot is granted and right before the request
+        leaves (a batch writes its run row there); an exception from it aborts the submission unsent."""
+        body: dict[str, Any] = {"mode": mode, "inputs": inputs}
+        if output_columns is not None:
+            body["output_columns"] = output_columns
+        if source_id is not None:
+            body["source_id"] = source_id
+        path = f"/grids/{quote(grid_id, safe='')}/run"
+        answer = await self._request("POST", path, body, idempotent=False, sync=mode == "sync", on_send=on_send)
+        if answer is None:
+            raise UpstreamError(f"upstream has no grid {grid_id!r} (HTTP 404)", status_code=404)
+        status = answer.get("status")
+        if status not in RUN_STATUSES:
+            raise UpstreamOutcomeUnknown(
+                f"upstream answered the run submission without a known status: {self._excerpt(json.dumps(answer))}",
+                status_code=200,
+            )
+        if status == "running" and not isinstance(answer.get("request_id"), str):
+            raise UpstreamOutcomeUnknown("upstream accepted the run but sent no request_id", status_code=200)
+        return answer
+
+    async def run_status(self, request_id: str) -> dict[str, Any] | None:
+        """GET /run/status/{request_id}; None when the upstream does not know the id (404)."""
+        answer = await self._request("GET", f"/run/status/{quote(request_id, safe='')}", None, idempotent=True)
+        if answer is not None and answer.get("status") not in RUN_STATUSES:
+            raise UpstreamError(
+                f"upstream status answer has no known status: {self._excerpt(json.dumps(answer))}", status_code=200
+            )
+        return answer
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # -- one request, with rate limit and retries -----------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        idempotent: bool,
+        sync: bool = False,
+        on_send: Callable[[], Awaitable[None]] | None = None,
+    ) -> dict[str, Any] | None:
+        if not self._key:
+            raise UpstreamError("BITSCALE_API_KEY is not set: tracker cannot call the upstream grid API")
+        what = f"{method} {path}"
+        failures = 0
+        rate_limited = 0
+        # Built and warmed before taking a slot: the first request otherwise spends tens of ms creating the client
+        # and importing anyio's backend after its slot, and a late request crowds the next ones into one second.
+        http = self._http()
+        await anyio.sleep(0)
+        while True:
+            if self._limiter is not None:
+                await self._limiter.acquire()
+            if on_send is not None:
+                await on_send()
+                on_send = None
+            try:
+                self.requests_sent += 1
+                response = await http.request(
+                    method, self.base_url + path, json=body, timeout=self._sync_timeout if sync else self._timeout
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                # The request never left: safe to retry even a POST.
+                failures += 1
+                if failures >= self._max_attempts:
+                    raise UpstreamError(f"upstream unreachable for {what}: {type(exc).__name__}") from None
+                await self._backoff(failures, what, type(exc).__name__)
+                continue
+            except httpx.HTTPError as exc:
+                if not idempotent:
+                    raise UpstreamOutcomeUnknown(
+                        f"no answer from upstream for {what} ({type(exc).__name__}); the run may exist upstream, "
+                        "so it was not resubmitted"
+                    ) from None
+                failures += 1
+                if failures >= self._max_attempts:
+                    raise UpstreamError(f"upstream failed {what} {failures} times: {type(exc).__name__}") from None
+                await self._backoff(failures, what, type(exc).__name__)
+                continue
+            log.debug("upstream %s -> HTTP %s", what, response.status_code)
+            code = response.status_code
+            if code == 429:
+                rate_limited += 1
+                wait = retry_after_seconds(response.headers.get("retry-after"))
+                if rate_limited > self._max_rate_limited:
+                    raise self._error(what, response, "still rate limited after retries")
+                log.info("upstream 429 on %s: everyone waits %.2fs", what, wait)
+                if self._limiter is not None:
+                    await self._limiter.defer(wait)
+                else:
+                    await asyncio.sleep(wait)
+                continue
+            if code == 404:
+                return None
+            if code >= 500 and (idempotent or code == 503):
+                failures += 1
+                if failures >= self._max_attempts:
+                    raise self._error(what, response, f"failed {failures} times")
+                await self._backoff(failures, what, f"HTTP {code}")
+                continue
+            if code >= 400:
+                raise self._error(what, response)
+            try:
+                answer = response.json()
+            except ValueError:
+                answer = None
+            if not isinstance(answer, dict):
+                error_type = UpstreamError if idempotent else UpstreamOutcomeUnknown
+                raise error_type(
+                    f"upstream answered {what} with something other than a JSON object: "
+                    f"{self._excerpt(response.text)}",
+                    status_code=code,
+                    body_excerpt=self._excerpt(response.text),
+                )
+            return answer
+
+    async def _backoff(self, failures: int, what: str, reason: str) -> None:
+        ceiling = min(self._backoff_cap_s, self._backoff_base_s * 2 ** (failures - 1))
+        delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+        log.info("upstream %s failed (%s); retry %d in %.2fs", what, reason, failures, delay)
+        await asyncio.sleep(delay)
+
+    def _error(self, what: str, response: httpx.Response, note: str = "") -> UpstreamError:
+        excerpt = self._excerpt(response.text)
+        detail = f" ({note})" if note else ""
+        return UpstreamError(
+            f"upstream answered {what} with HTTP {response.status_code}{detail}: {excerpt or '(empty body)'}",
+            status_code=response.status_code,
+            body_excerpt=excerpt,
+        )
+
+    def _excerpt(self, text: str) -> str:
+        """One line, bounded, and never the key even if the upstream echoes it."""
+        line = " ".join(text.split())
+        if self._key:
+            line = line.replace(self._key, "***")
+        return line[:EXCERPT_CHARS] + ("..." if len(line) > EXCERPT_CHARS else "")
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                headers={"X-API-KEY": self._key, "Accept": "application/json"},
+                transport=self._transport,
+                follow_redirects=False,
+            )
+        return self._client
