@@ -1,0 +1,281 @@
+"""run_grid and get_run_status: the service against the fake grid API over loopback, on a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from tracker import InvalidInput, OperationNotFound, Settings, UpstreamError
+from tracker.db import open_engine
+from tracker.errors import UpstreamOutcomeUnknown
+from tracker.ratelimit import SharedRateLimiter, workspace_key
+from tracker.runs import RunsService
+from tracker.upstream import UpstreamClient
+
+from .conftest import FakeUpstreamProcess
+
+
+@asynccontextmanager
+async def running_service(settings: Settings, start: bool = False, **client_options: Any):
+    engine = open_engine(settings)
+    client = None
+    if client_options:
+        limiter = SharedRateLimiter(
+            engine, workspace_key(settings.upstream_base, settings.upstream_key), settings.upstream_rate_per_s
+        )
+        client = UpstreamClient(settings.upstream_base, settings.upstream_key, limiter, **client_options)
+    service = RunsService(settings, engine, client)
+    if start:
+        await service.start()
+    try:
+        yield service
+    finally:
+        await service.aclose()
+        engine.dispose()
+
+
+def _count_runs(settings: Settings) -> int:
+    engine = open_engine(settings)
+    with engine.connect() as conn:
+        count = conn.exec_driver_sql("SELECT count(*) FROM operations").scalar()
+    engine.dispose()
+    return int(count)
+
+
+def test_sync_run_returns_outputs_and_is_recorded(upstream_settings: Settings, fake_upstream: FakeUpstreamProcess) -> None:
+    async def scenario():
+        async with running_service(upstream_settings) as runs:
+            answer = await runs.run_grid("g1", {"email": "a@x.io"}, mode="sync", output_columns=["enriched"])
+            again = await runs.get_run_status(answer["run_id"])
+            return answer, again
+
+    answer, again = asyncio.run(scenario())
+    assert answer["mode"] == "sync" and answer["status"] == "completed" and answer["grid_id"] == "g1"
+    assert answer["outputs"] == {"enriched": {"value": "g1:email=a@x.io", "name": "Enriched"}}
+    assert again["outputs"] == answer["outputs"] and again["completed_at"] is not None
+    assert fake_upstream.stats()["requests"] == 1  # the status came from the table
+
+
+def test_run_row_is_written_before_the_upstream_answers_and_the_loop_stays_free(
+    upstream_settings: Settings, fake_upstream: FakeUpstreamProcess
+) -> None:
+    fake_upstream.configure(run_seconds="1.2")
+
+    async def scenario():
+        async with running_service(upstream_settings) as runs:
+            sync_call = asyncio.create_task(runs.run_grid("g1", {"n": "1"}, mode="sync"))
+            ticks = 0
+            seen = None
+            while not sync_call.done():  # the event loop keeps running other work meanwhile
+                ticks += 1
+                if seen is None and ticks > 5:
+                    with runs.engine.connect() as conn:
+                        seen = conn.exec_driver_sql("SELECT status, request_id, grid_id FROM operations").all()
+                await asyncio.sleep(0.02)
+            return await sync_call, seen, ticks
+
+    answer, seen_while_waiting, ticks = asyncio.run(scenario())
+    assert [tuple(row) for row in seen_while_waiting] == [("running", None, "g1")]
+    assert ticks > 20
+    assert answer["status"] == "completed"
+
+
+def test_sync_run_beyond_the_window_returns_the_request_id(upstream_settings: Settings, fake_upstream: FakeUpstreamProcess) -> None:
+    fake_upstream.configure(run_seconds="0.8", sync_window=0.2)
+
+    async def scenario():
+        async with running_service(upstream_settings) as runs:
+            first = await runs.run_grid("g1", {"n": "1"}, mode="sync")
+            await asyncio.sleep(0.9)
+            return first, await runs.get_run_status(first["request_id"])
+
+    first, later = asyncio.run(scenario())
+    assert first["status"] == "running" and first["request_id"] and first["poll_url"].endswith(first["request_id"])
+    assert later["status"] == "completed" and later["outputs"]
+
+
+def test_async_run_is_polled_within_the_interval_and_terminal_runs_cost_nothing(
+    upstream_settings: Settings, fake_upstream: FakeUpstreamProcess
+) -> None:
+    fake_upstream.configure(run_seconds="0.7")
+
+    async def scenario():
+        async with running_service(upstream_settings) as runs:
+            started = await runs.run_grid("g1", {"n": "1"}, mode="async")
+            request_id = started["request_id"]
+            fast = [await runs.get_run_status(request_id) for _ in range(5)]  # all within one poll interval
+            gets_after_fast = fake_upstream.stats()["gets"]
+            while (answer := await runs.get_run_status(request_id))["status"] == "running":
+                await asyncio.sleep(0.05)
+            before = fake_upstream.stats()["requests"]
+            ended = [await runs.get_run_status(request_id) for _ in range(5)]
+            return started, fast, gets_after_fast, answer, before, ended
+
+    started, fast, gets_after_fast, answer, before, ended = asyncio.run(scenario())
+    assert started["status"] == "running" and started["mode"] == "async"
+    assert all(a["status"] == "running" and a["stale"] is False for a in fast)
+    assert gets_after_fast == 0  # submitted just now: the POST's answer counts as the latest poll
+    assert answer["status"] == "completed" and answer["outputs"]["enriched"]["value"] == "g1:n=1"
+    assert all(e == answer for e in ended)
+    assert fake_upstream.stats()["requests"] == before  # zero upstream requests for an ended run
+    # Polls were spaced by the interval (0.3 s) over a 0.7 s run: a handful, not one per call.
+    assert 1 <= fake_upstream.stats()["gets"] <= 4
+
+
+def test_idempotency_key_returns_the_existing_run_and_submits_nothing(
+    upstream_settings: Settings, fake_upstream: FakeUpstreamProcess
+) -> None:
+    async def scenario():
+        async with running_service(upstream_settings) as runs:
+            together = await asyncio.gather(
+                *(runs.run_grid("g1", {"n": "1"}, mode="async", idempotency_key="order-42") for _ in range(3))
+            )
+            later = await runs.run_grid("g1", {"n": "1"}, mode="async", idempotency_key="order-42")
+            with pytest.raises(InvalidInput, match="idempotency_key was already used for a different run"):
+                await runs.run_grid("g1", {"n": "2"}, mode="async", idempotency_key="order-42")
+            return together, later
+
+    together, later = asyncio.run(scenario())
+    assert len({a["run_id"] for a in together + [later]}) == 1
+    assert later["replayed"] is True
+    stats = fake_upstream.stats()
+    assert stats["runs"] == 1 and stats["max_submissions_per_input"] == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"grid_id": ""}, "grid_id must be a non-empty string"),
+        ({"grid_id": 7}, "grid_id must be a non-empty string"),
+        ({"inputs": {}}, "inputs must be a non-empty object"),
+        ({"inputs": ["a"]}, "inputs must be a non-empty object"),
+        ({"inputs": {"email": 5}}, r"inputs\['email'\] must be a string"),
+        ({"mode": "fast"}, "mode must be 'sync' or 'async'"),
+        ({"output_columns": "enriched"}, "output_columns must be a list"),
+        ({"source_id": ""}, "source_id must be a non-empty string"),
+        ({"idempotency_key": "k" * 300}, "idempotency_key is longer than 256"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_written_or_sent(
+    upstream_settings: Settings, fake_upstream: FakeUpstreamProcess, kwargs: dict, message: str
+) -> None:
+    args = {"grid_id": "g1", "inputs": {"email": "a@x.io"}, **kwargs}
+
+    async def scenario():
+        async with running_service(upstream_settings) as runs:
+            with pytest.raises(InvalidInput, match=message):
+                await runs.run_grid(**args)
+
+    asyncio.run(scenario())
+    assert _count_runs(upstream_settings) == 0
+    assert fake_upstream.stats()["requests"] == 0
+
+
+def test_upstream_down_gives_the_last_known_status_marked_stale(
+    upstream_settings: Settings, fake_upstream: FakeUpstreamProcess
+) -> None:
+    fake_upstream.configure(run_seconds="30")
+
+    async def scenario():
+        async with running_service(upstream_settings, max_attempts=2, backoff_base_s=0.01) as runs:
+            started = await runs.run_grid("g1", {"n": "1"}, mode="async")
+            fake_upstream.configure(failure_rate=1.0, failure_status=503)
+            await asyncio.sleep(upstream_settings.poll_interval_s)
+            down = await runs.get_run_status(started["request_id"])
+            again = await runs.get_run_status(started["request_id"])  # within the interval: from the table
+            fake_upstream.configure(failure_rate=0.0, run_seconds="0")
+            await asyncio.sleep(upstream_settings.poll_interval_s)
+            back = await runs.get_run_status(started["request_id"])
+            return down, again, back
+
+    down, again, back = asyncio.run(scenario())
+    assert down["status"] == "running" and down["stale"] is True
+    assert "HTTP 503" in down["error"] and down["request_id"]
+    assert again["stale"] is True and "HTTP 503" in again["error"]
+    assert back["stale"] is False and "error" not in back
+
+
+def test_a_request_id_started_elsewhere_is_looked_up_once_and_stored(
+    upstream_settings: Settings, fake_upstream: FakeUpstreamProcess
+) -> None:
+    async def scenario():
+        client = UpstreamClient(fake_upstream.base_url, fake_upstream.key)
+        started = await client.submit_run("g9", {"n": "elsewhere"}, mode="async")
+        await client.aclose()
+        await asyncio.sleep(0.4)  # it has completed upstream
+        async with running_service(upstream_settings) as runs:
+            first = await runs.get_run_status(started["request_id"])
+            requests_after_first = fake_upstream.stats()["requests"]
+            second = await runs.get_run_status(started["request_id"])
+            with pytest.raises(OperationNotFound, match="the upstream does not know it"):
+                await runs.get_run_status("no-such-request")
+            return first, requests_after_first, second
+
+    first, requests_after_first, second = asyncio.run(scenario())
+    assert first["status"] == "completed" and first["grid_id"] == "g9" and first["outputs"]
+    assert second == first
+    assert requests_after_first == 2  # the POST elsewhere and one lookup
+    assert _count_runs(upstream_settings) == 1
+
+
+def test_a_lost_answer_fails_the_run_as_unknown_and_never_resubmits(
+    upstream_settings: Settings, fake_upstream: FakeUpstreamProcess
+) -> None:
+    fake_upstream.configure(post_hang_s=1.0)
+
+    async def scenario():
+        async with running_service(upstream_settings, read_timeout_s=0.3, sync_read_timeout_s=0.3) as runs:
+            with pytest.raises(UpstreamOutcomeUnknown, match="not resubmitted") as info:
+                await runs.run_grid("g1", {"n": "1"}, mode="async")
+            run_id = str(info.value).split(":")[0].removeprefix("run ")
+            return await runs.get_run_status(run_id)
+
+    answer = asyncio.run(scenario())
+    assert answer["status"] == "failed" and answer["error"].startswith("unknown:")
+    assert fake_upstream.stats()["runs"] == 1
+
+
+def test_an_upstream_refusal_fails_the_run_with_status_and_excerpt(
+    upstream_settings: Settings, fake_upstream: FakeUpstreamProcess
+) -> None:
+    settings = Settings.from_env(
+        {"BITSCALE_API_BASE": fake_upstream.base_url, "BITSCALE_API_KEY": "wrong-key-123"}, db=upstream_settings.db
+    )
+
+    async def scenario():
+        async with running_service(settings) as runs:
+            with pytest.raises(UpstreamError) as info:
+                await runs.run_grid("g1", {"n": "1"})
+            return info.value
+
+    error = asyncio.run(scenario())
+    assert error.status_code == 401 and "HTTP 401" in str(error) and "wrong-key-123" not in str(error)
+    assert _count_runs(settings) == 1  # the run row exists, failed, with the reason
+
+
+def test_running_runs_are_polled_again_after_a_restart(upstream_settings: Settings, fake_upstream: FakeUpstreamProcess) -> None:
+    fake_upstream.configure(run_seconds="0.5")
+
+    async def first_life():
+        async with running_service(upstream_settings) as runs:
+            return await runs.run_grid("g1", {"n": "1"}, mode="async")
+
+    async def second_life(request_id: str):
+        async with running_service(upstream_settings, start=True) as runs:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                record = await asyncio.to_thread(runs.store.get_by_request_id, request_id)
+                if record is not None and record.is_terminal:
+                    return record
+                await asyncio.sleep(0.1)
+            return None
+
+    started = asyncio.run(first_life())
+    gets_before = fake_upstream.stats()["gets"]
+    record = asyncio.run(second_life(started["request_id"]))  # nobody calls get_run_status: the poller does
+    assert record is not None and record.status == "completed" and record.outputs
+    assert fake_upstream.stats()["gets"] > gets_before

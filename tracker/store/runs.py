@@ -1,0 +1,321 @@
+"""SQL of remote runs and of the batches that submit them (rows of `operations` with kind 'run' / 'batch').
+
+A run that belongs to a batch carries parent_id and row_number; (parent_id, row_number) is unique, so the row
+written before a submission is the durable record that this input row was (perhaps) submitted. Finishing a
+run and recording its outcome as an item of its batch happen in one transaction: the batch's counts are exact
+whichever process finishes the run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ..db import write_connection
+from ..models import COMPLETED, FAILED, RUNNING, Operation, OperationItem
+from ..timeutil import elapsed_ms
+
+_OPS = Operation.__table__
+_ITEMS = OperationItem.__table__
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run (or batch) row as the runs service needs it."""
+
+    id: str
+    kind: str
+    operation_type: str
+    status: str
+    total: int
+    succeeded_count: int
+    failed_count: int
+    started_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+    execution_time_ms: int | None
+    error: str | None
+    inputs: Any
+    outputs: Any
+    owner_host: str | None
+    owner_pid: int | None
+    heartbeat_at: datetime | None
+    resumable: bool
+    parent_id: str | None
+    request_id: str | None
+    grid_id: str | None
+    mode: str | None
+    idempotency_key: str | None
+    last_polled_at: datetime | None
+    row_number: int | None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status != RUNNING
+
+    @property
+    def item_id(self) -> str:
+        """The id a batch reports for this run: its upstream request_id, or its own id for a sync run that
+        completed at once (the upstream gives those no request_id)."""
+        return self.request_id or self.id
+
+
+_FIELDS = [f.name for f in fields(RunRecord)]
+_COLUMNS = [_OPS.c[name] for name in _FIELDS]
+
+
+def _record(row: Any) -> RunRecord:
+    return RunRecord(**{name: row._mapping[name] for name in _FIELDS})
+
+
+class DuplicateKey(Exception):
+    """An insert hit a unique key (idempotency_key, request_id, or a batch's row_number)."""
+
+
+class RunStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- reads --------------------------------------------------------------------------------------------------
+
+    def get(self, run_id: str) -> RunRecord | None:
+        return self._one(_OPS.c.id == run_id)
+
+    def get_by_request_id(self, request_id: str) -> RunRecord | None:
+        return self._one(_OPS.c.request_id == request_id)
+
+    def get_by_idempotency_key(self, key: str) -> RunRecord | None:
+        return self._one(_OPS.c.idempotency_key == key)
+
+    def due_for_poll(self, now: datetime, interval_s: float, limit: int) -> list[RunRecord]:
+        """Running runs with a request_id whose last poll is older than the interval, least recently polled first."""
+        threshold = now - timedelta(seconds=interval_s)
+        query = (
+            select(*_COLUMNS)
+            .where(
+                _OPS.c.kind == "run",
+                _OPS.c.status == RUNNING,
+                _OPS.c.request_id.is_not(None),
+                or_(_OPS.c.last_polled_at.is_(None), _OPS.c.last_polled_at <= threshold),
+            )
+            .order_by(_OPS.c.last_polled_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [_record(row) for row in conn.execute(query)]
+
+    def running_batches(self, operation_type: str) -> list[RunRecord]:
+        query = select(*_COLUMNS).where(
+            _OPS.c.kind == "batch", _OPS.c.status == RUNNING, _OPS.c.operation_type == operation_type
+        )
+        with self.engine.connect() as conn:
+            return [_record(row) for row in conn.execute(query)]
+
+    def child_row_numbers(self, batch_id: str) -> set[int]:
+        query = select(_OPS.c.row_number).where(_OPS.c.parent_id == batch_id)
+        with self.engine.connect() as conn:
+            return {n for (n,) in conn.execute(query) if n is not None}
+
+    def children(self, batch_id: str, running: bool | None = None, submitted: bool | None = None) -> list[RunRecord]:
+        query = select(*_COLUMNS).where(_OPS.c.parent_id == batch_id)
+        if running is not None:
+            query = query.where(_OPS.c.status == RUNNING if running else _OPS.c.status != RUNNING)
+        if submitted is not None:
+            query = query.where(_OPS.c.request_id.is_not(None) if submitted else _OPS.c.request_id.is_(None))
+        with self.engine.connect() as conn:
+            return [_record(row) for row in conn.execute(query.order_by(_OPS.c.row_number))]
+
+    def batch_progress(self, batch_id: str) -> tuple[int, int]:
+        """(children written, children still running)."""
+        query = select(func.count(), func.count().filter(_OPS.c.status == RUNNING)).where(_OPS.c.parent_id == batch_id)
+        with self.engine.connect() as conn:
+            written, running = conn.execute(query).one()
+        return int(written), int(running or 0)
+
+    # -- writes -------------------------------------------------------------------------------------------------
+
+    def create(self, values: dict[str, Any]) -> RunRecord:
+        """Insert a run; DuplicateKey when its idempotency_key or request_id is taken."""
+        try:
+            with write_connection(self.engine) as conn:
+                conn.execute(insert(_OPS).values(**_defaults(values)))
+                return self._get(conn, values["id"])
+        except IntegrityError:
+            raise DuplicateKey() from None
+
+    def create_child(self, batch_id: str, values: dict[str, Any]) -> RunRecord | None:
+        """Insert the run for one input row of a batch, only while the batch is running (a cancel stops new
+        submissions at this point). None when the batch is no longer running. DuplicateKey when that row already
+        has a run."""
+        try:
+            with write_connection(self.engine) as conn:
+                status = conn.execute(select(_OPS.c.status).where(_OPS.c.id == batch_id)).scalar()
+                if status != RUNNING:
+                    return None
+                conn.execute(insert(_OPS).values(**_defaults({**values, "parent_id": batch_id})))
+                return self._get(conn, values["id"])
+        except IntegrityError:
+            raise DuplicateKey() from None
+
+    def mark_submitted(self, run_id: str, request_id: str, now: datetime) -> RunRecord | None:
+        """The upstream accepted the run: remember its request_id. From here on, any process may poll it."""
+        with write_connection(self.engine) as conn:
+            conn.execute(
+                update(_OPS)
+                .where(_OPS.c.id == run_id, _OPS.c.status == RUNNING)
+                .values(request_id=request_id, last_polled_at=now, updated_at=now, resumable=True)
+            )
+            return self._get(conn, run_id)
+
+    def claim_poll(self, run_id: str, now: datetime, interval_s: float) -> bool:
+        """Take the right to poll this run now: true for one caller per interval across all processes."""
+        threshold = now - timedelta(seconds=interval_s)
+        with write_connection(self.engine) as conn:
+            result = conn.execute(
+                update(_OPS)
+                .where(
+                    _OPS.c.id == run_id,
+                    _OPS.c.status == RUNNING,
+                    _OPS.c.request_id.is_not(None),
+                    or_(_OPS.c.last_polled_at.is_(None), _OPS.c.last_polled_at <= threshold),
+                )
+                .values(last_polled_at=now)
+            )
+            return result.rowcount == 1
+
+    def note_poll(self, run_id: str, now: datetime, error: str | None) -> RunRecord | None:
+        """A poll found the run still running (error None) or could not reach the upstream (error kept, so
+        later answers say they are stale)."""
+        with write_connection(self.engine) as conn:
+            conn.execute(
+                update(_OPS).where(_OPS.c.id == run_id, _OPS.c.status == RUNNING).values(error=error, updated_at=now)
+            )
+            return self._get_or_none(conn, run_id)
+
+    def finish(
+        self, run_id: str, status: str, now: datetime, outputs: Any = None, error: str | None = None
+    ) -> RunRecord | None:
+        """End a running run and, in the same transaction, record it as an item of its batch (if the batch is
+        still running). Returns the record, or None if the run is unknown; an already-ended run is unchanged."""
+        with write_connection(self.engine) as conn:
+            current = self._get_or_none(conn, run_id)
+            if current is None or current.is_terminal:
+                return current
+            conn.execute(
+                update(_OPS)
+                .where(_OPS.c.id == run_id, _OPS.c.status == RUNNING)
+                .values(
+                    status=status,
+                    outputs=outputs,
+                    error=error,
+                    completed_at=now,
+                    updated_at=now,
+                    last_polled_at=now,
+                    execution_time_ms=max(0, elapsed_ms(current.started_at, now)),
+                )
+            )
+            if current.parent_id is not None:
+                self._append_to_batch(conn, current, status == COMPLETED, error, now)
+            return self._get(conn, run_id)
+
+    def store_found(self, values: dict[str, Any]) -> RunRecord:
+        """Keep a run first seen upstream (started elsewhere). If another caller stored it first, theirs wins."""
+        try:
+            return self.create(values)
+        except DuplicateKey:
+            found = self.get_by_request_id(values["request_id"])
+            if found is None:
+                raise
+            return found
+
+    # -- batch ownership ----------------------------------------------------------------------------------------
+
+    def claim_batch(self, batch: RunRecord, host: str, pid: int, now: datetime) -> bool:
+        """Become the owner of a running batch, if its owner is still the one we judged dead (compare-and-set)."""
+        owner_host = _OPS.c.owner_host.is_(None) if batch.owner_host is None else _OPS.c.owner_host == batch.owner_host
+        owner_pid = _OPS.c.owner_pid.is_(None) if batch.owner_pid is None else _OPS.c.owner_pid == batch.owner_pid
+        with write_connection(self.engine) as conn:
+            result = conn.execute(
+                update(_OPS)
+                .where(_OPS.c.id == batch.id, _OPS.c.status == RUNNING, owner_host, owner_pid)
+                .values(owner_host=host, owner_pid=pid, heartbeat_at=now, updated_at=now)
+            )
+            return result.rowcount == 1
+
+    def heartbeat(self, batch_id: str, host: str, pid: int, now: datetime) -> bool:
+        """Refresh our lease on a batch; False when it ended or another process took it over."""
+        with write_connection(self.engine) as conn:
+            result = conn.execute(
+                update(_OPS)
+                .where(_OPS.c.id == batch_id, _OPS.c.status == RUNNING, _OPS.c.owner_host == host, _OPS.c.owner_pid == pid)
+                .values(heartbeat_at=now)
+            )
+            return result.rowcount == 1
+
+    def reconcile_batch(self, batch_id: str, now: datetime) -> int:
+        """Record ended runs of the batch that are missing from its items (ended by a process that did not know
+        the batch, e.g. an orphan reaper). Returns how many were added."""
+        with write_connection(self.engine) as conn:
+            recorded = select(_ITEMS.c.row_number).where(
+                _ITEMS.c.operation_id == batch_id, _ITEMS.c.row_number.is_not(None)
+            )
+            missing = conn.execute(
+                select(*_COLUMNS).where(
+                    _OPS.c.parent_id == batch_id, _OPS.c.status != RUNNING, _OPS.c.row_number.not_in(recorded)
+                )
+            ).all()
+            for row in missing:
+                run = _record(row)
+                self._append_to_batch(conn, run, run.status == COMPLETED, run.error or run.status, now)
+            return len(missing)
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+
+    def _append_to_batch(self, conn: Connection, run: RunRecord, ok: bool, error: str | None, now: datetime) -> None:
+        result = conn.execute(
+            update(_OPS)
+            .where(_OPS.c.id == run.parent_id, _OPS.c.status == RUNNING)
+            .values(
+                succeeded_count=_OPS.c.succeeded_count + (1 if ok else 0),
+                failed_count=_OPS.c.failed_count + (0 if ok else 1),
+                updated_at=now,
+            )
+        )
+        if result.rowcount != 1:
+            return  # the batch ended (cancelled): it takes no more items
+        conn.execute(
+            insert(_ITEMS).values(
+                operation_id=run.parent_id,
+                ok=ok,
+                item_id=run.request_id if not ok else run.item_id,
+                row_number=run.row_number,
+                error=None if ok else (error or FAILED)[:4000],
+            )
+        )
+
+    def _one(self, condition: Any) -> RunRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(*_COLUMNS).where(condition)).first()
+        return _record(row) if row is not None else None
+
+    def _get_or_none(self, conn: Connection, run_id: str) -> RunRecord | None:
+        row = conn.execute(select(*_COLUMNS).where(_OPS.c.id == run_id)).first()
+        return _record(row) if row is not None else None
+
+    def _get(self, conn: Connection, run_id: str) -> RunRecord:
+        record = self._get_or_none(conn, run_id)
+        assert record is not None, run_id
+        return record
+
+
+def _defaults(values: dict[str, Any]) -> dict[str, Any]:
+    row = {"status": RUNNING, "total": 0, "succeeded_count": 0, "failed_count": 0, "resumable": False, **values}
+    row.setdefault("updated_at", row["started_at"])
+    row.setdefault("heartbeat_at", row["started_at"])
+    return row
+
+
+__all__ = ["DuplicateKey", "RunRecord", "RunStore"]
