@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"base_url": f"http://127.0.0.1:{actual}{PREFIX}", "port": actual, "pid": os.getpid()}), flush=True)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     try:
-        server.serve_forever(poll_interval=0.2)
+        server.serve_forever(poll_interval=0.05)
     except KeyboardInterrupt:
         pass
     finally:

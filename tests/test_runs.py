@@ -50,7 +50,7 @@ def test_sync_run_returns_outputs_and_is_recorded(upstream_settings: Settings, f
     async def scenario():
         async with running_service(upstream_settings) as runs:
             answer = await runs.run_grid("g1", {"email": "a@x.io"}, mode="sync", output_columns=["enriched"])
-            again = await runs.get_run_status(answer["run_id"])
+            again = await runs.get_run_status(answer["operation_id"])
             return answer, again
 
     answer, again = asyncio.run(scenario())
@@ -140,7 +140,7 @@ def test_idempotency_key_returns_the_existing_run_and_submits_nothing(
             return together, later
 
     together, later = asyncio.run(scenario())
-    assert len({a["run_id"] for a in together + [later]}) == 1
+    assert len({a["operation_id"] for a in together + [later]}) == 1
     assert later["replayed"] is True
     stats = fake_upstream.stats()
     assert stats["runs"] == 1 and stats["max_submissions_per_input"] == 1

@@ -274,6 +274,10 @@ class RunsService:
         return self._answer(updated)
 
     async def _look_up(self, request_id: str) -> dict[str, Any]:
+        if not self.settings.upstream_key:
+            raise OperationNotFound(
+                "tracker has no record of it, and no upstream is configured to ask (BITSCALE_API_KEY is not set)"
+            )
         try:
             answer = await self._upstream().run_status(request_id)
         except UpstreamError as exc:
@@ -283,9 +287,7 @@ class RunsService:
                 body_excerpt=exc.body_excerpt,
             ) from None
         if answer is None:
-            raise OperationNotFound(
-                f"no run with request_id {request_id!r}: tracker has no record of it and the upstream does not know it"
-            )
+            raise OperationNotFound("tracker has no record of it and the upstream does not know it")
         now = utcnow()
         terminal = answer["status"] != "running"
         values = {
@@ -599,7 +601,7 @@ class RunsService:
         answer.update(
             {
                 "stale": stale,
-                "run_id": record.id,
+                "operation_id": record.id,
                 "batch_operation_id": record.parent_id,
                 "row_number": record.row_number,
                 "started_at": iso(record.started_at),

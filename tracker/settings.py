@@ -22,6 +22,16 @@ def parse_duration(text: str, name: str = "duration") -> float:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+def _positive_number(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise InvalidInput(f"{name} must be a positive number (requests per second), got {str(text)[:40]!r}")
+    return value
+
+
 def format_duration(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
@@ -64,6 +74,10 @@ class Settings:
             values["upstream_base"] = env["BITSCALE_API_BASE"].strip()
         if env.get("BITSCALE_API_KEY"):
             values["upstream_key"] = env["BITSCALE_API_KEY"].strip()
+        if env.get("BITSCALE_RATE_LIMIT"):
+            values["upstream_rate_per_s"] = _positive_number(env["BITSCALE_RATE_LIMIT"], "BITSCALE_RATE_LIMIT")
+        if env.get("TRACKER_POLL_INTERVAL"):
+            values["poll_interval_s"] = parse_duration(env["TRACKER_POLL_INTERVAL"], "TRACKER_POLL_INTERVAL")
         settings = cls(**values)  # type: ignore[arg-type]
         extra = {k: v for k, v in overrides.items() if v is not None}
         if "db" in extra:

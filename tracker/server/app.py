@@ -11,7 +11,9 @@ from mcp.server.mcpserver import MCPServer
 
 from ..api import Tracker
 from ..db import describe
+from ..runs import RunsService
 from ..settings import Settings
+from .run_tools import mount_run_tools, run_lifespan
 from .status_tools import StatusTools
 
 log = logging.getLogger(__name__)
@@ -36,8 +38,12 @@ def build_server(tracker: Tracker) -> MCPServer:
         server_version = version("tracker")
     except PackageNotFoundError:  # pragma: no cover - running from a plain checkout
         server_version = ""
-    server = MCPServer(name="tracker", instructions=INSTRUCTIONS, version=server_version)
-    mount_status_tools(server, tracker)
+    runs = RunsService(tracker.settings, tracker.engine)
+    server = MCPServer(
+        name="tracker", instructions=INSTRUCTIONS, version=server_version, lifespan=run_lifespan(runs)
+    )
+    mount_status_tools(server, tracker, include_run_status=False)  # run_tools' get_run_status polls the upstream
+    mount_run_tools(server, runs)
     return server
 
 

@@ -1,0 +1,162 @@
+"""The remote-run tools: run_grid, run_grid_batch and the polling get_run_status, over a RunsService.
+
+Each tool checks nothing itself beyond the SDK's plumbing: the service validates (one-line messages naming the
+parameter), and tracker's errors reach the model as ToolError with that message."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from typing import Annotated, Any
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import Field, PlainValidator, WithJsonSchema
+
+from ..errors import OperationNotFound, TrackerError
+from ..runs import DEFAULT_BATCH_CONCURRENCY, MAX_BATCH_ROWS, MAX_CONCURRENCY, MAX_ID_CHARS, MAX_KEY_CHARS, RunsService
+from ..settings import format_duration
+from ..status import require_id
+
+_AS_GIVEN = PlainValidator(lambda value: value)  # no coercion: the service checks every value and names it
+
+GridId = Annotated[
+    str, _AS_GIVEN, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}),
+    Field(description="the grid to run"),
+]
+Inputs = Annotated[
+    dict[str, str], _AS_GIVEN,
+    WithJsonSchema({"type": "object", "minProperties": 1, "additionalProperties": {"type": "string"}}),
+    Field(description="input column label -> value for the new row"),
+]
+Rows = Annotated[
+    list[dict[str, str]], _AS_GIVEN,
+    WithJsonSchema(
+        {
+            "type": "array", "minItems": 1, "maxItems": MAX_BATCH_ROWS,
+            "items": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "string"}},
+        }
+    ),
+    Field(description=f"one inputs object per run, at most {MAX_BATCH_ROWS}"),
+]
+Mode = Annotated[str, _AS_GIVEN, WithJsonSchema({"enum": ["sync", "async"]})]
+OutputColumns = Annotated[
+    list[str] | None, _AS_GIVEN, WithJsonSchema({"type": ["array", "null"], "items": {"type": "string"}}),
+    Field(description="column ids to return; omit for all"),
+]
+OptionalText = Annotated[str | None, _AS_GIVEN, WithJsonSchema({"type": ["string", "null"]})]
+IdempotencyKey = Annotated[
+    str | None, _AS_GIVEN, WithJsonSchema({"type": ["string", "null"], "maxLength": MAX_KEY_CHARS}),
+    Field(description="any unique string; calling again with the same key returns the same run, submitted once"),
+]
+Concurrency = Annotated[
+    int, _AS_GIVEN, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_CONCURRENCY}),
+    Field(description="runs submitted at a time (the shared rate limit applies regardless)"),
+]
+RequestId = Annotated[
+    str, _AS_GIVEN, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}),
+    Field(description="the request_id that run_grid returned (or the run's operation_id)"),
+]
+
+STARTS_RUNS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True)
+POLLS = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
+
+
+@contextmanager
+def _as_tool_errors() -> Iterator[None]:
+    try:
+        yield
+    except TrackerError as exc:
+        raise ToolError(str(exc)) from None
+
+
+class RunTools:
+    def __init__(self, runs: RunsService) -> None:
+        self.runs = runs
+        self.retention = format_duration(runs.settings.retention_s)
+
+    async def run_grid(
+        self,
+        grid_id: GridId,
+        inputs: Inputs,
+        mode: Mode = "sync",
+        output_columns: OutputColumns = None,
+        source_id: OptionalText = None,
+        idempotency_key: IdempotencyKey = None,
+    ) -> dict[str, Any]:
+        """Run a grid on one new row of inputs (this spends credits). mode="sync" waits up to the upstream's
+        window (about 2 minutes) and returns {mode, status: "completed", outputs: {column_id: {value, name}}}; if
+        the run takes longer, or with mode="async", it returns {status: "running", request_id, poll_url}: then
+        call get_run_status(request_id) every 2-5 seconds. Every run is recorded, so its status survives
+        restarts. Pass an idempotency_key when you might retry: a repeated key returns the recorded run and
+        submits nothing. An error mentioning "unknown" means the upstream may have the run; do not resubmit
+        blindly."""
+        with _as_tool_errors():
+            return await self.runs.run_grid(grid_id, inputs, mode, output_columns, source_id, idempotency_key)
+
+    async def run_grid_batch(
+        self,
+        grid_id: GridId,
+        rows: Rows,
+        mode: Mode = "async",
+        output_columns: OutputColumns = None,
+        source_id: OptionalText = None,
+        concurrency: Concurrency = DEFAULT_BATCH_CONCURRENCY,
+    ) -> dict[str, Any]:
+        """Run a grid once per row of inputs, in the background (each run spends credits). Returns at once with
+        {batch_operation_id, status: "running", total}; poll get_batch_status(batch_operation_id) every 2-5
+        seconds for progress. When it ends, successful_ids are the runs' request_ids (pass one to get_run_status
+        for its outputs) and failed_items carry the row_number (1-based) and the error. cancel_operation stops
+        further submissions. The batch survives a server restart: rows already submitted are never submitted
+        again."""
+        with _as_tool_errors():
+            return await self.runs.run_grid_batch(grid_id, rows, mode, output_columns, source_id, concurrency)
+
+    async def get_run_status(self, request_id: RequestId) -> dict[str, Any]:
+        """Status of a grid run by the request_id that run_grid returned: {found: true, mode, status, grid_id,
+        outputs (when completed), error (when failed)}. status is running, completed, failed or cancelled. While
+        running, call again every 2-5 seconds (tracker asks the upstream at most once per poll interval). stale:
+        true means the upstream could not be reached: the status is the last one known, and error says why.
+        {"found": false} means neither tracker nor the upstream knows the id (runs are kept for <retention>
+        after completion)."""
+        with _as_tool_errors():
+            checked = require_id(request_id, "request_id")
+            try:
+                return {"found": True, **await self.runs.get_run_status(checked)}
+            except OperationNotFound as exc:
+                return {
+                    "found": False,
+                    "message": f'Run "{checked}" not found: {exc}. Runs are kept for {self.retention} after completion.',
+                }
+
+    def register(self, server: MCPServer) -> None:
+        tools: list[tuple[Callable[..., Any], ToolAnnotations]] = [
+            (self.run_grid, STARTS_RUNS),
+            (self.run_grid_batch, STARTS_RUNS),
+            (self.get_run_status, POLLS),
+        ]
+        for fn, annotations in tools:
+            description = " ".join((fn.__doc__ or "").split()).replace("<retention>", self.retention)
+            server.add_tool(fn, name=fn.__name__, description=description, annotations=annotations)
+
+
+def mount_run_tools(server: MCPServer, runs_service: RunsService) -> None:
+    """Add run_grid, run_grid_batch and get_run_status to `server`. Pair with
+    mount_status_tools(..., include_run_status=False), and run `run_lifespan(runs_service)` as the server's
+    lifespan so running runs are polled and orphaned batches resumed."""
+    RunTools(runs_service).register(server)
+
+
+def run_lifespan(runs_service: RunsService) -> Callable[[MCPServer], AbstractAsyncContextManager[None]]:
+    """A lifespan for MCPServer(lifespan=...): background polling and batch resumption while the server runs."""
+
+    @asynccontextmanager
+    async def lifespan(_server: MCPServer) -> AsyncIterator[None]:
+        await runs_service.start()
+        try:
+            yield
+        finally:
+            await runs_service.aclose()
+
+    return lifespan
