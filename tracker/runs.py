@@ -467,10 +467,13 @@ class RunsService:
                 return
             await asyncio.sleep(min(1.0, self.settings.poll_interval_s / 2))
 
+    @property
+    def _heartbeat_every_s(self) -> float:
+        return max(0.5, min(5.0, self.settings.heartbeat_lease_s / 4))
+
     async def _heartbeat(self, batch_id: str) -> None:
-        every = max(0.5, min(5.0, self.settings.heartbeat_lease_s / 4))
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(self._heartbeat_every_s)
             try:
                 if not await self._db(self.store.heartbeat, batch_id, self.host, self.pid, utcnow()):
                     return
@@ -507,7 +510,10 @@ class RunsService:
         if batch.owner_host != self.host or batch.owner_pid is None:
             return True  # another machine: trust its heartbeat until the lease runs out
         if batch.owner_pid == self.pid:
-            return False  # this process, but no worker: an earlier incarnation with the same pid, or a crashed worker
+            # Our pid but not our worker: another service in this process (its heartbeat is fresh), or an earlier
+            # process that had the same pid (a container restarted) or a worker that crashed (heartbeat quiet).
+            quiet = timedelta(seconds=3 * self._heartbeat_every_s)
+            return batch.heartbeat_at is not None and utcnow() - batch.heartbeat_at < quiet
         return _pid_alive(batch.owner_pid)
 
     async def _adopt_loop(self) -> None:
