@@ -1,0 +1,102 @@
+"""Helpers shared by the benchmark figures: raw sqlite3 connections, percentiles, an MCP stdio session against
+`python -m tracker serve`, and process memory from /proc."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tracker.db import sqlite_module  # noqa: E402
+
+
+def raw_connection(path: Path):
+    """Plain sqlite3 (the same pysqlite3 build tracker uses) with tracker's pragmas."""
+    conn = sqlite_module().connect(str(path), isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of unsorted samples."""
+    ordered = sorted(samples)
+    rank = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def child_env(db: Path | str, **extra: str) -> dict[str, str]:
+    """Environment for a child `python -m tracker ...` or script: this checkout importable, this database."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    env["TRACKER_DB"] = str(db)
+    env.update(extra)
+    return env
+
+
+@asynccontextmanager
+async def mcp_session(db: Path, env: Mapping[str, str] | None = None, errlog: Path | None = None) -> AsyncIterator[Any]:
+    """An initialized client session with a fresh `python -m tracker serve` subprocess on `db`."""
+    from mcp.client.session import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "tracker", "serve"], env=child_env(db, **(env or {})), cwd=str(REPO)
+    )
+    with open(errlog or os.devnull, "a") as log:
+        async with stdio_client(params, errlog=log) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            yield session
+
+
+async def call_tool(session: Any, tool: str, **arguments: Any) -> Any:
+    result = await session.call_tool(tool, arguments)
+    if result.is_error:
+        raise RuntimeError(f"{tool} failed: {result.content[0].text}")
+    return result.structured_content
+
+
+def server_pid(parent: int | None = None) -> int:
+    """The pid of this process's `tracker serve` child (the MCP client does not expose it)."""
+    parent = os.getpid() if parent is None else parent
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"tracker" in cmdline and b"serve" in cmdline:
+            found.append(int(entry.name))
+    if len(found) != 1:
+        raise RuntimeError(f"expected one tracker serve child process, found {found}")
+    return found[0]
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of a process, in kB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            values[name] = int(rest.split()[0])
+    return values
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to clear_refs); False where not allowed."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
