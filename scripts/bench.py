@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench_common import sqlite_module  # noqa: E402  (puts this checkout on sys.path first)
 from bench_recording import figure_1_recording, figure_4_contention  # noqa: E402
+from bench_memory import figure_6_memory  # noqa: E402
 from bench_status import figure_2_status  # noqa: E402
 
 
@@ -28,6 +29,7 @@ FIGURES = {
         else figure_2_status(workdir, 1_000_000, 5_000_000, 3_000)
     ),
     4: lambda workdir, quick: figure_4_contention(workdir, 8, 5_000 if quick else 25_000),
+    6: lambda workdir, quick: figure_6_memory(workdir, 100_000 if quick else 1_000_000),
 }
 
 
