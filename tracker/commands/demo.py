@@ -1,81 +1,190 @@
-"""`tracker demo`: a self-contained tour. A worker records a batch while a second Tracker (as another process
-would) watches its progress from the database, then prints the final status and how to read it with sqlite3."""
+"""`tracker demo`: the whole story in about 20 seconds, self-contained. A fake grid API starts on 127.0.0.1; an
+agent's call to run_grid_batch on a `tracker serve` starts a batch of grid runs; a live progress bar reads the
+database; the server is SIGKILLed mid-batch; a new server resumes the batch to completion without submitting any
+row twice; status is then answered by the new server, and the fake upstream's own counts are shown."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
-import threading
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
+import anyio
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..api import Tracker
 from ..db import describe
+from ..errors import TrackerError
 from ..settings import Settings
-from ..timeutil import iso
+
+FAKE_UPSTREAM = Path(__file__).resolve().parents[2] / "scripts" / "fake_upstream.py"
+COMPANIES = ["acme", "globex", "initech", "umbrella", "hooli", "stark"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="record a demo batch with live progress and print its status")
-    parser.add_argument("--items", type=int, default=2000, help="items in the demo batch (default 2000)")
-    parser.add_argument("--seconds", type=float, default=4.0, help="how long the worker takes (default 4)")
+    parser = subparsers.add_parser(
+        "demo", help="a batch of grid runs against a local fake upstream: kill the server mid-batch, resume it"
+    )
+    parser.add_argument("--rows", type=int, default=24, help="grid runs in the batch (default 24, at most 200)")
+    parser.add_argument(
+        "--kill-at", type=float, default=0.35,
+        help="kill the server once this fraction of the rows has been submitted (default 0.35)",
+    )
     parser.set_defaults(run=run)
 
 
-def _work(settings: Settings, batch_id: str, items: int, seconds: float) -> None:
-    """The host server's worker: its own Tracker, as a separate process would have."""
-    rng = random.Random(7)
-    with Tracker(settings) as worker, worker.attach(batch_id) as batch:
-        for n in range(1, items + 1):
-            if rng.random() < 0.03:
-                batch.record_failure("row rejected: missing email", row_number=n)
-            else:
-                batch.record_success(f"contact-{n:05d}")
-            time.sleep(seconds / items)
+class FakeUpstream:
+    """scripts/fake_upstream.py as a child process on 127.0.0.1."""
+
+    def __init__(self, key: str) -> None:
+        if not FAKE_UPSTREAM.is_file():
+            raise TrackerError(f"the demo needs a checkout of tracker: {FAKE_UPSTREAM} is missing")
+        self.process = subprocess.Popen(
+            [sys.executable, str(FAKE_UPSTREAM), "--key", key, "--run-seconds", "0.5,2.0",
+             "--run-failure-rate", "0.1", "--seed", "7"],
+            stdout=subprocess.PIPE, text=True,
+        )
+        assert self.process.stdout is not None
+        ready = json.loads(self.process.stdout.readline() or "{}")
+        if "port" not in ready:
+            self.stop()
+            raise TrackerError("the fake upstream did not start")
+        self.base_url: str = ready["base_url"]
+        self.port: int = ready["port"]
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_fake/stats", timeout=5) as response:
+            return json.loads(response.read())
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    console = Console(stderr=False)
-    items = max(1, min(args.items, 1_000_000))
-    with Tracker(settings) as tracker:
-        console.print(f"[bold]tracker demo[/] database: {describe(settings.db)}")
-        batch = tracker.start_batch("import", total=items, inputs={"source": "demo.csv"})
-        console.print(f"started batch [cyan]{batch.id}[/]")
-        worker = threading.Thread(target=_work, args=(settings, batch.id, items, args.seconds))
-        worker.start()
-        with Progress(
-            TextColumn("import"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failed]} failed"),
-            TimeElapsedColumn(), console=console,
-        ) as progress:
-            task = progress.add_task("import", total=items, failed=0)
-            while True:
-                record = tracker.get(batch.id)  # read from the database, not from the worker's memory
+    rows = max(1, min(args.rows, 200))
+    kill_at = min(0.9, max(0.05, args.kill_at))
+    workdir = Path(tempfile.mkdtemp(prefix="tracker-demo-"))
+    if settings.db_is_default:  # self-contained unless --db / TRACKER_DB says where
+        settings = replace(settings, db=str(workdir / "demo.db"), db_is_default=False)
+    key = "demo-" + secrets.token_hex(8)
+    fake = FakeUpstream(key)
+    try:
+        settings = replace(settings, upstream_base=fake.base_url, upstream_key=key)
+        return anyio.run(_story, settings, fake, rows, kill_at, workdir)
+    finally:
+        fake.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _story(settings: Settings, fake: FakeUpstream, rows: int, kill_at: float, workdir: Path) -> int:
+    from ..server.client import serve_session  # the MCP SDK is imported only when the demo runs
+
+    console = Console()
+    env = {
+        **os.environ,
+        "TRACKER_DB": settings.db,
+        "BITSCALE_API_BASE": settings.upstream_base,
+        "BITSCALE_API_KEY": settings.upstream_key,
+        "TRACKER_POLL_INTERVAL": "1s",  # runs take 0.5-2 s here: poll them a little more often than the 2 s default
+    }
+    inputs = [{"email": f"person{n}@example.com", "company": COMPANIES[n % len(COMPANIES)]} for n in range(1, rows + 1)]
+    console.print(f"[bold]tracker demo[/]  database {describe(settings.db)}")
+    console.print(f"fake grid API on {fake.base_url} (5 requests/s per key, 429 beyond; runs take 0.5-2 s)")
+    started_at = time.monotonic()
+    with Tracker(settings) as tracker, (workdir / "servers.log").open("a") as errlog:
+        # -- 1. an agent starts a batch on server A --------------------------------------------------------------
+        killed = False
+        try:
+            async with serve_session(env, errlog) as session:
+                started = await session.call("run_grid_batch", grid_id="demo-grid", rows=inputs, concurrency=2)
+                batch_id = started["batch_operation_id"]
+                record = tracker.get(batch_id)
                 assert record is not None
-                progress.update(task, completed=record.completed, failed=record.failed_count)
-                if record.is_terminal:
-                    break
-                time.sleep(0.1)
-        worker.join()
-        failures = tracker.items(batch.id, ok=False, limit=3)
-        summary = {
-            "batch_operation_id": record.id,
-            "status": record.status,
-            "progress": {"completed": record.completed, "total": record.total, "percent": record.percent},
-            "succeeded": record.succeeded_count,
-            "failed": record.failed_count,
-            "first_failures": [{"row_number": f.row_number, "error": f.error} for f in failures],
-            "started_at": iso(record.started_at),
-            "completed_at": iso(record.completed_at),
-            "execution_time_ms": record.execution_time_ms,
-        }
-        console.print_json(json.dumps(summary))
-        if settings.db.count("://") == 0:
-            console.print(
-                "Read it as an operator would:\n"
-                f"  sqlite3 {settings.db} \"SELECT status, completed, total, percent FROM operation_status "
-                f"WHERE id = '{record.id}'\""
-            )
-    return 0
+                server_a = record.owner_pid
+                console.print(f"server A (pid {server_a}): run_grid_batch -> [cyan]{batch_id}[/] ({rows} rows)")
+                await _watch(console, tracker, fake, batch_id, f"server A pid {server_a}", until=kill_at)
+                os.kill(server_a, signal.SIGKILL)
+                killed = True
+                console.print(f"[bold red]SIGKILL[/] server A (pid {server_a}) mid-batch")
+        except Exception:  # noqa: BLE001 - a session whose server was killed may complain on the way out
+            if not killed:
+                raise
+        record = tracker.get(batch_id)
+        assert record is not None
+        console.print(
+            f"the database still has it: status {record.status}, {record.completed}/{record.total} done, "
+            f"{fake.stats()['posts']} rows submitted upstream"
+        )
+        # -- 2. a new server resumes it -----------------------------------------------------------------------------
+        async with serve_session(env, errlog) as session:
+            await anyio.sleep(0.3)
+            record = tracker.get(batch_id)
+            server_b = record.owner_pid if record is not None else None
+            console.print(f"server B (pid {server_b}) started on the same database and resumed the batch")
+            await _watch(console, tracker, fake, batch_id, f"server B pid {server_b}", until=None)
+            # -- 3. status, answered by the new server ----------------------------------------------------------
+            status = (await session.call("get_batch_status", batch_operation_id=batch_id))["operation"]
+            first_id = status["successful_ids"][0] if status["successful_ids"] else None
+            run_status = await session.call("get_run_status", request_id=first_id) if first_id else None
+    stats = fake.stats()
+    summary = {
+        "batch_operation_id": status["batch_operation_id"],
+        "status": status["status"],
+        "progress": status["progress"],
+        "successful_ids": status["successful_ids"][:3] + (["..."] if len(status["successful_ids"]) > 3 else []),
+        "failed_items": status["failed_items"][:3],
+        "execution_time_ms": status["execution_time_ms"],
+    }
+    console.print("[bold]get_batch_status[/] (answered by server B):")
+    console.print_json(json.dumps(summary))
+    if run_status is not None:
+        console.print(f"[bold]get_run_status[/]({first_id}):")
+        console.print_json(json.dumps({k: run_status.get(k) for k in ("mode", "status", "grid_id", "outputs")}))
+    twice = sum(1 for count in stats["submissions_per_input"].values() if count > 1)
+    console.print(
+        f"upstream saw {stats['posts']} submissions for {stats['distinct_inputs']} distinct rows "
+        f"([bold]{twice} submitted twice[/]), {stats['gets']} status polls, {stats['rate_limited']} refused with 429, "
+        f"at most {stats['max_accepted_in_any_second']} requests in any one second."
+    )
+    console.print(f"done in {time.monotonic() - started_at:.1f}s")
+    return 0 if status["status"] in ("completed", "failed") and twice == 0 else 1
+
+
+async def _watch(
+    console: Console, tracker: Tracker, fake: FakeUpstream, batch_id: str, label: str, until: float | None
+) -> None:
+    """A progress bar read from the database (not from any server's memory) until the batch ends, or until
+    `until` of its rows have been submitted upstream (and at least one run has ended)."""
+    with Progress(
+        TextColumn(f"[bold]{label:<18}[/]"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed, {task.fields[posts]} submitted"), TimeElapsedColumn(),
+        console=console, transient=False,
+    ) as progress:
+        task = progress.add_task("batch", total=None, failed=0, posts=0)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            record = tracker.get(batch_id)
+            assert record is not None
+            posts = await anyio.to_thread.run_sync(lambda: fake.stats()["posts"])
+            progress.update(task, total=record.total, completed=record.completed, failed=record.failed_count, posts=posts)
+            if record.is_terminal or (until is not None and posts >= until * record.total and record.completed >= 2):
+                return
+            await anyio.sleep(0.1)
+    raise TrackerError(f"batch {batch_id} did not finish within 120 s")
