@@ -39,6 +39,7 @@ SUMMARY_ERROR_CHARS = 300
 ITEMS_PAGE_BYTES = 64_000  # a get_operation_items page stops early when its items are long
 
 MAX_CURSOR_CHARS = 1024
+MAX_SEQ = 2**63
 _CURSOR_VERSION = 1
 # The checksum catches cursors that were edited or cut short. It is not a secret: a cursor is only a position,
 # and grants nothing a fresh call without one would not.
@@ -62,6 +63,9 @@ def require_id(value: Any, name: str) -> str:
         raise InvalidInput(f"{name} must not be empty")
     if len(value) > MAX_ID_CHARS:
         raise InvalidInput(f"{name} is longer than {MAX_ID_CHARS} characters ({len(value)}); pass the id as returned")
+    if "\x00" in value:
+        # No id holds one, and PostgreSQL cannot even compare text with NUL: the same answer on every backend.
+        raise InvalidInput(f"{name} contains a NUL character; pass the id as returned")
     return value
 
 
@@ -80,6 +84,8 @@ def optional_operation_type(value: Any, name: str = "operation_type") -> str | N
         raise InvalidInput(f"{name} must be a non-empty string such as 'update' or 'import' (or omitted)")
     if len(value) > MAX_TYPE_CHARS:
         raise InvalidInput(f"{name} is longer than {MAX_TYPE_CHARS} characters")
+    if "\x00" in value:
+        raise InvalidInput(f"{name} contains a NUL character")
     return value.strip()
 
 
@@ -319,6 +325,8 @@ class StatusService:
                 )
             try:
                 before = (_parse_iso(position["t"]), str(position["i"]))
+                if "\x00" in before[1]:
+                    raise ValueError("NUL")
             except (KeyError, ValueError):
                 raise InvalidInput("cursor is not a cursor from list_operations; omit it to start over") from None
         rows = self.tracker.list(kind, status, operation_type, limit=limit + 1, before=before)
@@ -339,7 +347,8 @@ class StatusService:
                 other = position.get("o")
                 raise InvalidInput(f'cursor pages {other} items; pass it with outcome="{other}"')
             after_seq = position.get("s")
-            if isinstance(after_seq, bool) or not isinstance(after_seq, int) or after_seq < 0:
+            # The cursor key is public, so a well-formed cursor may still hold any number: seq is a 64-bit column.
+            if isinstance(after_seq, bool) or not isinstance(after_seq, int) or not 0 <= after_seq < MAX_SEQ:
                 raise InvalidInput("cursor is not a cursor from get_operation_items; omit it to start over")
         record = self.tracker.get(operation_id)
         if record is None:
