@@ -18,6 +18,7 @@ from pathlib import Path
 from bench_common import sqlite_module  # noqa: E402  (puts this checkout on sys.path first)
 from bench_recording import figure_1_recording, figure_4_contention  # noqa: E402
 from bench_memory import figure_6_memory  # noqa: E402
+from bench_runs import figure_5_runs  # noqa: E402
 from bench_status import figure_2_status  # noqa: E402
 
 
@@ -29,6 +30,9 @@ FIGURES = {
         else figure_2_status(workdir, 1_000_000, 5_000_000, 3_000)
     ),
     4: lambda workdir, quick: figure_4_contention(workdir, 8, 5_000 if quick else 25_000),
+    5: lambda workdir, quick: (
+        figure_5_runs(workdir, 200, 20, 4, 10.0) if quick else figure_5_runs(workdir, 1_000, 100, 4, 60.0)
+    ),
     6: lambda workdir, quick: figure_6_memory(workdir, 100_000 if quick else 1_000_000),
 }
 

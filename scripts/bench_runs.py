@@ -1,0 +1,193 @@
+"""Figure 5: remote runs polled by several MCP clients at once against the fake grid API (scripts/fake_upstream.py,
+a real HTTP server on 127.0.0.1): the upstream requests per second, read from the fake's own counters, against its
+rate limit; and the upstream requests spent on runs that had already ended (read from the fake's request log)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from bench_common import REPO, mcp_session, percentile
+from tracker import Settings
+from tracker.db import open_engine
+from tracker.runs import RunsService
+
+KEY = "bench-key-0123456789"
+RATE_LIMIT = 5  # the upstream's documented limit (CONTRACTS.md), and tracker's default BITSCALE_RATE_LIMIT
+STATUS_LINE = re.compile(r'"GET /api/v1/run/status/([^ ?"]+)')
+
+
+class FakeUpstream:
+    """scripts/fake_upstream.py in a child process, logging every request to a file."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self._log_file = log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, str(REPO / "scripts" / "fake_upstream.py"), "--key", KEY, "--seed", "5",
+             "--rate-limit", str(RATE_LIMIT), "--verbose"],
+            stdout=subprocess.PIPE, stderr=self._log_file, text=True,
+        )
+        assert self.process.stdout is not None
+        ready = json.loads(self.process.stdout.readline())
+        self.base_url, self.port = ready["base_url"], ready["port"]
+
+    def call(self, path: str, body: Any = None) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", data=data, timeout=30) as response:
+            return json.loads(response.read())
+
+    def configure(self, **options: Any) -> None:
+        self.call("/_fake/config", options)
+
+    def env(self) -> dict[str, str]:
+        return {"BITSCALE_API_BASE": self.base_url, "BITSCALE_API_KEY": KEY}
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log_file.close()
+
+
+async def _submit(settings: Settings, count: int, grid_id: str) -> list[str]:
+    """`count` async runs through the runs service; returns their request ids."""
+    engine = open_engine(settings)
+    service = RunsService(settings, engine)
+    slots = asyncio.Semaphore(16)
+
+    async def one(n: int) -> str:
+        async with slots:
+            answer = await service.run_grid(grid_id, {"email": f"person{n}@example.com"}, mode="async")
+            return answer["request_id"]
+
+    try:
+        ids = await asyncio.gather(*(one(n) for n in range(count)))
+        if grid_id == "ended":  # poll each once so tracker records its end
+            for request_id in ids:
+                answer = await service.get_run_status(request_id)
+                assert answer["status"] == "completed", answer
+        return ids
+    finally:
+        await service.aclose()
+        engine.dispose()
+
+
+def setup_runs(db: Path, fake: FakeUpstream, running: int, ended: int) -> tuple[list[str], list[str]]:
+    """Runs that ended (recorded as completed) and runs that stay running upstream all along. Made with the rate
+    limit lifted on both sides; the figure is measured afterwards, at the real limit."""
+    fast = Settings.from_env(fake.env(), db=str(db), upstream_rate_per_s=1000.0, poll_interval_s=0.01)
+    fake.configure(rate_limit=0, run_seconds="0")
+    ended_ids = asyncio.run(_submit(fast, ended, "ended"))
+    fake.configure(run_seconds="100000")
+    running_ids = asyncio.run(_submit(fast, running, "running"))
+    fake.configure(rate_limit=RATE_LIMIT)
+    return running_ids, ended_ids
+
+
+def figure_5_runs(workdir: Path, running: int, ended: int, clients: int, seconds: float) -> str:
+    db = workdir / "runs.db"
+    fake = FakeUpstream(workdir / "upstream.log")
+    try:
+        running_ids, ended_ids = setup_runs(db, fake, running, ended)
+        ended_set = set(ended_ids)
+        polls = {"running": 0, "ended": 0, "stale": 0, "errors": 0}
+        latency: dict[str, list[float]] = {"running": [], "ended": []}
+        window: dict[str, float] = {}
+        ready = anyio.Event()
+        started = [0]
+
+        async def poll(session: Any, ids: list[str], kind: str, pause_s: float) -> None:
+            """One agent's loop: ask for each run's status in turn until the window closes."""
+            n = 0
+            while time.time() < window["start"] + seconds:
+                request_id = ids[n % len(ids)]
+                n += 1
+                called = time.perf_counter()
+                result = await session.call_tool("get_run_status", {"request_id": request_id})
+                latency[kind].append((time.perf_counter() - called) * 1000)
+                if result.is_error:
+                    polls["errors"] += 1
+                    continue
+                polls[kind] += 1
+                polls["stale"] += bool((result.structured_content or {}).get("stale"))
+                await anyio.sleep(pause_s)
+
+        async def client(number: int) -> None:
+            """One MCP server process per client, like agents each running their own server on one database.
+            Each client polls the running runs back to back, and meanwhile the ended ones ten times a second."""
+            mine = random.Random(number)
+            running_order = mine.sample(running_ids, len(running_ids))
+            ended_order = mine.sample(ended_ids, len(ended_ids))
+            async with mcp_session(db, fake.env(), errlog=workdir / f"serve-{number}.log") as session:
+                started[0] += 1
+                if started[0] == clients:
+                    window["start"] = time.time()
+                    window["log_start"] = fake.log.stat().st_size
+                    ready.set()
+                await ready.wait()
+                async with anyio.create_task_group() as group:
+                    group.start_soon(poll, session, running_order, "running", 0.0)
+                    group.start_soon(poll, session, ended_order, "ended", 0.1)
+                if "end" not in window:
+                    window["end"] = time.time()
+                    window["log_end"] = fake.log.stat().st_size
+
+        async def all_clients() -> None:
+            async with anyio.create_task_group() as group:
+                for number in range(clients):
+                    group.start_soon(client, number)
+
+        anyio.run(all_clients)
+        stats = fake.call("/_fake/stats?times=1")
+    finally:
+        fake.stop()
+    start, end = window["start"], window["end"]
+    arrivals = [t for t in stats["arrival_times"] if start <= t <= end]
+    accepted = [t for t in stats["accepted_times"] if start <= t <= end]
+    span = end - start
+    sent_rate = len(arrivals) / span
+    busiest = _busiest_second(accepted)
+    with fake.log.open("rb") as log:
+        log.seek(int(window["log_start"]))
+        lines = log.read(int(window["log_end"] - window["log_start"])).decode(errors="replace")
+    ended_requests = sum(1 for m in STATUS_LINE.finditer(lines) if m.group(1) in ended_set)
+    met = sent_rate <= RATE_LIMIT and busiest <= RATE_LIMIT
+    waits = " ".join(
+        f"{kind} p50 {percentile(values, 0.5):,.0f} ms p99 {percentile(values, 0.99):,.0f} ms;"
+        for kind, values in latency.items()
+        if values
+    )
+    return (
+        f"5 remote runs: {running:,} running + {ended:,} ended runs polled through MCP by {clients} clients for"
+        f" {span:.0f} s ({polls['running']:,} + {polls['ended']:,} get_run_status calls, {polls['stale']:,} stale,"
+        f" {polls['errors']} errors; call latency {waits.rstrip(';')}): upstream requests {sent_rate:.2f}/s ({len(arrivals)} sent,"
+        f" {len(arrivals) - len(accepted)} refused with 429, busiest second {busiest} accepted)"
+        f" | rate limit {RATE_LIMIT}/s | ratio {sent_rate / RATE_LIMIT:.2f}"
+        f" (target <= 1: {'met' if met else 'MISSED'})"
+        f" | {polls['ended']:,} polls of ended runs cost {ended_requests} upstream requests"
+        f" (target 0: {'met' if ended_requests == 0 else 'MISSED'})"
+    )
+
+
+def _busiest_second(times: list[float]) -> int:
+    best, first = 0, 0
+    ordered = sorted(times)
+    for last, t in enumerate(ordered):
+        while ordered[first] <= t - 1.0:
+            first += 1
+        best = max(best, last - first + 1)
+    return best
