@@ -174,7 +174,8 @@ def figure_5_runs(workdir: Path, running: int, ended: int, clients: int, seconds
     return (
         f"5 remote runs: {running:,} running + {ended:,} ended runs polled through MCP by {clients} clients for"
         f" {span:.0f} s ({polls['running']:,} + {polls['ended']:,} get_run_status calls, {polls['stale']:,} stale,"
-        f" {polls['errors']} errors; call latency {waits.rstrip(';')}): upstream requests {sent_rate:.2f}/s ({len(arrivals)} sent,"
+        f" {polls['errors']} errors; call latency {waits.rstrip(';')}):"
+        f" upstream requests {sent_rate:.2f}/s ({len(arrivals)} sent,"
         f" {len(arrivals) - len(accepted)} refused with 429, busiest second {busiest} accepted)"
         f" | rate limit {RATE_LIMIT}/s | ratio {sent_rate / RATE_LIMIT:.2f}"
         f" (target <= 1: {'met' if met else 'MISSED'})"
