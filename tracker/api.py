@@ -17,7 +17,7 @@ from .errors import DatabaseUnavailable, InvalidInput, OperationClosed, Operatio
 from .ids import new_operation_id
 from .models import KINDS, STATUSES
 from .records import ItemRecord, OperationRecord
-from .recording import BatchHandle, Flusher
+from .recording import MAX_INT32, BatchHandle, Flusher, check_json, error_text
 from .settings import Settings
 from .store import Store
 from .timeutil import utcnow
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 MAX_TYPE_CHARS = 64
 MAX_LIST_LIMIT = 200
+MAX_SEQ = 2**63
 
 
 def _operation_type(value: Any) -> str:
@@ -33,13 +34,25 @@ def _operation_type(value: Any) -> str:
         raise InvalidInput("operation_type must be a non-empty string such as 'update', 'delete' or 'import'")
     if len(value) > MAX_TYPE_CHARS:
         raise InvalidInput(f"operation_type is longer than {MAX_TYPE_CHARS} characters")
+    if "\x00" in value:
+        raise InvalidInput("operation_type must not contain a NUL character")
     return value.strip()
 
 
 def _total(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput("total must be a whole number >= 0 (the number of items the batch will process)")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT32:
+        raise InvalidInput(
+            f"total must be a whole number from 0 to {MAX_INT32} (the number of items the batch will process)"
+        )
     return value
+
+
+def _unstorable(operation_id: Any, name: str = "operation_id") -> bool:
+    """True for an id no operation can have (PostgreSQL cannot even compare text holding NUL), which is answered
+    as not found; InvalidInput for a value that is not an id at all."""
+    if not isinstance(operation_id, str):
+        raise InvalidInput(f"{name} must be a string, not {type(operation_id).__name__}")
+    return "\x00" in operation_id
 
 
 class Tracker:
@@ -65,6 +78,8 @@ class Tracker:
     ) -> BatchHandle:
         """Record a new running batch and return the handle to record its items into."""
         operation_type = _operation_type(operation_type)
+        total = _total(total)
+        inputs = check_json(inputs, "inputs")
         now = utcnow()
         record = self._write(
             lambda: self.store.create_operation(
@@ -72,7 +87,7 @@ class Tracker:
                     "id": new_operation_id("batch", operation_type),
                     "kind": "batch",
                     "operation_type": operation_type,
-                    "total": _total(total),
+                    "total": total,
                     "started_at": now,
                     "inputs": inputs,
                     "owner_host": socket.gethostname(),
@@ -101,12 +116,18 @@ class Tracker:
     # -- reads and cancel ---------------------------------------------------------------------------------------
 
     def get(self, operation_id: str) -> OperationRecord | None:
+        if _unstorable(operation_id):
+            return None
         return self._read(lambda: self.store.get(operation_id))
 
     def get_by_request_id(self, request_id: str) -> OperationRecord | None:
+        if _unstorable(request_id, "request_id"):
+            return None
         return self._read(lambda: self.store.get_by_request_id(request_id))
 
     def items(self, operation_id: str, ok: bool, after_seq: int = 0, limit: int = 100) -> list[ItemRecord]:
+        if _unstorable(operation_id) or after_seq >= MAX_SEQ:  # seq is a 64-bit column
+            return []
         return self._read(lambda: self.store.items(operation_id, ok, after_seq, limit))
 
     def list(
@@ -124,11 +145,16 @@ class Tracker:
             raise InvalidInput(f"status must be one of {', '.join(STATUSES)}")
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
             raise InvalidInput(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}")
+        if operation_type is not None:
+            operation_type = _operation_type(operation_type)
         return self._read(lambda: self.store.list_operations(kind, status, operation_type, before, limit))
 
     def cancel(self, operation_id: str, reason: str = "cancelled") -> OperationRecord:
         """Cancel a running operation; its worker's next record raises OperationCancelled.
         Raises OperationClosed if it already ended, OperationNotFound if there is no such operation."""
+        if _unstorable(operation_id):
+            raise OperationNotFound(f"operation {operation_id!r} not found")
+        reason = error_text(str(reason))
         return self._write(lambda: self.store.cancel(operation_id, utcnow(), reason))
 
     # -- lifecycle ----------------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ thread for handles that went quiet; so other processes see progress within flush
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import threading
 import time
 import weakref
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 MAX_BUFFER = 5000
 MAX_ITEM_ID_CHARS = 1024
 MAX_ERROR_CHARS = 4000
+MAX_INT32 = 2**31 - 1  # row_number and total are INTEGER columns: 32 bits on PostgreSQL
+_ESCAPED_NUL = re.compile(r"(?:^|[^\\])(?:\\\\)*\\u0000")  # \u0000 in JSON text, not an escaped backslash + "u0000"
 
 
 def _item_id(value: Any) -> str:
@@ -36,7 +40,28 @@ def _item_id(value: Any) -> str:
         raise InvalidInput("item id must not be empty")
     if len(text) > MAX_ITEM_ID_CHARS:
         raise InvalidInput(f"item id is longer than {MAX_ITEM_ID_CHARS} characters")
+    if "\x00" in text:
+        # PostgreSQL cannot store it: refused here, on every backend, rather than poisoning the buffered group.
+        raise InvalidInput("item id must not contain a NUL character")
     return text
+
+
+def error_text(error: str) -> str:
+    """An error message as stored: clipped, and NUL (which PostgreSQL text cannot hold) shown as U+FFFD."""
+    return error[:MAX_ERROR_CHARS].replace("\x00", "\ufffd")
+
+
+def check_json(value: Any, name: str) -> Any:
+    """inputs/outputs: plain JSON that every backend stores alike (PostgreSQL's JSONB refuses NaN and NUL)."""
+    if value is None:
+        return None
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidInput(f"{name} must be JSON: objects, arrays, strings, finite numbers, booleans, null ({exc})") from None
+    if _ESCAPED_NUL.search(text):
+        raise InvalidInput(f"{name} must not contain a NUL character")
+    return value
 
 
 class BatchHandle:
@@ -66,11 +91,11 @@ class BatchHandle:
             raise InvalidInput("error must be a non-empty string saying what went wrong")
         if item_id is None and row_number is None:
             raise InvalidInput("a failure needs an item id, a row_number, or both")
-        if row_number is not None and (isinstance(row_number, bool) or not isinstance(row_number, int) or row_number < 1):
-            raise InvalidInput("row_number must be a whole number from 1 (1-based)")
-        self._add(
-            (False, None if item_id is None else _item_id(item_id), row_number, error[:MAX_ERROR_CHARS])
-        )
+        if row_number is not None and (
+            isinstance(row_number, bool) or not isinstance(row_number, int) or not 1 <= row_number <= MAX_INT32
+        ):
+            raise InvalidInput(f"row_number must be a whole number from 1 (1-based) to {MAX_INT32}")
+        self._add((False, None if item_id is None else _item_id(item_id), row_number, error_text(error)))
 
     def _add(self, item: NewItem) -> None:
         with self._lock:
@@ -116,8 +141,8 @@ class BatchHandle:
     # -- state changes ------------------------------------------------------------------------------------------
 
     def set_total(self, total: int) -> OperationRecord:
-        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
-            raise InvalidInput("total must be a whole number >= 0")
+        if isinstance(total, bool) or not isinstance(total, int) or not 0 <= total <= MAX_INT32:
+            raise InvalidInput(f"total must be a whole number from 0 to {MAX_INT32}")
         with self._lock:
             return self._guarded(lambda: self._store.update_running(self.id, {"total": total, "updated_at": utcnow()}))
 
@@ -131,16 +156,16 @@ class BatchHandle:
     def finish(self, outputs: Any = None) -> OperationRecord:
         """Flush everything, then end the operation: `failed` when every processed item failed (at least one
         failure and no success), otherwise `completed`."""
-        return self._end(status=None, error=None, outputs=outputs)
+        return self._end(status=None, error=None, outputs=check_json(outputs, "outputs"))
 
     def fail(self, error: str, outputs: Any = None) -> OperationRecord:
         """Flush everything, then mark the operation failed with this error."""
         if not isinstance(error, str) or not error.strip():
             raise InvalidInput("error must be a non-empty string")
-        return self._end(status="failed", error=error[:MAX_ERROR_CHARS], outputs=outputs)
+        return self._end(status="failed", error=error_text(error), outputs=check_json(outputs, "outputs"))
 
     def cancel(self, reason: str = "cancelled") -> OperationRecord:
-        return self._end(status="cancelled", error=reason, outputs=None)
+        return self._end(status="cancelled", error=error_text(str(reason)), outputs=None)
 
     def _end(self, status: str | None, error: str | None, outputs: Any) -> OperationRecord:
         with self._lock:
