@@ -163,30 +163,27 @@ def test_cancel_stops_new_submissions(upstream_settings: Settings, fake_upstream
     assert worker_gone
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"rows": []}, "rows must be a non-empty list"),
-        ({"rows": "a,b"}, "rows must be a non-empty list"),
-        ({"rows": [{"a": "1"}] * (MAX_BATCH_ROWS + 1)}, f"a batch takes at most {MAX_BATCH_ROWS}"),
-        ({"rows": [{"a": "1"}, {"a": 2}]}, r"rows\[1\]\['a'\] must be a string"),
-        ({"rows": [{"a": "1"}, {}]}, r"rows\[1\] must be a non-empty object"),
-        ({"concurrency": 0}, "concurrency must be a whole number from 1 to 16"),
-        ({"mode": "later"}, "mode must be 'sync' or 'async'"),
-        ({"grid_id": " "}, "grid_id must be a non-empty string"),
-    ],
-)
-def test_bad_batches_are_refused_with_nothing_written(
-    upstream_settings: Settings, fake_upstream: FakeUpstreamProcess, kwargs: dict, message: str
-) -> None:
-    args = {"grid_id": "g1", "rows": _rows(2), **kwargs}
+BAD_BATCHES = [
+    ({"rows": []}, "rows must be a non-empty list"),
+    ({"rows": "a,b"}, "rows must be a non-empty list"),
+    ({"rows": [{"a": "1"}] * (MAX_BATCH_ROWS + 1)}, f"a batch takes at most {MAX_BATCH_ROWS}"),
+    ({"rows": [{"a": "1"}, {"a": 2}]}, r"rows\[1\]\['a'\] must be a string"),
+    ({"rows": [{"a": "1"}, {}]}, r"rows\[1\] must be a non-empty object"),
+    ({"concurrency": 0}, "concurrency must be a whole number from 1 to 16"),
+    ({"concurrency": True}, "concurrency must be a whole number from 1 to 16"),
+    ({"mode": "later"}, "mode must be 'sync' or 'async'"),
+    ({"grid_id": " "}, "grid_id must be a non-empty string"),
+]
 
+
+def test_bad_batches_are_refused_with_nothing_written(upstream_settings: Settings, fake_upstream: FakeUpstreamProcess) -> None:
     async def scenario():
         engine = open_engine(upstream_settings)
         runs = RunsService(upstream_settings, engine)
         try:
-            with pytest.raises(InvalidInput, match=message):
-                await runs.run_grid_batch(**args)
+            for kwargs, message in BAD_BATCHES:
+                with pytest.raises(InvalidInput, match=message):
+                    await runs.run_grid_batch(**{"grid_id": "g1", "rows": _rows(2), **kwargs})
             with engine.connect() as conn:
                 return conn.exec_driver_sql("SELECT count(*) FROM operations").scalar()
         finally:

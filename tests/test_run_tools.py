@@ -40,7 +40,7 @@ async def test_tools_are_listed_once_with_schemas_and_annotations(tmp_path: Path
 
 @pytest.mark.anyio
 async def test_a_sync_run_does_not_hold_up_other_calls(tmp_path: Path, fake_upstream: FakeUpstreamProcess) -> None:
-    fake_upstream.configure(run_seconds="2.0")
+    fake_upstream.configure(run_seconds="1.2")
     order: list[str] = []
     results: dict[str, dict] = {}
     async with tracker_session(tmp_path / "t.db", fake_upstream, tmp_path / "err.log") as session:
@@ -51,7 +51,7 @@ async def test_a_sync_run_does_not_hold_up_other_calls(tmp_path: Path, fake_upst
 
         async with anyio.create_task_group() as group:
             group.start_soon(sync_run)
-            await anyio.sleep(0.5)
+            await anyio.sleep(0.3)
             started = time.monotonic()
             results["list"] = await answer(session, "list_operations", kind="run")
             results["list_seconds"] = time.monotonic() - started  # type: ignore[assignment]

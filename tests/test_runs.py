@@ -146,29 +146,29 @@ def test_idempotency_key_returns_the_existing_run_and_submits_nothing(
     assert stats["runs"] == 1 and stats["max_submissions_per_input"] == 1
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"grid_id": ""}, "grid_id must be a non-empty string"),
-        ({"grid_id": 7}, "grid_id must be a non-empty string"),
-        ({"inputs": {}}, "inputs must be a non-empty object"),
-        ({"inputs": ["a"]}, "inputs must be a non-empty object"),
-        ({"inputs": {"email": 5}}, r"inputs\['email'\] must be a string"),
-        ({"mode": "fast"}, "mode must be 'sync' or 'async'"),
-        ({"output_columns": "enriched"}, "output_columns must be a list"),
-        ({"source_id": ""}, "source_id must be a non-empty string"),
-        ({"idempotency_key": "k" * 300}, "idempotency_key is longer than 256"),
-    ],
-)
-def test_bad_input_is_refused_before_anything_is_written_or_sent(
-    upstream_settings: Settings, fake_upstream: FakeUpstreamProcess, kwargs: dict, message: str
-) -> None:
-    args = {"grid_id": "g1", "inputs": {"email": "a@x.io"}, **kwargs}
+BAD_RUNS = [
+    ({"grid_id": ""}, "grid_id must be a non-empty string"),
+    ({"grid_id": 7}, "grid_id must be a non-empty string"),
+    ({"grid_id": "g\x001"}, "grid_id contains a NUL character"),
+    ({"inputs": {}}, "inputs must be a non-empty object"),
+    ({"inputs": ["a"]}, "inputs must be a non-empty object"),
+    ({"inputs": {"email": 5}}, r"inputs\['email'\] must be a string"),
+    ({"inputs": {"email": "a\x00"}}, r"inputs\['email'\] contains a NUL character"),
+    ({"mode": "fast"}, "mode must be 'sync' or 'async'"),
+    ({"output_columns": "enriched"}, "output_columns must be a list"),
+    ({"source_id": ""}, "source_id must be a non-empty string"),
+    ({"idempotency_key": "k" * 300}, "idempotency_key is longer than 256"),
+]
 
+
+def test_bad_input_is_refused_before_anything_is_written_or_sent(
+    upstream_settings: Settings, fake_upstream: FakeUpstreamProcess
+) -> None:
     async def scenario():
         async with running_service(upstream_settings) as runs:
-            with pytest.raises(InvalidInput, match=message):
-                await runs.run_grid(**args)
+            for kwargs, message in BAD_RUNS:
+                with pytest.raises(InvalidInput, match=message):
+                    await runs.run_grid(**{"grid_id": "g1", "inputs": {"email": "a@x.io"}, **kwargs})
 
     asyncio.run(scenario())
     assert _count_runs(upstream_settings) == 0

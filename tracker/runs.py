@@ -67,6 +67,8 @@ INTERRUPTED = (
     "so it was not resubmitted)"
 )
 
+NO_UPSTREAM = "no upstream configured (BITSCALE_API_KEY is not set): this is the status last recorded"
+
 T = TypeVar("T")
 
 
@@ -78,7 +80,14 @@ def _text(value: Any, name: str, max_chars: int = MAX_ID_CHARS) -> str:
         raise InvalidInput(f"{name} must be a non-empty string")
     if len(value) > max_chars:
         raise InvalidInput(f"{name} is longer than {max_chars} characters")
+    _no_nul(value, name)
     return value.strip()
+
+
+def _no_nul(value: str, name: str) -> None:
+    # PostgreSQL text and JSONB cannot hold NUL; refuse it everywhere so every backend answers alike.
+    if "\x00" in value:
+        raise InvalidInput(f"{name} contains a NUL character")
 
 
 def _optional_text(value: Any, name: str, max_chars: int = MAX_ID_CHARS) -> str | None:
@@ -93,10 +102,14 @@ def _inputs(value: Any, name: str = "inputs") -> dict[str, str]:
     for label, text in value.items():
         if not isinstance(label, str) or not label.strip():
             raise InvalidInput(f"{name} has an empty label; labels are the grid's input column names")
+        _no_nul(label, f"a label of {name}")
+        if len(label) > MAX_ID_CHARS:
+            raise InvalidInput(f"a label of {name} is longer than {MAX_ID_CHARS} characters")
         if not isinstance(text, str):
             raise InvalidInput(f"{name}[{label[:40]!r}] must be a string, not {type(text).__name__}")
         if len(text) > MAX_VALUE_CHARS:
             raise InvalidInput(f"{name}[{label[:40]!r}] is longer than {MAX_VALUE_CHARS} characters")
+        _no_nul(text, f"{name}[{label[:40]!r}]")
     return dict(value)
 
 
@@ -111,6 +124,10 @@ def _output_columns(value: Any) -> list[str] | None:
         return None
     if not isinstance(value, list) or not all(isinstance(c, str) and c.strip() for c in value):
         raise InvalidInput("output_columns must be a list of column ids (non-empty strings), or omitted")
+    for column in value:
+        _no_nul(column, "output_columns")
+        if len(column) > MAX_ID_CHARS:
+            raise InvalidInput(f"an output_columns entry is longer than {MAX_ID_CHARS} characters")
     return list(value)
 
 
@@ -248,6 +265,8 @@ class RunsService:
     async def _status_of(self, record: RunRecord) -> dict[str, Any]:
         if record.is_terminal or record.request_id is None:
             return self._answer(record)
+        if not self.settings.upstream_key:
+            return self._answer(record, stale=True, error=NO_UPSTREAM)
         if not await self._db(self.store.claim_poll, record.id, utcnow(), self.settings.poll_interval_s):
             fresh = await self._db(self.store.get, record.id) or record
             return self._answer(fresh, stale=fresh.status == RUNNING and fresh.error is not None)
@@ -305,7 +324,7 @@ class RunsService:
             "last_polled_at": now,
             "resumable": True,
         }
-        return self._answer(await self._db(self.store.store_found, values))
+        return self._answer(await self._db(self.store.store_found, _without_nul(values)))
 
     # -- run_grid_batch -----------------------------------------------------------------------------------------
 
@@ -483,17 +502,24 @@ class RunsService:
     # -- background: polling and adoption -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Begin polling running runs and resuming orphaned batches (call once, inside the serving loop)."""
+        """Begin polling running runs and resuming orphaned batches (call once, inside the serving loop).
+        Without an API key there is nothing to poll with, and a resumed batch could only fail its rows: both wait
+        for a server that has the key."""
         if self._started:
             return
         self._started = True
+        if not self.settings.upstream_key:
+            log.info("remote runs: BITSCALE_API_KEY is not set; no polling, no batch resumption in this server")
+            return
         await self.adopt_orphans()
         self._spawn(self._poll_loop())
         self._spawn(self._adopt_loop())
 
     async def adopt_orphans(self) -> list[str]:
-        """Take over running batches whose owner process is gone; returns their ids."""
-        adopted = []
+        """Take over running batches whose owner process is gone; returns their ids. Never without an API key."""
+        adopted: list[str] = []
+        if not self.settings.upstream_key:
+            return adopted
         for batch in await self._db(self.store.running_batches, OPERATION_TYPE):
             if batch.id in self._workers or self._owner_alive(batch):
                 continue
@@ -577,6 +603,7 @@ class RunsService:
         return await self._finish(run_id, FAILED, error=_upstream_failure(answer))
 
     async def _finish(self, run_id: str, status: str, outputs: Any = None, error: str | None = None) -> RunRecord:
+        outputs, error = _without_nul(outputs), _without_nul(error)  # the upstream's text, stored on any backend
         record = await self._db(self.store.finish, run_id, status, utcnow(), outputs, error)
         if record is None:
             raise OperationNotFound(f"run {run_id!r} not found")
@@ -643,6 +670,16 @@ class RunsService:
             return await asyncio.to_thread(fn, *args)
         except SQLAlchemyError as exc:
             raise DatabaseUnavailable(f"database error: {short_reason(exc)}") from None
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 def _optional_str(value: Any) -> str | None:

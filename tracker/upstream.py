@@ -26,6 +26,7 @@ from .errors import InvalidInput, UpstreamError, UpstreamOutcomeUnknown
 log = logging.getLogger(__name__)
 
 EXCERPT_CHARS = 200
+MAX_REQUEST_ID_CHARS = 128  # the width of operations.request_id
 MAX_RETRY_AFTER_S = 120.0
 RUN_STATUSES = ("running", "completed", "failed")
 
@@ -123,8 +124,11 @@ class UpstreamClient:
                 f"upstream answered the run submission without a known status: {self._excerpt(json.dumps(answer))}",
                 status_code=200,
             )
-        if status == "running" and not isinstance(answer.get("request_id"), str):
-            raise UpstreamOutcomeUnknown("upstream accepted the run but sent no request_id", status_code=200)
+        request_id = answer.get("request_id")
+        if status == "running" and not (
+            isinstance(request_id, str) and 0 < len(request_id) <= MAX_REQUEST_ID_CHARS and request_id.isprintable()
+        ):
+            raise UpstreamOutcomeUnknown("upstream accepted the run but sent no usable request_id", status_code=200)
         return answer
 
     async def run_status(self, request_id: str) -> dict[str, Any] | None:
@@ -244,7 +248,7 @@ class UpstreamClient:
 
     def _excerpt(self, text: str) -> str:
         """One line, bounded, and never the key even if the upstream echoes it."""
-        line = " ".join(text.split())
+        line = "".join(ch for ch in " ".join(text.split()) if ch.isprintable())  # no NUL or terminal escapes
         if self._key:
             line = line.replace(self._key, "***")
         return line[:EXCERPT_CHARS] + ("..." if len(line) > EXCERPT_CHARS else "")
