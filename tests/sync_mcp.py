@@ -54,8 +54,10 @@ class SyncSession:
 
 
 @contextmanager
-def sync_session(db: str | Path, errlog: Path, **env: str | None) -> Iterator[SyncSession]:
-    """`python -m tracker serve` on `db` (a path or URL) with extra environment (None removes a variable);
+def sync_session(
+    db: str | Path, errlog: Path, args: tuple[str, ...] = ("serve",), **env: str | None
+) -> Iterator[SyncSession]:
+    """`python -m tracker <args>` on `db` (a path or URL) with extra environment (None removes a variable);
     stderr appended to `errlog`."""
     server_env = subprocess_env(db, **{name: value for name, value in env.items() if value is not None})
     for name, value in env.items():
@@ -64,7 +66,7 @@ def sync_session(db: str | Path, errlog: Path, **env: str | None) -> Iterator[Sy
 
     @asynccontextmanager
     async def session():
-        params = StdioServerParameters(command=PYTHON, args=["-m", "tracker", "serve"], env=server_env, cwd=str(REPO))
+        params = StdioServerParameters(command=PYTHON, args=["-m", "tracker", *args], env=server_env, cwd=str(REPO))
         with errlog.open("a") as log:
             async with stdio_client(params, errlog=log) as (read, write), ClientSession(read, write) as opened:
                 await opened.initialize()
