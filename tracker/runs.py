@@ -399,7 +399,7 @@ class RunsService:
                 log.warning("batch %s row %s was interrupted during submit: marked failed", batch_id, child.row_number)
                 await self._finish(child.id, FAILED, error=INTERRUPTED)
             await self._db(self.store.reconcile_batch, batch_id, utcnow())
-        written = await self._db(self.store.child_row_numbers, batch_id)
+        written = await self._db(self.store.submitted_rows, batch_id)
         pending = deque(n for n in range(1, len(rows) + 1) if n not in written)
         if pending:
             log.info("batch %s: %d of %d rows to submit", batch_id, len(pending), len(rows))
@@ -471,14 +471,20 @@ class RunsService:
         return True
 
     async def _await_runs(self, batch_id: str, total: int) -> None:
-        """Wait until every row has a run and every run has ended (the poller drives them), then end the batch."""
+        """Every row has been submitted (or settled): wait until every run has ended (the poller drives them),
+        then end the batch. Its own counters decide, so runs purged by retention meanwhile do not matter."""
         while True:
             batch = await self._db(self.operations.get, batch_id)
             if batch is None or batch.is_terminal:
                 return
-            written, running = await self._db(self.store.batch_progress, batch_id)
-            if written >= total and running == 0:
-                await self._db(self.store.reconcile_batch, batch_id, utcnow())
+            done = batch.completed >= total
+            if not done and await self._db(self.store.running_children, batch_id) == 0:
+                await self._db(self.store.reconcile_batch, batch_id, utcnow())  # runs ended by someone unaware
+                counted = await self._db(self.operations.get, batch_id)
+                if counted is not None and counted.completed < total:
+                    log.error("batch %s: all runs ended, %d of %d rows counted", batch_id, counted.completed, total)
+                done = True  # nothing left to wait for
+            if done:
                 try:
                     await self._db(self.operations.finish, batch_id, utcnow())
                 except OperationClosed:

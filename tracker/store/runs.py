@@ -114,10 +114,13 @@ class RunStore:
         with self.engine.connect() as conn:
             return [_record(row) for row in conn.execute(query)]
 
-    def child_row_numbers(self, batch_id: str) -> set[int]:
-        query = select(_OPS.c.row_number).where(_OPS.c.parent_id == batch_id)
+    def submitted_rows(self, batch_id: str) -> set[int]:
+        """Row numbers that have a run, or an item in the batch (its run may have been purged by retention while
+        the batch still ran): rows that must never be submitted again."""
+        runs = select(_OPS.c.row_number).where(_OPS.c.parent_id == batch_id)
+        items = select(_ITEMS.c.row_number).where(_ITEMS.c.operation_id == batch_id)
         with self.engine.connect() as conn:
-            return {n for (n,) in conn.execute(query) if n is not None}
+            return {n for (n,) in conn.execute(runs.union(items)) if n is not None}
 
     def children(self, batch_id: str, running: bool | None = None, submitted: bool | None = None) -> list[RunRecord]:
         query = select(*_COLUMNS).where(_OPS.c.parent_id == batch_id)
@@ -128,12 +131,10 @@ class RunStore:
         with self.engine.connect() as conn:
             return [_record(row) for row in conn.execute(query.order_by(_OPS.c.row_number))]
 
-    def batch_progress(self, batch_id: str) -> tuple[int, int]:
-        """(children written, children still running)."""
-        query = select(func.count(), func.count().filter(_OPS.c.status == RUNNING)).where(_OPS.c.parent_id == batch_id)
+    def running_children(self, batch_id: str) -> int:
+        query = select(func.count()).where(_OPS.c.parent_id == batch_id, _OPS.c.status == RUNNING)
         with self.engine.connect() as conn:
-            written, running = conn.execute(query).one()
-        return int(written), int(running or 0)
+            return int(conn.execute(query).scalar() or 0)
 
     # -- writes -------------------------------------------------------------------------------------------------
 
