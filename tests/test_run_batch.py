@@ -217,3 +217,17 @@ def test_the_default_5_per_second_limit_under_load(upstream_settings: Settings, 
 def test_interrupted_marker_text_is_honest() -> None:
     assert INTERRUPTED.startswith("unknown: interrupted during submit")
     assert "not resubmitted" in INTERRUPTED
+
+
+def test_a_batch_on_both_backends(backend_settings: Settings, fake_upstream: FakeUpstreamProcess) -> None:
+    """The runs SQL on SQLite and PostgreSQL: a small batch with a failure ends with exact counts."""
+    fake_upstream.configure(rate_limit=20, run_seconds="0.1,0.3", run_failure_rate=0.3)
+    settings = replace(
+        backend_settings, upstream_base=fake_upstream.base_url, upstream_key=fake_upstream.key,
+        upstream_rate_per_s=20.0, poll_interval_s=0.2,
+    )
+    _, record, ok, failed, children = _run_batch(settings, _rows(6, tag="-both"))
+    assert record.status in ("completed", "failed") and record.total == 6
+    assert (len(ok), len(failed)) == (record.succeeded_count, record.failed_count)
+    assert record.completed == 6 and sorted(c.row_number for c in children) == list(range(1, 7))
+    assert fake_upstream.stats()["max_submissions_per_input"] == 1

@@ -252,3 +252,22 @@ def test_the_shared_limit_can_fail(tmp_path: Path, fake_upstream: FakeUpstreamPr
     stats = fake_upstream.stats()
     assert stats["rate_limited"] > 0
     assert stats["max_arrivals_in_any_second"] > 5
+
+
+def test_slot_claims_on_both_backends(backend_settings: Settings) -> None:
+    """The shared schedule's SQL on SQLite and PostgreSQL: slots spaced by the interval, never before now, and
+    a deferral moves the next slot forward but never back."""
+    from tracker.store.ratelimit import RateLimitStore
+
+    engine = open_engine(backend_settings)
+    store = RateLimitStore(engine)
+    now = 1_000_000.0
+    slots = [store.claim("ws", now, 0.25) for _ in range(4)]
+    assert slots == [now, now + 0.25, now + 0.5, now + 0.75]
+    assert store.claim("other", now, 0.25) == now  # workspaces are independent
+    store.defer("ws", now + 10)
+    assert store.claim("ws", now, 0.25) == now + 10
+    store.defer("ws", now + 1)  # earlier than the slot already taken: no change
+    assert store.next_slot("ws") == now + 10.25
+    assert store.claim("ws", now + 100, 0.25) == now + 100  # an idle workspace starts at now
+    engine.dispose()
