@@ -1,0 +1,461 @@
+"""Retention and orphan recovery: purge expired operations in short chunks, fail running operations whose owner
+is gone, and a periodic reaper for long-lived servers.
+
+Using it from a server (e.g. the MCP server's lifespan):
+
+    reaper = PeriodicReaper(tracker.engine, settings)   # interval settings.reap_interval_s; 0 = no periodic purge
+    reaper.start()      # background thread: one orphan-recovery pass at once, then a reap every interval
+    ...
+    reaper.stop()       # on shutdown; waits for a chunk in progress (each is short) and returns
+
+or, inside an asyncio server, as a task that is cancelled on shutdown:
+
+    task = asyncio.create_task(reaper.run_forever())    # the database work runs in a worker thread
+    ...
+    task.cancel()
+
+Several servers on one database stay cheap: each tick is one orphan query over the running operations plus an
+index probe for anything expired; the heavy purge only starts when something is. Two servers purging at once
+split the work (each chunk picks what is still there inside its own write transaction) rather than repeat it,
+so no lease is needed; ticks are jittered by +-10% so servers started together drift apart."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from .db import short_reason
+from .errors import DatabaseUnavailable
+from .settings import Settings, format_duration
+from .store.reaping import ChunkResult, ReapingStore, RunningOperation
+from .timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+ORPHAN_ERROR = "interrupted: owner process exited"
+CHUNK_ITEMS = 5000  # item rows per purge transaction (at most)
+CHUNK_OPERATIONS = 500  # operation rows per purge transaction (at most; chunks shrink to CHUNK_TARGET_S)
+CHECKPOINT_MIN_ROWS = 10_000  # a purge this large folds the WAL back into the file afterwards
+# A chunk holds the write lock for about this long at most; chunks shrink to fit (deleting operations with random
+# ids touches index pages all over the file, so a chunk's cost varies with the data more than with its row count).
+CHUNK_TARGET_S = 0.03
+# Between chunks the purger lets go of the write lock: SQLite's busy handler polls (with backoff), so a writer
+# that polled during a chunk must find the lock free at one of its next tries, not taken again at once.
+PAUSE_S = 0.003
+PAUSE_RATIO = 0.5
+ATTEMPTS = 3  # tries per chunk when the database stays busy past its busy timeout
+# On the owner's host a dead pid fails the operation at once, but only after the heartbeat has been quiet this
+# long: other processes that attached to it and still record keep the heartbeat fresh on every flush.
+OWNER_GONE_GRACE_S = 2.0
+_PID_START_SLACK_S = 2.0  # /proc/stat's boot time has one-second resolution
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PurgeSummary:
+    operations: int  # operations purged (or that would be, on a dry run)
+    items: int  # their items
+    seconds: float
+    dry_run: bool
+    cutoff: datetime  # completed before this = expired
+    chunks: int  # write transactions used
+    checkpoint: str | None  # 'truncate' or 'passive' when the WAL was checkpointed afterwards
+    locked_s: float = 0.0  # time spent inside chunk transactions (holding the write lock on SQLite)
+    longest_chunk_s: float = 0.0
+
+    @property
+    def rows_per_s(self) -> float:
+        return (self.operations + self.items) / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class ReapSummary:
+    purge: PurgeSummary
+    orphans_failed: int
+    orphans_resumable: int  # left running for their batch's resumption
+
+    def line(self) -> str:
+        """The one summary line `tracker reap` prints."""
+        p = self.purge
+        verb = "would purge" if p.dry_run else "purged"
+        text = f"{verb} {p.operations} operations and {p.items} items in {p.seconds:.2f}s"
+        if self.orphans_failed or self.orphans_resumable:
+            marked = "would mark" if p.dry_run else "marked"
+            text += f"; {marked} {self.orphans_failed} orphaned operations failed"
+            if self.orphans_resumable:
+                text += f", left {self.orphans_resumable} resumable ones running"
+        if p.dry_run:
+            text += " (dry run: nothing changed)"
+        return text
+
+
+@dataclass(frozen=True)
+class Orphan:
+    operation: RunningOperation
+    reason: str  # 'owner process exited' or 'heartbeat expired'
+
+    @property
+    def resumable(self) -> bool:
+        return self.operation.resumable
+
+
+# -- purge ----------------------------------------------------------------------------------------------------------
+
+
+def purge(
+    engine: Engine,
+    older_than_s: float,
+    dry_run: bool = False,
+    *,
+    now: datetime | None = None,
+    chunk_items: int = CHUNK_ITEMS,
+    chunk_operations: int = CHUNK_OPERATIONS,
+    attempts: int = ATTEMPTS,
+    busy_timeout_s: float | None = None,
+    checkpoint_min_rows: int = CHECKPOINT_MIN_ROWS,
+    chunk_target_s: float = CHUNK_TARGET_S,
+    pause_s: float = PAUSE_S,
+    pause_ratio: float = PAUSE_RATIO,
+    stop: threading.Event | None = None,
+    store: ReapingStore | None = None,
+) -> PurgeSummary:
+    """Delete operations that reached a terminal state more than older_than_s ago, with their items, in short
+    transactions (each bounded by chunk_items items and chunk_operations operations). Running operations are never
+    purged by age. A dry run counts what would go and changes nothing.
+
+    A chunk that finds the database busy past its busy timeout is retried (attempts in all), then
+    DatabaseUnavailable is raised saying how far the purge got; every chunk already committed is whole, so
+    running it again finishes the job.
+
+    Other writers wait while a chunk holds the write lock, so chunks shrink when one takes longer than
+    chunk_target_s (and grow back up to the limits when quick), and after each chunk the purge pauses about
+    pause_ratio times as long as it held the lock (at least pause_s), for waiting writers to get in. A set `stop`
+    event ends it early, after a whole chunk."""
+    if older_than_s < 0:
+        raise ValueError("older_than_s must be >= 0")
+    store = store or ReapingStore(engine, busy_timeout_s)
+    started = time.monotonic()
+    cutoff = (now or utcnow()) - timedelta(seconds=older_than_s)
+    if dry_run:
+        operations, items = _with_retries(store, attempts, lambda: store.count_expired(cutoff), "count expired")
+        return PurgeSummary(operations, items, time.monotonic() - started, True, cutoff, 0, None)
+    operations = items = chunks = 0
+    locked = longest = 0.0
+    sizer = _ChunkSizer(chunk_items, chunk_operations, chunk_target_s)
+    while True:
+        max_items, max_operations = sizer.limits()
+        began = time.monotonic()
+        try:
+            result: ChunkResult = _with_retries(
+                store, attempts, lambda: store.delete_expired_chunk(cutoff, max_items, max_operations), "purge"
+            )
+        except DatabaseUnavailable as exc:
+            raise DatabaseUnavailable(
+                f"{exc}; purge stopped after {operations} operations and {items} items "
+                "(what was purged is whole: run it again)"
+            ) from None
+        held = time.monotonic() - began
+        if result.operations == 0 and result.items == 0:
+            break
+        operations += result.operations
+        items += result.items
+        chunks += 1
+        sizer.observe(held)
+        locked += held
+        longest = max(longest, held)
+        if stop is not None and stop.is_set():
+            break
+        # Outside the lock: fold this chunk's pages into the file (PASSIVE blocks no one), so the WAL stays small
+        # and no recorder's commit inherits a large automatic checkpoint. That time counts towards the pause.
+        # The pause is jittered, so a writer's busy-handler polls cannot fall into step with our chunks.
+        pause = max(pause_s, held * pause_ratio) * random.uniform(0.5, 1.5)
+        began = time.monotonic()
+        try:
+            store.checkpoint_passive()
+        except SQLAlchemyError as exc:
+            log.debug("passive checkpoint during purge failed: %s", short_reason(exc))
+        time.sleep(max(0.0, pause - (time.monotonic() - began)))
+    checkpoint = None
+    if operations + items >= checkpoint_min_rows:
+        try:
+            checkpoint = store.checkpoint()
+        except SQLAlchemyError as exc:  # the purge itself is done; a later checkpoint will fold the WAL
+            log.warning("WAL checkpoint after purge failed: %s", short_reason(exc))
+    summary = PurgeSummary(
+        operations, items, time.monotonic() - started, False, cutoff, chunks, checkpoint, locked, longest
+    )
+    if operations:
+        log.info("purged %d operations and %d items in %.2fs", operations, items, summary.seconds)
+    return summary
+
+
+class _ChunkSizer:
+    """Chunk limits that follow the time a chunk holds the write lock: scaled down after a slow chunk, back up
+    (to the configured maximum) after quick ones."""
+
+    def __init__(self, max_items: int, max_operations: int, target_s: float) -> None:
+        self.max_items, self.max_operations, self.target_s = max(1, max_items), max(1, max_operations), target_s
+        self.scale = 1.0
+
+    def limits(self) -> tuple[int, int]:
+        return max(1, int(self.max_items * self.scale)), max(1, int(self.max_operations * self.scale))
+
+    def observe(self, held_s: float) -> None:
+        if held_s > self.target_s:
+            self.scale = max(0.01, self.scale * max(0.25, self.target_s / held_s))
+        elif held_s < self.target_s / 2:
+            self.scale = min(1.0, self.scale * 1.25)
+
+
+def _is_busy(exc: SQLAlchemyError) -> bool:
+    text = short_reason(exc).lower()
+    return isinstance(exc, OperationalError) and ("locked" in text or "busy" in text)
+
+
+def _with_retries(store: ReapingStore, attempts: int, fn: Callable[[], T], what: str) -> T:
+    for attempt in range(1, max(1, attempts) + 1):
+        try:
+            return fn()
+        except SQLAlchemyError as exc:
+            if not _is_busy(exc):
+                raise DatabaseUnavailable(f"database {store.location}: {what} failed: {short_reason(exc)}") from None
+            if attempt >= attempts:
+                raise DatabaseUnavailable(
+                    f"database {store.location} stayed busy (locked by another writer) through {attempts} attempts"
+                ) from None
+            log.warning("database busy during %s, retrying (%d/%d)", what, attempt, attempts)
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
+
+
+# -- orphans --------------------------------------------------------------------------------------------------------
+
+
+def find_orphans(
+    engine: Engine,
+    lease_s: float,
+    *,
+    now: datetime | None = None,
+    host: str | None = None,
+    store: ReapingStore | None = None,
+) -> list[Orphan]:
+    """Running operations whose owner is gone: on this host, the owner pid is not alive (or was reused by a later
+    process) and the heartbeat is quiet for OWNER_GONE_GRACE_S; on any host, the heartbeat is older than lease_s.
+    Resumable ones are included (with .resumable) for the code that resumes them; recovery leaves them running."""
+    store = store or ReapingStore(engine)
+    now = now or utcnow()
+    host = host or socket.gethostname()
+    stale = now - timedelta(seconds=lease_s)
+    quiet = now - timedelta(seconds=min(lease_s, OWNER_GONE_GRACE_S))
+    orphans = []
+    try:
+        running = store.running_operations()
+    except SQLAlchemyError as exc:
+        raise DatabaseUnavailable(f"database {store.location}: {short_reason(exc)}") from None
+    for op in running:
+        last_sign = op.heartbeat_at or op.started_at
+        if last_sign < stale:
+            orphans.append(Orphan(op, "heartbeat expired"))
+        elif (
+            op.owner_host == host
+            and op.owner_pid is not None
+            and last_sign < quiet
+            and not pid_alive(op.owner_pid, op.started_at)
+        ):
+            orphans.append(Orphan(op, "owner process exited"))
+    return orphans
+
+
+def recover_orphans(
+    engine: Engine,
+    lease_s: float = 60.0,
+    dry_run: bool = False,
+    *,
+    now: datetime | None = None,
+    store: ReapingStore | None = None,
+) -> int:
+    """Mark running operations whose owner is gone `failed` with the error 'interrupted: owner process exited'
+    (completed_at now, so retention counts from here). Resumable ones are left running for resumption.
+    Returns how many were marked (on a dry run: how many would be)."""
+    store = store or ReapingStore(engine)
+    now = now or utcnow()
+    doomed = [o.operation for o in find_orphans(engine, lease_s, now=now, store=store) if not o.resumable]
+    if dry_run or not doomed:
+        return len(doomed)
+    changed = _with_retries(store, ATTEMPTS, lambda: store.mark_failed(doomed, ORPHAN_ERROR, now), "orphan recovery")
+    if changed:
+        log.warning("marked %d orphaned operations failed (owner process gone)", changed)
+    return changed
+
+
+def pid_alive(pid: int, started_at: datetime | None = None) -> bool:
+    """Whether a process with this pid runs on this host (a zombie counts as gone). With started_at, a process that
+    started after it (read from /proc on Linux) is a later process that reused the pid: gone too."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    stat = _proc_stat(pid)
+    if stat is None:
+        return True  # no /proc (not Linux) or it just exited: trust kill()
+    state, start_ticks = stat
+    if state in ("Z", "X"):
+        return False
+    if started_at is not None:
+        boot = _boot_time()
+        if boot is not None:
+            process_started = boot + start_ticks / os.sysconf("SC_CLK_TCK")
+            if process_started > started_at.timestamp() + _PID_START_SLACK_S:
+                return False
+    return True
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read().decode("ascii", "replace")
+        # comm (field 2) may hold spaces and parentheses: fields after the last ')' are plain.
+        rest = text[text.rindex(")") + 2 :].split()
+        return rest[0], int(rest[19])  # field 3 state, field 22 starttime (clock ticks since boot)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_boot_time_cache: list[float] = []
+
+
+def _boot_time() -> float | None:
+    if not _boot_time_cache:
+        try:
+            with open("/proc/stat", "rb") as f:
+                for line in f:
+                    if line.startswith(b"btime "):
+                        _boot_time_cache.append(float(line.split()[1]))
+                        break
+        except (OSError, ValueError):
+            return None
+    return _boot_time_cache[0] if _boot_time_cache else None
+
+
+# -- one reap and the periodic reaper -------------------------------------------------------------------------------
+
+
+def reap(
+    engine: Engine,
+    settings: Settings,
+    older_than_s: float | None = None,
+    dry_run: bool = False,
+    *,
+    busy_timeout_s: float | None = None,
+) -> ReapSummary:
+    """Orphan recovery, then a purge of what is older than older_than_s (default settings.retention_s)."""
+    store = ReapingStore(engine, busy_timeout_s)
+    now = utcnow()
+    orphans = find_orphans(engine, settings.heartbeat_lease_s, now=now, store=store)
+    resumable = sum(1 for o in orphans if o.resumable)
+    failed = recover_orphans(engine, settings.heartbeat_lease_s, dry_run, now=now, store=store)
+    retention = settings.retention_s if older_than_s is None else older_than_s
+    summary = purge(engine, retention, dry_run, store=store)
+    return ReapSummary(summary, failed, resumable)
+
+
+class PeriodicReaper:
+    """Reaps every interval_s (default settings.reap_interval_s; 0 turns the periodic purge off) in a daemon
+    thread. start() also runs one orphan-recovery pass at once, whatever the interval: a server that starts
+    fails what its dead predecessors left running. Errors are logged, never raised: the next tick tries again."""
+
+    def __init__(self, engine: Engine, settings: Settings, interval_s: float | None = None) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.interval_s = settings.reap_interval_s if interval_s is None else interval_s
+        self._store = ReapingStore(engine)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.ticks = 0  # completed ticks, for tests and logs
+
+    @property
+    def enabled(self) -> bool:
+        return self.interval_s > 0
+
+    def recover(self) -> int:
+        """One orphan-recovery pass; logged, never raises."""
+        try:
+            return recover_orphans(self.engine, self.settings.heartbeat_lease_s, store=self._store)
+        except Exception:  # noqa: BLE001 - a background task must survive a bad moment
+            log.exception("orphan recovery failed; will retry next tick")
+            return 0
+
+    def tick(self) -> PurgeSummary | None:
+        """One pass: orphan recovery, then a purge only if the index says something expired. Never raises."""
+        self.recover()
+        try:
+            cutoff = utcnow() - timedelta(seconds=self.settings.retention_s)
+            if not self._store.has_expired(cutoff):
+                return None
+            return purge(self.engine, self.settings.retention_s, stop=self._stop, store=self._store)
+        except Exception:  # noqa: BLE001
+            log.exception("periodic purge failed; will retry next tick")
+            return None
+        finally:
+            self.ticks += 1
+
+    def _next_wait(self) -> float:
+        return self.interval_s * random.uniform(0.9, 1.1)
+
+    # -- threads --
+
+    def start(self) -> None:
+        """Start the background thread (idempotent). Returns at once."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="tracker-reaper", daemon=True)
+        self._thread.start()
+        if self.enabled:
+            log.info("reaper: every %s, retention %s", format_duration(self.interval_s),
+                     format_duration(self.settings.retention_s))
+
+    def _run(self) -> None:
+        if not self.enabled:
+            self.recover()
+            return
+        while not self._stop.is_set():
+            self.tick()
+            if self._stop.wait(self._next_wait()):
+                break
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the thread and wait for it; a purge in progress stops after its current chunk."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s)
+            self._thread = None
+
+    # -- asyncio --
+
+    async def run_forever(self) -> None:
+        """The same loop as a coroutine for an asyncio server; cancel the task to stop it. Database work runs in
+        a worker thread so the event loop never blocks."""
+        if not self.enabled:
+            await asyncio.to_thread(self.recover)
+            return
+        while True:
+            await asyncio.to_thread(self.tick)
+            await asyncio.sleep(self._next_wait())

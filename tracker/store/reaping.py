@@ -1,0 +1,212 @@
+"""All SQL for retention and orphan recovery: what is expired, deleting it in short chunks, the running operations
+whose owner may be gone, and marking those failed. Each public method is one short transaction.
+
+Chunked purge and crash safety. A chunk is one write transaction (BEGIN IMMEDIATE on SQLite) that picks expired
+operations (terminal, completed_at < cutoff) through the (status, completed_at) index and deletes their items and
+then their rows. Operations whose items fit in the chunk's budget go whole, items and row in the same transaction,
+so a crash never leaves them half-deleted. An operation with more items than one chunk is the one exception: its
+items go over several chunks and its row goes with the last one. A crash (or a busy database) in between leaves
+that operation with fewer items than its counters say; that is acceptable only because it is expired anyway,
+past the retention it was promised for, and the next purge picks it up again (it still matches the expiry test)
+and finishes it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Engine, delete, func, select, update
+
+from ..db import engine_location
+from ..models import FAILED, RUNNING, TERMINAL_STATUSES, Operation, OperationItem
+from ..timeutil import elapsed_ms
+
+PURGE_CACHE_KIB = 32 * 1024  # a chunk deleting random-id rows dirties pages all over the indexes
+_OPS = Operation.__table__
+_ITEMS = OperationItem.__table__
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    operations: int  # operation rows deleted
+    items: int  # item rows deleted
+
+
+@dataclass(frozen=True)
+class RunningOperation:
+    """What orphan detection needs to know about one running operation."""
+
+    id: str
+    kind: str
+    owner_host: str | None
+    owner_pid: int | None
+    started_at: datetime
+    heartbeat_at: datetime | None
+    resumable: bool
+
+
+def _expired(cutoff: datetime) -> ColumnElement[bool]:
+    # Matches the (status, completed_at) index: one short range per terminal status.
+    return _OPS.c.status.in_(TERMINAL_STATUSES) & (_OPS.c.completed_at < cutoff)
+
+
+class ReapingStore:
+    """Purge and orphan SQL over one engine (SQLite or PostgreSQL).
+
+    busy_timeout_s, when given, replaces the engine's busy timeout (30 s) for this store's SQLite write
+    transactions only: how long one chunk waits for the write lock before the caller's retry logic sees
+    'database is locked'."""
+
+    def __init__(self, engine: Engine, busy_timeout_s: float | None = None) -> None:
+        self.engine = engine
+        self.location = engine_location(engine)
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        self._busy_timeout_ms = None if busy_timeout_s is None else max(0, int(busy_timeout_s * 1000))
+
+    # -- purge --------------------------------------------------------------------------------------------------
+
+    def has_expired(self, cutoff: datetime) -> bool:
+        """The cheap check a periodic reaper makes before doing any work: a few index probes."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(_OPS.c.id).where(_expired(cutoff)).limit(1)).first() is not None
+
+    def count_expired(self, cutoff: datetime) -> tuple[int, int]:
+        """(operations, items) a purge with this cutoff would delete; items counted from the item rows."""
+        expired_ids = select(_OPS.c.id).where(_expired(cutoff))
+        with self.engine.connect() as conn:
+            operations = conn.execute(select(func.count()).select_from(expired_ids.subquery())).scalar_one()
+            items = conn.execute(
+                select(func.count()).select_from(_ITEMS).where(_ITEMS.c.operation_id.in_(expired_ids))
+            ).scalar_one()
+        return int(operations), int(items)
+
+    def delete_expired_chunk(self, cutoff: datetime, max_items: int, max_operations: int) -> ChunkResult:
+        """Delete one bounded chunk of expired operations; ChunkResult(0, 0) means nothing is left.
+
+        Picks up to max_operations expired operations whose items (by their counters) fit in max_items and
+        deletes them whole. If the first one alone has more items, deletes max_items of its items instead, and
+        its row together with the last of them. On SQLite the chunk's commit does not checkpoint (the caller runs
+        checkpoint_passive() after releasing the lock), so the time it holds the write lock is the time it takes."""
+        with self._write(purging=True) as conn:
+            query = (
+                select(_OPS.c.id, _OPS.c.succeeded_count + _OPS.c.failed_count)
+                .where(_expired(cutoff))
+                .limit(max_operations)
+            )
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)  # two purgers split the work, never wait
+            picked: list[str] = []
+            budget = max_items
+            large: str | None = None
+            for operation_id, item_count in conn.execute(query):
+                if item_count > budget:
+                    if not picked:
+                        large = operation_id
+                    break
+                picked.append(operation_id)
+                budget -= item_count
+            if picked:
+                items = conn.execute(delete(_ITEMS).where(_ITEMS.c.operation_id.in_(picked))).rowcount
+                # By id alone: they were picked in this same transaction, and a terminal row never changes. (With
+                # the expiry test repeated here, SQLite would walk the whole expired range of its index instead.)
+                operations = conn.execute(delete(_OPS).where(_OPS.c.id.in_(picked))).rowcount
+                return ChunkResult(operations, items)
+            if large is None:
+                return ChunkResult(0, 0)
+            # Stock SQLite has no DELETE ... LIMIT: bound the chunk through the primary key instead.
+            some = select(_ITEMS.c.seq).where(_ITEMS.c.operation_id == large).limit(max_items)
+            items = conn.execute(delete(_ITEMS).where(_ITEMS.c.seq.in_(some))).rowcount
+            operations = 0
+            if items < max_items:  # that was the last of its items: the row goes in the same transaction
+                operations = conn.execute(delete(_OPS).where(_OPS.c.id == large)).rowcount
+            return ChunkResult(operations, items)
+
+    def checkpoint_passive(self) -> None:
+        """Copy what the WAL holds into the database file without blocking anyone (SQLite; no-op elsewhere)."""
+        if self.is_sqlite:
+            with self.engine.connect() as conn:
+                raw: Any = conn.connection.driver_connection
+                raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
+    def checkpoint(self, wait_s: float = 0.1) -> str | None:
+        """Fold the WAL back into the database file after a large purge, so the -wal file does not stay at its
+        peak size. TRUNCATE holds new writers back while it waits for readers, so it waits at most wait_s and
+        falls back to PASSIVE (which never blocks anyone). Returns the mode that ran; None off SQLite."""
+        if not self.is_sqlite:
+            return None
+        with self.engine.connect() as conn:
+            raw: Any = conn.connection.driver_connection
+            usual = raw.execute("PRAGMA busy_timeout").fetchone()[0]
+            raw.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
+            try:
+                busy = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                if not busy:
+                    return "truncate"
+                raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                return "passive"
+            finally:
+                raw.execute(f"PRAGMA busy_timeout = {int(usual)}")
+
+    # -- orphans ------------------------------------------------------------------------------------------------
+
+    def running_operations(self) -> list[RunningOperation]:
+        query = select(
+            _OPS.c.id, _OPS.c.kind, _OPS.c.owner_host, _OPS.c.owner_pid, _OPS.c.started_at, _OPS.c.heartbeat_at,
+            _OPS.c.resumable,
+        ).where(_OPS.c.status == RUNNING)
+        with self.engine.connect() as conn:
+            return [RunningOperation(*row[:6], bool(row[6])) for row in conn.execute(query)]
+
+    def mark_failed(self, orphans: Sequence[RunningOperation], error: str, now: datetime) -> int:
+        """Mark these running operations failed, each only if it is still running, not resumable, and its
+        heartbeat is the one the caller judged by (a fresh heartbeat means someone is still recording).
+        Returns how many changed."""
+        changed = 0
+        with self._write() as conn:
+            for orphan in orphans:
+                result = conn.execute(
+                    update(_OPS)
+                    .where(
+                        _OPS.c.id == orphan.id,
+                        _OPS.c.status == RUNNING,  # a terminal state never changes
+                        _OPS.c.resumable.is_(False),
+                        _OPS.c.heartbeat_at.is_not_distinct_from(orphan.heartbeat_at),
+                    )
+                    .values(
+                        status=FAILED,
+                        error=error,
+                        completed_at=now,
+                        updated_at=now,
+                        execution_time_ms=max(0, elapsed_ms(orphan.started_at, now)),
+                    )
+                )
+                changed += result.rowcount
+        return changed
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self, purging: bool = False) -> Iterator[Connection]:
+        """A write transaction. On SQLite, with this store's busy timeout; for a purge chunk also with a page cache
+        large enough to hold the chunk's dirty pages (instead of spilling them mid-way) and without the automatic
+        checkpoint at commit. Every setting is put back before the connection returns to the pool."""
+        with self.engine.connect() as conn:
+            raw: Any = conn.connection.driver_connection if self.is_sqlite else None
+            ours: dict[str, int] = {}
+            if raw is not None and self._busy_timeout_ms is not None:
+                ours["busy_timeout"] = self._busy_timeout_ms
+            if raw is not None and purging:
+                ours["cache_size"] = -PURGE_CACHE_KIB
+                ours["wal_autocheckpoint"] = 0
+            usual = {name: raw.execute(f"PRAGMA {name}").fetchone()[0] for name in ours}
+            for name, value in ours.items():
+                raw.execute(f"PRAGMA {name} = {int(value)}")
+            try:
+                with conn.execution_options(write=True).begin():
+                    yield conn
+            finally:
+                for name, value in usual.items():
+                    raw.execute(f"PRAGMA {name} = {int(value)}")
