@@ -17,7 +17,8 @@ Each API request, in order: key checked (401), rate limit checked (429 with Retr
 `rate_limit` requests were accepted in the last second; refused requests do not count), a failure injected
 with probability `failure_rate` (HTTP `failure_status`, nothing done), then `latency` seconds of delay.
 A run lasts `run_seconds` (a range picks uniformly) and fails with probability `run_failure_rate`.
-`post_hang_s` > 0 makes a POST create its run and then stall that long before answering (a lost answer)."""
+`post_hang_s` > 0 makes a POST create its run and then stall that long before answering (a lost answer);
+`echo_key` makes failed runs repeat the caller's key in their error (a careless upstream)."""
 
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ class FakeUpstream:
                 return "fail", 0.0
             return "ok", 0.0
 
-    def create_run(self, grid_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    def create_run(self, grid_id: str, body: dict[str, Any], echo: str = "") -> dict[str, Any]:
         low, high = parse_range(self.options["run_seconds"])
         with self.lock:
             request_id = str(uuid.uuid4())
@@ -94,6 +95,7 @@ class FakeUpstream:
                 "created": time.time(),
                 "duration": self.rng.uniform(low, high),
                 "fails": self.rng.random() < self.options["run_failure_rate"],
+                "echo": echo,  # a careless upstream repeats the caller's key in its error text
             }
             self.runs[request_id] = run
             self.counts["runs"] += 1
@@ -139,7 +141,7 @@ def run_view(run: dict[str, Any], now: float, with_request_id: bool = True) -> d
         answer["status"] = "running"
     elif run["fails"]:
         answer["status"] = "failed"
-        answer["error"] = "enrichment provider returned no data"
+        answer["error"] = "enrichment provider returned no data" + (f" (key {run['echo']})" if run.get("echo") else "")
     else:
         answer["status"] = "completed"
         text = "|".join(f"{k}={v}" for k, v in sorted(run["inputs"].items()))
@@ -221,7 +223,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(422, {"error": "mode must be sync or async"})
         with fake.lock:
             fake.counts["posts"] += 1
-        run = fake.create_run(match.group(1), body)
+        echo = self.headers.get("X-API-KEY", "") if fake.options["echo_key"] else ""
+        run = fake.create_run(match.group(1), body, echo)
         if fake.options["post_hang_s"] > 0:
             time.sleep(fake.options["post_hang_s"])
         if run["mode"] == "sync":
@@ -275,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate-limit", type=int, default=5, help="requests per second per key; 0 turns it off")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every API answer")
     parser.add_argument("--post-hang", type=float, default=0.0, dest="post_hang_s")
+    parser.add_argument("--echo-key", action="store_true", help="failed runs repeat the caller's key in their error")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)

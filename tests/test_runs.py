@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -279,3 +280,23 @@ def test_running_runs_are_polled_again_after_a_restart(upstream_settings: Settin
     record = asyncio.run(second_life(started["request_id"]))  # nobody calls get_run_status: the poller does
     assert record is not None and record.status == "completed" and record.outputs
     assert fake_upstream.stats()["gets"] > gets_before
+
+
+def test_an_upstream_that_echoes_the_key_in_a_run_error_cannot_make_tracker_keep_it(
+    upstream_settings: Settings, fake_upstream: FakeUpstreamProcess
+) -> None:
+    fake_upstream.configure(run_failure_rate=1.0, echo_key=True, run_seconds="0.1")
+
+    async def scenario():
+        async with running_service(upstream_settings) as runs:
+            started = await runs.run_grid("g1", {"n": "1"}, mode="async")
+            await asyncio.sleep(upstream_settings.poll_interval_s)
+            return await runs.get_run_status(started["request_id"])
+
+    answer = asyncio.run(scenario())
+    assert answer["status"] == "failed" and "(key ***)" in answer["error"]
+    assert fake_upstream.key not in str(answer)
+    files = [Path(upstream_settings.db), Path(upstream_settings.db + "-wal")]
+    stored = b"".join(f.read_bytes() for f in files if f.exists())
+    assert b"enrichment provider returned no data (key ***)" in stored
+    assert fake_upstream.key.encode() not in stored

@@ -324,7 +324,7 @@ class RunsService:
             "last_polled_at": now,
             "resumable": True,
         }
-        return self._answer(await self._db(self.store.store_found, _without_nul(values)))
+        return self._answer(await self._db(self.store.store_found, self._scrub(values)))
 
     # -- run_grid_batch -----------------------------------------------------------------------------------------
 
@@ -609,11 +609,24 @@ class RunsService:
         return await self._finish(run_id, FAILED, error=_upstream_failure(answer))
 
     async def _finish(self, run_id: str, status: str, outputs: Any = None, error: str | None = None) -> RunRecord:
-        outputs, error = _without_nul(outputs), _without_nul(error)  # the upstream's text, stored on any backend
+        outputs, error = self._scrub(outputs), self._scrub(error)  # the upstream's text: no NUL, never the key
         record = await self._db(self.store.finish, run_id, status, utcnow(), outputs, error)
         if record is None:
             raise OperationNotFound(f"run {run_id!r} not found")
         return record
+
+    def _scrub(self, value: Any) -> Any:
+        """Text from the upstream, made safe to store and show: NUL removed (PostgreSQL refuses it) and the API
+        key masked, in case the upstream echoes it back."""
+        if isinstance(value, str):
+            value = value.replace("\x00", "")
+            key = self.settings.upstream_key
+            return value.replace(key, "***") if key else value
+        if isinstance(value, dict):
+            return {self._scrub(k): self._scrub(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._scrub(v) for v in value]
+        return value
 
     def _finish_now(self, run_id: str, status: str, error: str) -> None:
         """Blocking finish for cancellation paths, where awaiting again would be cancelled too."""
@@ -676,16 +689,6 @@ class RunsService:
             return await asyncio.to_thread(fn, *args)
         except SQLAlchemyError as exc:
             raise DatabaseUnavailable(f"database error: {short_reason(exc)}") from None
-
-
-def _without_nul(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.replace("\x00", "")
-    if isinstance(value, dict):
-        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_without_nul(v) for v in value]
-    return value
 
 
 def _optional_str(value: Any) -> str | None:
