@@ -297,7 +297,7 @@ def recover_orphans(
         return len(doomed)
     changed = _with_retries(store, ATTEMPTS, lambda: store.mark_failed(doomed, ORPHAN_ERROR, now), "orphan recovery")
     if changed:
-        log.warning("marked %d orphaned operations failed (owner process gone)", changed)
+        log.info("marked %d orphaned operations failed (owner process gone)", changed)
     return changed
 
 
@@ -456,6 +456,11 @@ class PeriodicReaper:
         if not self.enabled:
             await asyncio.to_thread(self.recover)
             return
-        while True:
-            await asyncio.to_thread(self.tick)
-            await asyncio.sleep(self._next_wait())
+        self._stop.clear()
+        try:
+            while True:
+                await asyncio.to_thread(self.tick)
+                await asyncio.sleep(self._next_wait())
+        except asyncio.CancelledError:
+            self._stop.set()  # a purge still running in the worker thread stops after its chunk
+            raise

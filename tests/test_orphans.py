@@ -1,0 +1,157 @@
+"""Orphan recovery: a running operation whose owner is gone (a really killed process on this host, or a heartbeat
+older than the lease from any host) is marked failed; a resumable one is left running; a live owner, a fresh
+heartbeat and a terminal state are never touched."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from tracker import Settings, Tracker
+from tracker.db import write_connection
+from tracker.reaper import ORPHAN_ERROR, OWNER_GONE_GRACE_S, find_orphans, pid_alive, recover_orphans
+from tracker.store.reaping import ReapingStore
+from tracker.timeutil import elapsed_ms, utcnow
+
+from .conftest import PYTHON, subprocess_env
+from .reap_helpers import OPS
+
+LEASE = 60.0
+
+OWNER = r"""
+import time, tracker
+t = tracker.Tracker.open()
+batch = t.start_batch("import", total=100)
+resumable = t.start_batch("grid_batch", total=10, resumable=True)
+for n in range(30):
+    batch.record_success(f"c-{n}")
+batch.record_failure("duplicate email", row_number=31)
+batch.flush()
+resumable.record_success("row-1")
+resumable.flush()
+print(batch.id, resumable.id, flush=True)
+time.sleep(120)  # killed long before this ends
+"""
+
+
+def test_operation_of_a_killed_process_is_marked_failed(tracker: Tracker, settings: Settings) -> None:
+    owner = subprocess.Popen([PYTHON, "-c", OWNER], env=subprocess_env(settings.db), stdout=subprocess.PIPE, text=True)
+    try:
+        batch_id, resumable_id = owner.stdout.readline().split()
+        assert pid_alive(owner.pid, tracker.get(batch_id).started_at)
+        assert recover_orphans(tracker.engine, LEASE) == 0  # alive: nothing to do
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(timeout=30)
+    finally:
+        owner.kill()
+        owner.wait()
+    before = tracker.get(batch_id)
+    assert before.status == "running" and before.owner_pid == owner.pid
+    assert not pid_alive(owner.pid, before.started_at)
+    # The pid test waits for the heartbeat to be quiet a moment (other processes may have attached and record).
+    quiet_for = (utcnow() - before.heartbeat_at).total_seconds()
+    time.sleep(max(0.0, OWNER_GONE_GRACE_S + 0.2 - quiet_for))
+
+    orphans = find_orphans(tracker.engine, LEASE)
+    assert {(o.operation.id, o.reason, o.resumable) for o in orphans} == {
+        (batch_id, "owner process exited", False),
+        (resumable_id, "owner process exited", True),
+    }
+    assert recover_orphans(tracker.engine, LEASE) == 1
+    record = tracker.get(batch_id)
+    assert (record.status, record.error) == ("failed", ORPHAN_ERROR)
+    assert record.completed_at is not None and record.completed_at >= before.heartbeat_at
+    assert record.execution_time_ms == elapsed_ms(record.started_at, record.completed_at)
+    assert (record.succeeded_count, record.failed_count) == (30, 1)  # what it recorded stays
+    assert tracker.store.count_items(batch_id) == (30, 1)
+    left = tracker.get(resumable_id)
+    assert (left.status, left.error) == ("running", None)  # left for its batch's resumption
+    assert recover_orphans(tracker.engine, LEASE) == 0  # idempotent
+
+
+def test_a_live_owner_with_a_recent_heartbeat_is_left_alone(tracker: Tracker) -> None:
+    batch = tracker.start_batch("import")
+    now = utcnow()
+    _set(tracker, batch.id, heartbeat_at=now - timedelta(seconds=LEASE - 5))  # quiet, but within the lease
+    assert find_orphans(tracker.engine, LEASE, now=now) == []
+    assert recover_orphans(tracker.engine, LEASE, now=now) == 0
+    assert tracker.get(batch.id).status == "running"
+
+
+@pytest.mark.parametrize("quiet_s, marked", [(LEASE - 1, False), (LEASE + 1, True)])
+def test_heartbeat_lease_from_any_host(tracker: Tracker, quiet_s: float, marked: bool) -> None:
+    batch = tracker.start_batch("import")
+    now = utcnow()
+    _set(tracker, batch.id, owner_host="another-host", owner_pid=1, heartbeat_at=now - timedelta(seconds=quiet_s))
+    assert recover_orphans(tracker.engine, LEASE, now=now) == int(marked)
+    record = tracker.get(batch.id)
+    assert (record.status, record.error) == (("failed", ORPHAN_ERROR) if marked else ("running", None))
+    if marked:
+        assert record.completed_at == now
+
+
+def test_resumable_with_a_stale_heartbeat_is_left_running(tracker: Tracker) -> None:
+    batch = tracker.start_batch("grid_batch", resumable=True)
+    now = utcnow()
+    _set(tracker, batch.id, owner_host="another-host", heartbeat_at=now - timedelta(hours=1))
+    assert [o.operation.id for o in find_orphans(tracker.engine, LEASE, now=now) if o.resumable] == [batch.id]
+    assert recover_orphans(tracker.engine, LEASE, now=now) == 0
+    assert tracker.get(batch.id).status == "running"
+
+
+def test_terminal_states_and_fresh_heartbeats_never_change(tracker: Tracker) -> None:
+    store = ReapingStore(tracker.engine)
+    now = utcnow()
+    finishing = tracker.start_batch("import")
+    reviving = tracker.start_batch("import")
+    for handle in (finishing, reviving):
+        _set(tracker, handle.id, owner_host="another-host", heartbeat_at=now - timedelta(hours=1))
+    judged = [o.operation for o in find_orphans(tracker.engine, LEASE, now=now)]
+    assert {o.id for o in judged} == {finishing.id, reviving.id}
+    # Between the look and the mark: one finishes, the other shows a sign of life.
+    finishing.finish()
+    reviving.heartbeat()
+    assert store.mark_failed(judged, ORPHAN_ERROR, now) == 0
+    assert tracker.get(finishing.id).status == "completed"
+    assert tracker.get(reviving.id).status == "running"
+    # An old terminal operation is not even a candidate.
+    later = find_orphans(tracker.engine, LEASE, now=now + timedelta(days=1))
+    assert [o.operation.id for o in later] == [reviving.id]
+
+
+def test_dry_run_counts_without_marking(tracker: Tracker) -> None:
+    batch = tracker.start_batch("import")
+    now = utcnow()
+    _set(tracker, batch.id, heartbeat_at=now - timedelta(hours=1))
+    assert recover_orphans(tracker.engine, LEASE, dry_run=True, now=now) == 1
+    assert tracker.get(batch.id).status == "running"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process start times are read from Linux /proc")
+def test_pid_reuse_and_zombies_count_as_gone() -> None:
+    started_before_us = utcnow() - timedelta(seconds=time.monotonic() + 3600)  # before this machine booted
+    assert pid_alive(os.getpid())
+    assert pid_alive(os.getpid(), utcnow())  # we started before this operation: could be its owner
+    assert not pid_alive(os.getpid(), started_before_us)  # we started after it: the pid was reused
+    child = subprocess.Popen([PYTHON, "-c", "import time; time.sleep(60)"])
+    try:
+        os.kill(child.pid, signal.SIGKILL)
+        time.sleep(0.3)  # dead but not yet waited for: a zombie, which kill(pid, 0) still finds
+        assert not pid_alive(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert not pid_alive(child.pid)
+    assert not pid_alive(0) and not pid_alive(-5)
+
+
+def _set(tracker: Tracker, operation_id: str, **values: object) -> None:
+    with write_connection(tracker.engine) as conn:
+        conn.execute(update(OPS).where(OPS.c.id == operation_id).values(**values))
