@@ -499,7 +499,7 @@ def test_rejected_writes_change_nothing(tmp_path: Path) -> None:
         validators = {name: jsonschema.Draft202012Validator(session.tools[name].input_schema) for name in tools}
         before = checksum(settings_.db)
 
-        @settings(FUZZ, max_examples=120)
+        @settings(FUZZ, max_examples=80)
         @given(data=st.data())
         def rejected_write(data: st.DataObject) -> None:
             tool = data.draw(st.sampled_from(tools), label="tool")
