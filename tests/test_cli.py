@@ -16,7 +16,7 @@ import pytest
 
 from tracker import Settings, Tracker
 from tracker.cli import main
-from tracker.db import head_revision
+from tracker.db import head_revision, sqlite_module
 from tracker.timeutil import utcnow
 
 from .conftest import PYTHON, REPO, subprocess_env
@@ -281,6 +281,27 @@ def test_reap_as_a_process(tracker: Tracker, settings: Settings, tmp_path: Path)
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and bad.stdout == ""
     assert _one_error_line(bad.stderr) == f"tracker: no tracker database at {tmp_path / 'no-dir' / 'x.db'}"
+
+
+def test_reap_on_a_busy_database_retries_then_says_so(cli, tracker: Tracker, settings: Settings) -> None:
+    done = tracker.start_batch("import")
+    done.record_success("a")
+    done.finish()
+    finished_ago(tracker.engine, done.id, utcnow() - timedelta(hours=2))
+    holder = sqlite_module().connect(settings.db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer that does not let go
+    try:
+        code, out, err = cli("reap", "--busy-timeout", "0.1")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert (code, out) == (1, "")
+    assert re.fullmatch(
+        r"tracker: database .+ stayed busy \(locked by another writer\) through 3 attempts; purge stopped after "
+        r"0 operations and 0 items \(what was purged is whole: run it again\)", _one_error_line(err))
+    assert tracker.get(done.id) is not None
+    code, out, _ = cli("reap")
+    assert code == 0 and out.startswith("purged 1 operations and 1 items")
 
 
 def test_reap_reports_a_database_it_cannot_use(cli, tmp_path: Path) -> None:

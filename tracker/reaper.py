@@ -252,8 +252,11 @@ def find_orphans(
     host: str | None = None,
     store: ReapingStore | None = None,
 ) -> list[Orphan]:
-    """Running operations whose owner is gone: on this host, the owner pid is not alive (or was reused by a later
-    process) and the heartbeat is quiet for OWNER_GONE_GRACE_S; on any host, the heartbeat is older than lease_s.
+    """Running operations whose owner is gone. On the owner's host (owner_host == host) its pid decides: gone when
+    the pid is not alive, is a zombie, or belongs to a later process (pid reuse), and the heartbeat has been quiet
+    for OWNER_GONE_GRACE_S (processes that attached and still record keep it fresh). A live owner is never judged
+    by its heartbeat: it may be inside one long call (a sync upstream request) without recording. On any other
+    host, where no pid can be checked, the owner is gone when the heartbeat is older than lease_s.
     Resumable ones are included (with .resumable) for the code that resumes them; recovery leaves them running."""
     store = store or ReapingStore(engine)
     now = now or utcnow()
@@ -267,15 +270,11 @@ def find_orphans(
         raise DatabaseUnavailable(f"database {store.location}: {short_reason(exc)}") from None
     for op in running:
         last_sign = op.heartbeat_at or op.started_at
-        if last_sign < stale:
+        if op.owner_host == host and op.owner_pid is not None:
+            if last_sign < quiet and not pid_alive(op.owner_pid, op.started_at):
+                orphans.append(Orphan(op, "owner process exited"))
+        elif last_sign < stale:
             orphans.append(Orphan(op, "heartbeat expired"))
-        elif (
-            op.owner_host == host
-            and op.owner_pid is not None
-            and last_sign < quiet
-            and not pid_alive(op.owner_pid, op.started_at)
-        ):
-            orphans.append(Orphan(op, "owner process exited"))
     return orphans
 
 
@@ -286,13 +285,16 @@ def recover_orphans(
     *,
     now: datetime | None = None,
     store: ReapingStore | None = None,
+    orphans: list[Orphan] | None = None,
 ) -> int:
-    """Mark running operations whose owner is gone `failed` with the error 'interrupted: owner process exited'
-    (completed_at now, so retention counts from here). Resumable ones are left running for resumption.
-    Returns how many were marked (on a dry run: how many would be)."""
+    """Mark running operations whose owner is gone (find_orphans) `failed` with the error 'interrupted: owner
+    process exited' (completed_at now, so retention counts from here). Resumable ones are left running for
+    resumption. Returns how many were marked (on a dry run: how many would be)."""
     store = store or ReapingStore(engine)
     now = now or utcnow()
-    doomed = [o.operation for o in find_orphans(engine, lease_s, now=now, store=store) if not o.resumable]
+    if orphans is None:
+        orphans = find_orphans(engine, lease_s, now=now, store=store)
+    doomed = [o.operation for o in orphans if not o.resumable]
     if dry_run or not doomed:
         return len(doomed)
     changed = _with_retries(store, ATTEMPTS, lambda: store.mark_failed(doomed, ORPHAN_ERROR, now), "orphan recovery")
@@ -370,7 +372,7 @@ def reap(
     now = utcnow()
     orphans = find_orphans(engine, settings.heartbeat_lease_s, now=now, store=store)
     resumable = sum(1 for o in orphans if o.resumable)
-    failed = recover_orphans(engine, settings.heartbeat_lease_s, dry_run, now=now, store=store)
+    failed = recover_orphans(engine, settings.heartbeat_lease_s, dry_run, now=now, store=store, orphans=orphans)
     retention = settings.retention_s if older_than_s is None else older_than_s
     summary = purge(engine, retention, dry_run, store=store)
     return ReapSummary(summary, failed, resumable)
