@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from bench_common import sqlite_module  # noqa: E402  (puts this checkout on sys.path first)
+from bench_purge import figure_3_purge  # noqa: E402
 from bench_recording import figure_1_recording, figure_4_contention  # noqa: E402
 from bench_memory import figure_6_memory  # noqa: E402
 from bench_runs import figure_5_runs  # noqa: E402
@@ -28,6 +29,11 @@ FIGURES = {
         figure_2_status(workdir, 20_000, 100_000, 500)
         if quick
         else figure_2_status(workdir, 1_000_000, 5_000_000, 3_000)
+    ),
+    3: lambda workdir, quick: (
+        figure_3_purge(workdir, 20_000, 100_000, 30.0)
+        if quick
+        else figure_3_purge(workdir, 1_000_000, 5_000_000, 180.0)
     ),
     4: lambda workdir, quick: figure_4_contention(workdir, 8, 5_000 if quick else 25_000),
     5: lambda workdir, quick: (

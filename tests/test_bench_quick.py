@@ -1,0 +1,29 @@
+"""Smoke test of the benchmark entry point: `scripts/bench.py --quick --only 1` runs and prints its figure line.
+Nothing about speed is asserted (the machines are shared); the full and quick runs are `./dev bench [--quick]`."""
+
+from __future__ import annotations
+
+import subprocess
+
+from .conftest import PYTHON, REPO
+
+
+def test_quick_figure_1_runs_and_prints_its_line() -> None:
+    result = subprocess.run(
+        [PYTHON, str(REPO / "scripts" / "bench.py"), "--quick", "--only", "1"],
+        capture_output=True, text=True, timeout=120, cwd=str(REPO),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("tracker bench (quick mode)")
+    figure = [line for line in lines if line.startswith("1 recording 20,000 items: api ")]
+    assert len(figure) == 1, result.stdout
+    assert "raw sqlite3 executemany" in figure[0] and "ratio" in figure[0] and "target" in figure[0]
+
+
+def test_unknown_figure_is_a_usage_error() -> None:
+    result = subprocess.run(
+        [PYTHON, str(REPO / "scripts" / "bench.py"), "--only", "9"],
+        capture_output=True, text=True, timeout=60, cwd=str(REPO),
+    )
+    assert result.returncode == 2 and "no figure 9" in result.stderr
