@@ -330,7 +330,7 @@ def _tools(session: SyncSession, read_only: bool) -> list[str]:
 # -- the tests ------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("examples", [pytest.param(150, id="sqlite")])
+@pytest.mark.parametrize("examples", [pytest.param(100, id="sqlite")])
 def test_read_only_tools_answer_everything_and_write_nothing(tmp_path: Path, examples: int) -> None:
     _fuzz_read_only(Settings.from_env({}, db=str(tmp_path / "t.db")), tmp_path, examples)
 
@@ -499,7 +499,7 @@ def test_rejected_writes_change_nothing(tmp_path: Path) -> None:
         validators = {name: jsonschema.Draft202012Validator(session.tools[name].input_schema) for name in tools}
         before = checksum(settings_.db)
 
-        @settings(FUZZ, max_examples=80)
+        @settings(FUZZ, max_examples=60)
         @given(data=st.data())
         def rejected_write(data: st.DataObject) -> None:
             tool = data.draw(st.sampled_from(tools), label="tool")
