@@ -469,20 +469,7 @@ def test_every_parameter_of_every_tool_takes_each_hostile_value(
                             problems.append(f"{tool}({name}={str(value)[:20]!r}) changed the database")
                             before = checksum(db)
                 check_still_up(session, real)
-    known = [p for p in problems if backend == "postgresql" and _known_runs_nul_problem(p)]
-    assert not [p for p in problems if p not in known], "\n".join(problems)
-    if known:
-        pytest.xfail(f"{len(known)} known problems in tracker/runs.py (issue 4), e.g. {known[0]}")
-
-
-def _known_runs_nul_problem(problem: str) -> bool:
-    """Reported to issue 4 (tracker/runs.py validates strings but lets NUL through): on PostgreSQL a NUL in a
-    run_grid / run_grid_batch text parameter reaches SQL and comes back as 'database error: PostgreSQL text fields
-    cannot contain NUL' or '... unsupported Unicode escape sequence' (JSONB). SQLite accepts them."""
-    tool = problem.split("(", 1)[0]
-    return tool in {"run_grid", "run_grid_batch", "get_run_status"} and (
-        "NUL (0x00)" in problem or "unsupported Unicode escape sequence" in problem
-    )
+    assert not problems, "\n".join(problems)
 
 
 def test_rejected_writes_change_nothing(tmp_path: Path) -> None:
