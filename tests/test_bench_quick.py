@@ -16,7 +16,7 @@ def test_quick_figure_1_runs_and_prints_its_line() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert lines[0].startswith("tracker bench (quick mode)")
-    figure = [line for line in lines if line.startswith("1 recording 20,000 items: api ")]
+    figure = [line for line in lines if line.startswith("1 recording 100,000 items: api ")]
     assert len(figure) == 1, result.stdout
     assert "raw sqlite3 executemany" in figure[0] and "ratio" in figure[0] and "target" in figure[0]
 
