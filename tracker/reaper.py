@@ -55,6 +55,8 @@ CHUNK_TARGET_S = 0.03
 # that polled during a chunk must find the lock free at one of its next tries, not taken again at once.
 PAUSE_S = 0.003
 PAUSE_RATIO = 0.5
+WAL_FRAMES_TARGET = 800  # WAL pages one chunk may add (SQLite checkpoints automatically at 1,000)
+WAL_RESTART_FRAMES = 4000  # past this many pages (16 MB) the WAL is made to start over between chunks
 ATTEMPTS = 3  # tries per chunk when the database stays busy past its busy timeout
 # On the owner's host a dead pid fails the operation at once, but only after the heartbeat has been quiet this
 # long: other processes that attached to it and still record keep the heartbeat fresh on every flush.
@@ -154,6 +156,7 @@ def purge(
         return PurgeSummary(operations, items, time.monotonic() - started, True, cutoff, 0, None)
     operations = items = chunks = 0
     locked = longest = 0.0
+    wal_frames = 0
     sizer = _ChunkSizer(chunk_items, chunk_operations, chunk_target_s)
     while True:
         max_items, max_operations = sizer.limits()
@@ -173,7 +176,6 @@ def purge(
         operations += result.operations
         items += result.items
         chunks += 1
-        sizer.observe(held)
         locked += held
         longest = max(longest, held)
         if stop is not None and stop.is_set():
@@ -184,9 +186,18 @@ def purge(
         pause = max(pause_s, held * pause_ratio) * random.uniform(0.5, 1.5)
         began = time.monotonic()
         try:
-            store.checkpoint_passive()
+            wal = store.checkpoint_between_chunks(WAL_RESTART_FRAMES)
         except SQLAlchemyError as exc:
-            log.debug("passive checkpoint during purge failed: %s", short_reason(exc))
+            log.debug("checkpoint during purge failed: %s", short_reason(exc))
+            wal = None
+        added = None
+        if wal is not None:
+            # The chunk's own pages: the WAL's growth since the last look, or all of it if it restarted since (a
+            # long reader can keep it from restarting; its whole length would then shrink chunks for nothing).
+            frames, restarted = wal
+            added = frames - wal_frames if frames >= wal_frames else frames
+            wal_frames = 0 if restarted else frames
+        sizer.observe(held, added)
         time.sleep(max(0.0, pause - (time.monotonic() - began)))
     checkpoint = None
     if operations + items >= checkpoint_min_rows:
@@ -203,21 +214,24 @@ def purge(
 
 
 class _ChunkSizer:
-    """Chunk limits that follow the time a chunk holds the write lock: scaled down after a slow chunk, back up
-    (to the configured maximum) after quick ones."""
+    """Chunk limits that follow what a chunk costs others: the time it holds the write lock (target_s) and the WAL
+    pages it adds (WAL_FRAMES_TARGET, below SQLite's 1,000-page automatic checkpoint, so a recorder committing
+    right after a chunk does not inherit a checkpoint). Scaled down after a costly chunk, back up (to the
+    configured maximum) after cheap ones."""
 
     def __init__(self, max_items: int, max_operations: int, target_s: float) -> None:
         self.max_items, self.max_operations, self.target_s = max(1, max_items), max(1, max_operations), target_s
-        self.scale = 1.0
+        self.scale = 0.2  # start small: the first chunks read cold pages and cost more than later ones
 
     def limits(self) -> tuple[int, int]:
         return max(1, int(self.max_items * self.scale)), max(1, int(self.max_operations * self.scale))
 
-    def observe(self, held_s: float) -> None:
-        if held_s > self.target_s:
-            self.scale = max(0.01, self.scale * max(0.25, self.target_s / held_s))
-        elif held_s < self.target_s / 2:
-            self.scale = min(1.0, self.scale * 1.25)
+    def observe(self, held_s: float, frames: int | None) -> None:
+        over = max(held_s / self.target_s, (frames or 0) / WAL_FRAMES_TARGET)
+        if over > 1:
+            self.scale = max(0.01, self.scale * max(0.25, 1 / over))
+        elif over < 0.75:
+            self.scale = min(1.0, self.scale * 1.15)
 
 
 def _is_busy(exc: SQLAlchemyError) -> bool:

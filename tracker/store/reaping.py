@@ -89,7 +89,7 @@ class ReapingStore:
         Picks up to max_operations expired operations whose items (by their counters) fit in max_items and
         deletes them whole. If the first one alone has more items, deletes max_items of its items instead, and
         its row together with the last of them. On SQLite the chunk's commit does not checkpoint (the caller runs
-        checkpoint_passive() after releasing the lock), so the time it holds the write lock is the time it takes."""
+        checkpoint_between_chunks() after releasing the lock), so the time it holds the write lock is the time it takes."""
         with self._write(purging=True) as conn:
             query = (
                 select(_OPS.c.id, _OPS.c.succeeded_count + _OPS.c.failed_count)
@@ -124,29 +124,43 @@ class ReapingStore:
                 operations = conn.execute(delete(_OPS).where(_OPS.c.id == large)).rowcount
             return ChunkResult(operations, items)
 
-    def checkpoint_passive(self) -> None:
-        """Copy what the WAL holds into the database file without blocking anyone (SQLite; no-op elsewhere)."""
-        if self.is_sqlite:
-            with self.engine.connect() as conn:
-                raw: Any = conn.connection.driver_connection
-                raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-
-    def checkpoint(self, wait_s: float = 0.1) -> str | None:
-        """Fold the WAL back into the database file after a large purge, so the -wal file does not stay at its
-        peak size. TRUNCATE holds new writers back while it waits for readers, so it waits at most wait_s and
-        falls back to PASSIVE (which never blocks anyone). Returns the mode that ran; None off SQLite."""
+    def checkpoint_between_chunks(self, restart_after: int) -> tuple[int, bool] | None:
+        """Between purge chunks: copy the WAL into the database file without blocking anyone (PASSIVE). When the
+        WAL is longer than restart_after pages, also try to make it start again from its beginning (RESTART,
+        without waiting: it holds writers back only while it copies what was added meanwhile, a few pages).
+        Without a restart a busy database's WAL only grows, since some recorder always commits while a
+        checkpoint runs. Returns (WAL length in pages, whether it restarted); None off SQLite."""
         if not self.is_sqlite:
             return None
         with self.engine.connect() as conn:
             raw: Any = conn.connection.driver_connection
+            _busy, frames, _copied = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if frames <= restart_after:
+                return max(0, int(frames)), False
+            usual = raw.execute("PRAGMA busy_timeout").fetchone()[0]
+            raw.execute("PRAGMA busy_timeout = 0")
+            try:
+                busy = raw.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
+            finally:
+                raw.execute(f"PRAGMA busy_timeout = {int(usual)}")
+            return max(0, int(frames)), not busy
+
+    def checkpoint(self, wait_s: float = 0.02) -> str | None:
+        """Fold the WAL back into the database file after a large purge and truncate it, so the -wal file does not
+        stay at its peak size. TRUNCATE keeps writers out while it works, so the copying (and the fsync of a WAL
+        that may hold many unsynced pages) is done first by a PASSIVE checkpoint, which blocks no one; TRUNCATE
+        then waits at most wait_s for readers, else it is left at PASSIVE. Returns the mode that ran; None off
+        SQLite."""
+        if not self.is_sqlite:
+            return None
+        with self.engine.connect() as conn:
+            raw: Any = conn.connection.driver_connection
+            raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             usual = raw.execute("PRAGMA busy_timeout").fetchone()[0]
             raw.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
             try:
                 busy = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-                if not busy:
-                    return "truncate"
-                raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                return "passive"
+                return "passive" if busy else "truncate"
             finally:
                 raw.execute(f"PRAGMA busy_timeout = {int(usual)}")
 
