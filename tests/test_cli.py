@@ -247,7 +247,8 @@ def test_reap_line_dry_run_and_json(cli, tracker: Tracker, sample: dict[str, str
 
 
 def test_reap_bad_arguments_are_usage_errors(cli, tracker: Tracker) -> None:
-    for args in (["--older-than", "soon"], ["--older-than", "-5m"], ["--busy-timeout", "x"], ["--nope"]):
+    for args in (["--older-than", "soon"], ["--older-than", "-5m"], ["--older-than", "99999999d"],
+                 ["--busy-timeout", "x"], ["--nope"]):
         code, out, err = cli("reap", *args)
         assert (code, out) == (2, "")
         assert err.startswith("usage: tracker") and "Traceback" not in err

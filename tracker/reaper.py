@@ -143,9 +143,9 @@ def purge(
     running it again finishes the job.
 
     Other writers wait while a chunk holds the write lock, so chunks shrink when one takes longer than
-    chunk_target_s (and grow back up to the limits when quick), and after each chunk the purge pauses about
-    pause_ratio times as long as it held the lock (at least pause_s), for waiting writers to get in. A set `stop`
-    event ends it early, after a whole chunk."""
+    chunk_target_s or adds more than WAL_FRAMES_TARGET pages to the WAL (and grow back up to the limits when
+    cheap), and after each chunk the purge pauses about pause_ratio times as long as it held the lock (at least
+    pause_s), for waiting writers to get in. A set `stop` event ends it early, after a whole chunk."""
     if older_than_s < 0:
         raise ValueError("older_than_s must be >= 0")
     store = store or ReapingStore(engine, busy_timeout_s)

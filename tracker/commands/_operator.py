@@ -30,12 +30,18 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable JSON on stdout (stable keys)")
 
 
+MAX_DURATION_S = 100 * 365 * 86400.0  # beyond this, date arithmetic overflows
+
+
 def duration(text: str) -> float:
     """argparse type for 90s / 30m / 1h / 7d; a bad value is a usage error (exit 2)."""
     try:
-        return parse_duration(text)
+        seconds = parse_duration(text)
     except InvalidInput:
         raise argparse.ArgumentTypeError(f"must look like 90s, 30m, 1h or 7d (got {text[:40]!r})") from None
+    if seconds > MAX_DURATION_S:
+        raise argparse.ArgumentTypeError(f"must be at most 36500d (got {text[:40]!r})")
+    return seconds
 
 
 def int_range(low: int, high: int):  # noqa: ANN201 - an argparse type factory
