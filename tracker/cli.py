@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    # httpcore's DEBUG log prints every header, so an upstream echoing X-API-KEY would put the key in the log.
+    logging.getLogger("httpcore").setLevel(max(logging.INFO, logging.getLogger().level))
     try:
         settings = Settings.from_env(db=args.db)
         return int(args.run(args, settings) or 0)
