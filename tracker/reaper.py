@@ -56,7 +56,9 @@ CHUNK_TARGET_S = 0.03
 PAUSE_S = 0.003
 PAUSE_RATIO = 0.5
 WAL_FRAMES_TARGET = 800  # WAL pages one chunk may add (SQLite checkpoints automatically at 1,000)
-WAL_RESTART_FRAMES = 4000  # past this many pages (16 MB) the WAL is made to start over between chunks
+# Past this many pages the WAL is made to start over between chunks: at 0, after every chunk, so recorders'
+# commits never find it past the automatic-checkpoint size and never run a checkpoint themselves.
+WAL_RESTART_FRAMES = 0
 ATTEMPTS = 3  # tries per chunk when the database stays busy past its busy timeout
 # On the owner's host a dead pid fails the operation at once, but only after the heartbeat has been quiet this
 # long: other processes that attached to it and still record keep the heartbeat fresh on every flush.

@@ -127,9 +127,10 @@ class ReapingStore:
     def checkpoint_between_chunks(self, restart_after: int) -> tuple[int, bool] | None:
         """Between purge chunks: copy the WAL into the database file without blocking anyone (PASSIVE). When the
         WAL is longer than restart_after pages, also try to make it start again from its beginning (RESTART,
-        without waiting: it holds writers back only while it copies what was added meanwhile, a few pages).
-        Without a restart a busy database's WAL only grows, since some recorder always commits while a
-        checkpoint runs. Returns (WAL length in pages, whether it restarted); None off SQLite."""
+        without waiting for the lock or for readers: it holds writers back only while it copies what was added
+        meanwhile, a few pages, and syncs). Without a restart a busy database's WAL only grows, since some
+        recorder always commits while a checkpoint runs, and then every recorder commit past 1,000 pages runs a
+        checkpoint itself. Returns (WAL length in pages, whether it restarted); None off SQLite."""
         if not self.is_sqlite:
             return None
         with self.engine.connect() as conn:
