@@ -76,13 +76,15 @@ RECORDER = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
 import tracker
-db, op_id, count, start_at = sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+db, op_id, count = sys.argv[2], sys.argv[3], int(sys.argv[4])
 with tracker.Tracker.open(db) as t:
     batch = t.attach(op_id)
-    time.sleep(max(0.0, start_at - time.time()))
+    print("ready", flush=True)
+    sys.stdin.readline()  # go: every worker has started
     for n in range(count):
         batch.record_success(f"item-{n:07d}")
     batch.finish()
+    print(time.time(), flush=True)  # its last item is durable (interpreter exit is not counted)
 """
 
 POLLER = """
@@ -111,19 +113,28 @@ def figure_4_contention(workdir: Path, processes: int, items: int) -> str:
     with Tracker(Settings.from_env({}, db=str(db))) as tracker:
         ids = [tracker.start_batch("import", total=items).id for _ in range(processes)]
     repo = str(REPO)
-    start_at = time.time() + 2.0  # let every interpreter start before the clock runs
     workers = [
-        subprocess.Popen([sys.executable, "-c", RECORDER, repo, str(db), op_id, str(items), str(start_at)],
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen([sys.executable, "-c", RECORDER, repo, str(db), op_id, str(items)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for op_id in ids
     ]
+    for worker in workers:  # the clock starts once every interpreter has imported tracker and attached
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
     pollers = [
         subprocess.Popen([sys.executable, "-c", POLLER, repo, str(db), ",".join(ids)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(2)
     ]
-    errors = [w.communicate()[1] for w in workers]
-    elapsed = time.time() - start_at
+    time.sleep(0.5)  # the pollers are polling
+    start_at = time.time()
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    outputs = [w.communicate() for w in workers]
+    errors = [err for _out, err in outputs]
+    finished = [float(out.split()[-1]) for out, _err in outputs if out.split()]
+    elapsed = (max(finished) if len(finished) == len(workers) else time.time()) - start_at
     polls = [int(p.communicate()[0] or 0) for p in pollers]
     failed = [e for w, e in zip(workers, errors) if w.returncode != 0 or e.strip()]
     with Tracker(Settings.from_env({}, db=str(db))) as tracker:
