@@ -62,7 +62,9 @@ def test_retention_boundaries(backend_tracker: Tracker) -> None:
     ancient_running.flush()
     month_ago = now - timedelta(days=30)
     with write_connection(engine) as conn:  # running for a month: never purged by age, whatever its timestamps
-        conn.execute(update(OPS).where(OPS.c.id == ancient_running.id).values(started_at=month_ago, updated_at=month_ago))
+        conn.execute(
+            update(OPS).where(OPS.c.id == ancient_running.id).values(started_at=month_ago, updated_at=month_ago)
+        )
 
     expired = {ids["just_over"], *(ids[f"old_{s}"] for s in TERMINAL_STATUSES)}
     dry = purge(engine, HOUR, dry_run=True, now=now)
@@ -238,7 +240,8 @@ def test_chunked_purge_while_another_process_records(tracker: Tracker, settings:
     assert table_counts(tracker.engine) == (1, report["recorded"])
     print(
         f"\npurge: {summary.operations + summary.items:,} rows in {summary.seconds:.2f}s "
-        f"({summary.rows_per_s:,.0f} rows/s, {summary.chunks} chunks, longest {summary.longest_chunk_s * 1000:.0f} ms); "
+        f"({summary.rows_per_s:,.0f} rows/s, {summary.chunks} chunks, "
+        f"longest {summary.longest_chunk_s * 1000:.0f} ms); "
         f"writer: {report['recorded']:,} items in {report['flushes']} flushes, worst stall "
         f"{report['worst_s'] * 1000:.0f} ms"
     )

@@ -40,7 +40,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ls.add_argument("--kind", choices=KINDS, help="only batches or only runs")
     ls.add_argument("--type", dest="operation_type", metavar="TYPE", help="only this operation_type (e.g. import)")
     ls.add_argument(
-        "--limit", type=int_range(1, MAX_LIST_LIMIT), default=20, help=f"at most this many rows (1-{MAX_LIST_LIMIT}, default 20)"
+        "--limit", type=int_range(1, MAX_LIST_LIMIT), default=20,
+        help=f"at most this many rows (1-{MAX_LIST_LIMIT}, default 20)",
     )
     add_db_flag(ls)
     add_json_flag(ls)
@@ -55,7 +56,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("--page", choices=sorted(OUTCOMES), help="print only this list, from --after on")
     show.add_argument("--after", type=int_range(0, 2**62), default=0, metavar="SEQ",
                       help="continue after this item (the number a previous page ended with)")
-    show.add_argument("--limit", type=int_range(1, MAX_PAGE), default=20, help=f"items per list (1-{MAX_PAGE}, default 20)")
+    show.add_argument(
+        "--limit", type=int_range(1, MAX_PAGE), default=20, help=f"items per list (1-{MAX_PAGE}, default 20)"
+    )
     add_db_flag(show)
     add_json_flag(show)
     show.set_defaults(run=run_show)
@@ -117,7 +120,9 @@ def run_ls(args: argparse.Namespace, settings: Settings) -> int:
 # -- show -----------------------------------------------------------------------------------------------------------
 
 
-def _page(tracker: Tracker, record: OperationRecord, ok: bool, after: int, limit: int) -> tuple[list[ItemRecord], int | None]:
+def _page(
+    tracker: Tracker, record: OperationRecord, ok: bool, after: int, limit: int
+) -> tuple[list[ItemRecord], int | None]:
     items = tracker.items(record.id, ok=ok, after_seq=after, limit=limit + 1)
     next_after = items[limit - 1].seq if len(items) > limit else None
     return items[:limit], next_after
@@ -162,7 +167,9 @@ def run_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _print_page(args: argparse.Namespace, record: OperationRecord, items: list[ItemRecord], next_after: int | None) -> int:
+def _print_page(
+    args: argparse.Namespace, record: OperationRecord, items: list[ItemRecord], next_after: int | None
+) -> int:
     if args.json:
         print_json(
             {"operation_id": record.id, "page": args.page, "after": args.after,

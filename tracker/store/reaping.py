@@ -89,7 +89,8 @@ class ReapingStore:
         Picks up to max_operations expired operations whose items (by their counters) fit in max_items and
         deletes them whole. If the first one alone has more items, deletes max_items of its items instead, and
         its row together with the last of them. On SQLite the chunk's commit does not checkpoint (the caller runs
-        checkpoint_between_chunks() after releasing the lock), so the time it holds the write lock is the time it takes."""
+        checkpoint_between_chunks() after releasing the lock), so the time it holds the write lock is the time it
+        takes."""
         with self._write(purging=True) as conn:
             query = (
                 select(_OPS.c.id, _OPS.c.succeeded_count + _OPS.c.failed_count)
