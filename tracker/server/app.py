@@ -11,6 +11,7 @@ from mcp.server.mcpserver import MCPServer
 
 from ..api import Tracker
 from ..db import describe
+from ..reaper import PeriodicReaper
 from ..runs import RunsService
 from ..settings import Settings
 from .run_tools import mount_run_tools, run_lifespan
@@ -51,4 +52,10 @@ def serve(settings: Settings) -> None:
     """Run the stdio server until the client closes stdin. stdout carries only the protocol."""
     with Tracker(settings) as tracker:
         log.info("tracker serve: database %s", describe(settings.db))
-        anyio.run(build_server(tracker).run_stdio_async)
+        # Fails what dead predecessors left running at once, then purges every reap interval (0: never).
+        reaper = PeriodicReaper(tracker.engine, settings)
+        reaper.start()
+        try:
+            anyio.run(build_server(tracker).run_stdio_async)
+        finally:
+            reaper.stop()
