@@ -35,6 +35,7 @@ class OperationRecord:
     mode: str | None
     idempotency_key: str | None
     last_polled_at: datetime | None
+    row_number: int | None  # a run submitted by a batch: its 1-based input row
 
     @property
     def completed(self) -> int:
@@ -50,6 +51,12 @@ class OperationRecord:
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def item_id(self) -> str:
+        """The id a batch reports for this run: its upstream request_id, or its own id for a sync run that
+        completed at once (the upstream gives those no request_id)."""
+        return self.request_id or self.id
 
 
 @dataclass(frozen=True)

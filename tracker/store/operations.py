@@ -18,10 +18,10 @@ from ..timeutil import elapsed_ms
 
 _OPS = Operation.__table__
 _ITEMS = OperationItem.__table__
-_RECORD_FIELDS = [f.name for f in fields(OperationRecord)]
-_RECORD_COLUMNS = [_OPS.c[name] for name in _RECORD_FIELDS]
+RECORD_FIELDS = [f.name for f in fields(OperationRecord)]
+RECORD_COLUMNS = [_OPS.c[name] for name in RECORD_FIELDS]
 # The status read path, built once: constructing a select per call cost more than SQLite's own lookup.
-_GET_BY_ID = select(*_RECORD_COLUMNS).where(_OPS.c.id == bindparam("operation_id"))
+_GET_BY_ID = select(*RECORD_COLUMNS).where(_OPS.c.id == bindparam("operation_id"))
 _FIRST_ITEMS = (
     select(_ITEMS.c.seq, _ITEMS.c.ok, _ITEMS.c.item_id, _ITEMS.c.row_number, _ITEMS.c.error)
     .where(_ITEMS.c.operation_id == bindparam("operation_id"), _ITEMS.c.ok == bindparam("ok"))
@@ -30,8 +30,8 @@ _FIRST_ITEMS = (
 )
 
 
-def _record(row: Any) -> OperationRecord:
-    return OperationRecord(**{name: row._mapping[name] for name in _RECORD_FIELDS})
+def record_from_row(row: Any) -> OperationRecord:
+    return OperationRecord(**{name: row._mapping[name] for name in RECORD_FIELDS})
 
 
 def _insert_items_sql(conn: Connection) -> str:
@@ -138,7 +138,7 @@ class Store:
     def get(self, operation_id: str) -> OperationRecord | None:
         with self.engine.connect() as conn:
             row = conn.execute(_GET_BY_ID, {"operation_id": operation_id}).first()
-        return _record(row) if row is not None else None
+        return record_from_row(row) if row is not None else None
 
     def get_with_first_items(
         self, operation_id: str, succeeded_limit: int, failed_limit: int
@@ -149,7 +149,7 @@ class Store:
             row = conn.execute(_GET_BY_ID, {"operation_id": operation_id}).first()
             if row is None:
                 return None
-            record = _record(row)
+            record = record_from_row(row)
             first: dict[bool, list[ItemRecord]] = {True: [], False: []}
             wanted = ((True, record.succeeded_count, succeeded_limit), (False, record.failed_count, failed_limit))
             for ok, count, limit in wanted:
@@ -160,8 +160,8 @@ class Store:
 
     def get_by_request_id(self, request_id: str) -> OperationRecord | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(*_RECORD_COLUMNS).where(_OPS.c.request_id == request_id)).first()
-        return _record(row) if row is not None else None
+            row = conn.execute(select(*RECORD_COLUMNS).where(_OPS.c.request_id == request_id)).first()
+        return record_from_row(row) if row is not None else None
 
     def items(self, operation_id: str, ok: bool, after_seq: int = 0, limit: int = 100) -> list[ItemRecord]:
         """Items of one outcome in completion order, after a seq (exclusive)."""
@@ -183,7 +183,7 @@ class Store:
         limit: int = 20,
     ) -> list[OperationRecord]:
         """Newest first by (started_at, id); `before` is the last row of the previous page, so pages never overlap."""
-        query = select(*_RECORD_COLUMNS)
+        query = select(*RECORD_COLUMNS)
         if kind:
             query = query.where(_OPS.c.kind == kind)
         if status:
@@ -197,7 +197,7 @@ class Store:
             )
         query = query.order_by(_OPS.c.started_at.desc(), _OPS.c.id.desc()).limit(limit)
         with self.engine.connect() as conn:
-            return [_record(row) for row in conn.execute(query)]
+            return [record_from_row(row) for row in conn.execute(query)]
 
     def count_items(self, operation_id: str) -> tuple[int, int]:
         """(succeeded, failed) counted from the item rows themselves, for checks against the counters."""
@@ -213,19 +213,19 @@ class Store:
     # -- helpers ------------------------------------------------------------------------------------------------
 
     def _get(self, conn: Connection, operation_id: str) -> OperationRecord:
-        row = conn.execute(select(*_RECORD_COLUMNS).where(_OPS.c.id == operation_id)).first()
+        row = conn.execute(select(*RECORD_COLUMNS).where(_OPS.c.id == operation_id)).first()
         if row is None:
             raise OperationNotFound(f"operation {operation_id!r} not found")
-        return _record(row)
+        return record_from_row(row)
 
     def _get_for_update(self, conn: Connection, operation_id: str) -> OperationRecord:
-        query = select(*_RECORD_COLUMNS).where(_OPS.c.id == operation_id)
+        query = select(*RECORD_COLUMNS).where(_OPS.c.id == operation_id)
         if conn.dialect.name == "postgresql":
             query = query.with_for_update()
         row = conn.execute(query).first()
         if row is None:
             raise OperationNotFound(f"operation {operation_id!r} not found")
-        return _record(row)
+        return record_from_row(row)
 
     def _raise_not_running(self, conn: Connection, operation_id: str) -> None:
         status = conn.execute(select(_OPS.c.status).where(_OPS.c.id == operation_id)).scalar()

@@ -7,7 +7,6 @@ whichever process finishes the run."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,59 +15,18 @@ from sqlalchemy.exc import IntegrityError
 
 from ..db import write_connection
 from ..models import COMPLETED, FAILED, RUNNING, Operation, OperationItem
+from ..records import OperationRecord
 from ..timeutil import elapsed_ms
+from .operations import RECORD_COLUMNS, record_from_row
 
 _OPS = Operation.__table__
 _ITEMS = OperationItem.__table__
 
 
-@dataclass(frozen=True)
-class RunRecord:
-    """A run (or batch) row as the runs service needs it."""
-
-    id: str
-    kind: str
-    operation_type: str
-    status: str
-    total: int
-    succeeded_count: int
-    failed_count: int
-    started_at: datetime
-    updated_at: datetime
-    completed_at: datetime | None
-    execution_time_ms: int | None
-    error: str | None
-    inputs: Any
-    outputs: Any
-    owner_host: str | None
-    owner_pid: int | None
-    heartbeat_at: datetime | None
-    resumable: bool
-    parent_id: str | None
-    request_id: str | None
-    grid_id: str | None
-    mode: str | None
-    idempotency_key: str | None
-    last_polled_at: datetime | None
-    row_number: int | None
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.status != RUNNING
-
-    @property
-    def item_id(self) -> str:
-        """The id a batch reports for this run: its upstream request_id, or its own id for a sync run that
-        completed at once (the upstream gives those no request_id)."""
-        return self.request_id or self.id
-
-
-_FIELDS = [f.name for f in fields(RunRecord)]
-_COLUMNS = [_OPS.c[name] for name in _FIELDS]
-
-
-def _record(row: Any) -> RunRecord:
-    return RunRecord(**{name: row._mapping[name] for name in _FIELDS})
+# A run is an operation row; the runs service reads the same record the status tools do.
+RunRecord = OperationRecord
+_COLUMNS = RECORD_COLUMNS
+_record = record_from_row
 
 
 class DuplicateKey(Exception):
