@@ -5,19 +5,16 @@ rate limit; and the upstream requests spent on runs that had already ended (read
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import re
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from bench_common import REPO, mcp_session, percentile
+from bench_common import mcp_session, percentile
+from fake_upstream import FakeUpstreamProcess
 from tracker import Settings
 from tracker.db import open_engine
 from tracker.runs import RunsService
@@ -27,39 +24,16 @@ RATE_LIMIT = 5  # the upstream's documented limit (CONTRACTS.md), and tracker's 
 STATUS_LINE = re.compile(r'"GET /api/v1/run/status/([^ ?"]+)')
 
 
-class FakeUpstream:
-    """scripts/fake_upstream.py in a child process, logging every request to a file."""
+class FakeUpstream(FakeUpstreamProcess):
+    """The fake grid API logging every request to a file (the request log tells which runs were polled)."""
 
     def __init__(self, log: Path) -> None:
         self.log = log
         self._log_file = log.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, str(REPO / "scripts" / "fake_upstream.py"), "--key", KEY, "--seed", "5",
-             "--rate-limit", str(RATE_LIMIT), "--verbose"],
-            stdout=subprocess.PIPE, stderr=self._log_file, text=True,
-        )
-        assert self.process.stdout is not None
-        ready = json.loads(self.process.stdout.readline())
-        self.base_url, self.port = ready["base_url"], ready["port"]
-
-    def call(self, path: str, body: Any = None) -> dict[str, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", data=data, timeout=30) as response:
-            return json.loads(response.read())
-
-    def configure(self, **options: Any) -> None:
-        self.call("/_fake/config", options)
-
-    def env(self) -> dict[str, str]:
-        return {"BITSCALE_API_BASE": self.base_url, "BITSCALE_API_KEY": KEY}
+        super().__init__(KEY, stderr=self._log_file, seed=5, rate_limit=RATE_LIMIT, verbose=True)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        super().stop()
         self._log_file.close()
 
 

@@ -28,12 +28,15 @@ import os
 import random
 import re
 import signal
+import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 PREFIX = "/api/v1"
@@ -264,6 +267,54 @@ class Handler(BaseHTTPRequestHandler):
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     fake: FakeUpstream
+
+
+class FakeUpstreamProcess:
+    """This script in a child process, for tests, benchmarks and the demo. `options` are its command-line flags
+    (run_seconds="0.3" -> --run-seconds 0.3; True -> a bare flag). Its stderr (the request log, with verbose=True)
+    goes to `stderr` when given."""
+
+    def __init__(self, key: str, stderr: Any = None, **options: object) -> None:
+        args = [sys.executable, str(Path(__file__).resolve()), "--key", key]
+        for name, value in options.items():
+            flag = f"--{name.replace('_', '-')}"
+            args += [flag] if value is True else [flag, str(value)]
+        self.key = key
+        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        ready = json.loads(line) if line.strip() else {}
+        if "port" not in ready:
+            self.stop()
+            raise RuntimeError("the fake upstream did not start")
+        self.base_url: str = ready["base_url"]
+        self.port: int = ready["port"]
+
+    def call(self, path: str, body: object = None) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", data=data, timeout=30) as response:
+            return json.loads(response.read())
+
+    def stats(self) -> dict[str, Any]:
+        return self.call("/_fake/stats")
+
+    def configure(self, **options: object) -> dict[str, Any]:
+        return self.call("/_fake/config", options)
+
+    def reset(self) -> None:
+        self.call("/_fake/reset", {})
+
+    def env(self) -> dict[str, str]:
+        """BITSCALE_* variables pointing a tracker process at this server."""
+        return {"BITSCALE_API_BASE": self.base_url, "BITSCALE_API_KEY": self.key}
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,52 +78,18 @@ def backend_tracker(backend_settings: Settings):
 
 # -- the fake upstream grid API: scripts/fake_upstream.py, a real HTTP server on 127.0.0.1 -------------------------
 
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import urllib.request  # noqa: E402
-
 FAKE_UPSTREAM_KEY = "test-key-0123456789"
 
 
-class FakeUpstreamProcess:
-    """scripts/fake_upstream.py in a child process; options are its command-line flags (run_seconds='0.3')."""
+sys.path.insert(0, str(REPO / "scripts"))
+from fake_upstream import FakeUpstreamProcess as _Launcher  # noqa: E402
 
-    def __init__(self, **options: object) -> None:
-        args = [PYTHON, str(REPO / "scripts" / "fake_upstream.py"), "--key", FAKE_UPSTREAM_KEY]
-        for name, value in options.items():
-            args += [f"--{name.replace('_', '-')}", str(value)]
-        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-        assert self.process.stdout is not None
-        ready = json.loads(self.process.stdout.readline())
-        self.base_url: str = ready["base_url"]
-        self.port: int = ready["port"]
-        self.key = FAKE_UPSTREAM_KEY
 
-    def _call(self, path: str, body: object = None) -> dict:
-        data = None if body is None else json.dumps(body).encode()
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", data=data, timeout=10) as response:
-            return json.loads(response.read())
+class FakeUpstreamProcess(_Launcher):
+    """scripts/fake_upstream.py in a child process with the tests' key; options are its command-line flags."""
 
-    def stats(self) -> dict:
-        return self._call("/_fake/stats")
-
-    def configure(self, **options: object) -> dict:
-        return self._call("/_fake/config", options)
-
-    def reset(self) -> None:
-        self._call("/_fake/reset", {})
-
-    def env(self) -> dict[str, str]:
-        """BITSCALE_* variables pointing a tracker process at this server."""
-        return {"BITSCALE_API_BASE": self.base_url, "BITSCALE_API_KEY": self.key}
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+    def __init__(self, key: str = FAKE_UPSTREAM_KEY, **options: object) -> None:
+        super().__init__(key, **options)
 
 
 @pytest.fixture

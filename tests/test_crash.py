@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 
 from tracker import Settings, Tracker
 from tracker.reaper import ORPHAN_ERROR, OWNER_GONE_GRACE_S, recover_orphans

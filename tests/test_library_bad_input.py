@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tracker import InvalidInput, OperationNotFound, Settings, Tracker
+from tracker import InvalidInput, OperationNotFound, Tracker
 
 HOSTILE_TEXT = ["a\x00b", "\x00", "", " ", "\x01\x1b[2J", "' OR 1=1 --", "🙂" * 300, "x" * 5000, "é" * 1100]
 HOSTILE_NUMBERS = [-1, 0, 1, 2**31 - 1, 2**31, 2**53, 2**63, 10**30, 1.5, True]

@@ -18,7 +18,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 from tracker import InvalidInput, Settings
 from tracker.db import open_engine, sqlite_module

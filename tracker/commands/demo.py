@@ -6,16 +6,14 @@ row twice; status is then answered by the new server, and the fake upstream's ow
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import secrets
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -45,36 +43,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-class FakeUpstream:
-    """scripts/fake_upstream.py as a child process on 127.0.0.1."""
-
-    def __init__(self, key: str) -> None:
-        if not FAKE_UPSTREAM.is_file():
-            raise TrackerError(f"the demo needs a checkout of tracker: {FAKE_UPSTREAM} is missing")
-        self.process = subprocess.Popen(
-            [sys.executable, str(FAKE_UPSTREAM), "--key", key, "--run-seconds", "0.5,2.0",
-             "--run-failure-rate", "0.1", "--seed", "7"],
-            stdout=subprocess.PIPE, text=True,
+def _start_fake_upstream(key: str) -> Any:
+    """scripts/fake_upstream.py's own launcher: the fake is a script of the checkout, not part of the package."""
+    if not FAKE_UPSTREAM.is_file():
+        raise TrackerError(f"the demo needs a checkout of tracker: {FAKE_UPSTREAM} is missing")
+    spec = importlib.util.spec_from_file_location("tracker_fake_upstream", FAKE_UPSTREAM)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        return module.FakeUpstreamProcess(
+            key, run_seconds="0.5,2.0", run_failure_rate="0.1", seed="7"
         )
-        assert self.process.stdout is not None
-        ready = json.loads(self.process.stdout.readline() or "{}")
-        if "port" not in ready:
-            self.stop()
-            raise TrackerError("the fake upstream did not start")
-        self.base_url: str = ready["base_url"]
-        self.port: int = ready["port"]
-
-    def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_fake/stats", timeout=5) as response:
-            return json.loads(response.read())
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+    except RuntimeError as exc:
+        raise TrackerError(str(exc)) from None
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -84,7 +66,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if settings.db_is_default:  # self-contained unless --db / TRACKER_DB says where
         settings = replace(settings, db=str(workdir / "demo.db"), db_is_default=False)
     key = "demo-" + secrets.token_hex(8)
-    fake = FakeUpstream(key)
+    fake = _start_fake_upstream(key)
     try:
         settings = replace(settings, upstream_base=fake.base_url, upstream_key=key)
         return anyio.run(_story, settings, fake, rows, kill_at, workdir)
@@ -93,7 +75,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def _story(settings: Settings, fake: FakeUpstream, rows: int, kill_at: float, workdir: Path) -> int:
+async def _story(settings: Settings, fake: Any, rows: int, kill_at: float, workdir: Path) -> int:
     from ..server.client import serve_session  # the MCP SDK is imported only when the demo runs
 
     console = Console()
@@ -168,7 +150,7 @@ async def _story(settings: Settings, fake: FakeUpstream, rows: int, kill_at: flo
 
 
 async def _watch(
-    console: Console, tracker: Tracker, fake: FakeUpstream, batch_id: str, label: str, until: float | None
+    console: Console, tracker: Tracker, fake: Any, batch_id: str, label: str, until: float | None
 ) -> None:
     """A progress bar read from the database (not from any server's memory) until the batch ends, or until
     `until` of its rows have been submitted upstream (and at least one run has ended)."""

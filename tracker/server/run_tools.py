@@ -136,9 +136,9 @@ class RunTools:
             (self.run_grid_batch, STARTS_RUNS),
             (self.get_run_status, POLLS),
         ]
-        for fn, annotations in tools:
+        for fn, hints in tools:
             description = " ".join((fn.__doc__ or "").split()).replace("<retention>", self.retention)
-            server.add_tool(fn, name=fn.__name__, description=description, annotations=annotations)
+            server.add_tool(fn, name=fn.__name__, description=description, annotations=hints)
 
 
 def mount_run_tools(server: MCPServer, runs_service: RunsService) -> None:
