@@ -9,7 +9,6 @@ import json
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,14 @@ from typing import Any
 import anyio
 import pytest
 from mcp.client.session import ClientSession
-from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from tracker import Settings, Tracker, status
 from tracker.db import sqlite_module
 from tracker.timeutil import iso
 
-from .conftest import PYTHON, REPO, subprocess_env
+from .conftest import PYTHON, subprocess_env
+from .mcp_client import answer, call
+from .mcp_client import mcp_session as _mcp_session
 
 HOST_SERVER = str(Path(__file__).with_name("host_server.py"))
 STATUS_TOOLS = {"get_batch_status", "get_run_status", "list_operations", "get_operation_items", "cancel_operation"}
@@ -46,33 +46,9 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@asynccontextmanager
-async def mcp_session(db: Path, errlog: Path, args: list[str] | None = None) -> AsyncIterator[ClientSession]:
-    """A client session with a fresh server subprocess on `db`; the server's stderr goes to `errlog`."""
-    params = StdioServerParameters(
-        command=PYTHON,
-        args=args or ["-m", "tracker", "serve"],
-        env=subprocess_env(db, **FAST_FLUSH),
-        cwd=str(REPO),
-    )
-    with errlog.open("a") as log:
-        async with stdio_client(params, errlog=log) as (read, write), ClientSession(read, write) as session:
-            await session.initialize()
-            yield session
-
-
-async def call(session: ClientSession, tool: str, **arguments: Any) -> tuple[bool, Any]:
-    """(is_error, the error text or the structured answer)."""
-    result = await session.call_tool(tool, arguments)
-    if result.is_error:
-        return True, result.content[0].text
-    return False, result.structured_content
-
-
-async def answer(session: ClientSession, tool: str, **arguments: Any) -> Any:
-    is_error, value = await call(session, tool, **arguments)
-    assert not is_error, value
-    return value
+def mcp_session(db: Path, errlog: Path, args: list[str] | None = None):  # noqa: ANN201
+    """A client session with a fresh server subprocess on `db`, flushing fast; stderr goes to `errlog`."""
+    return _mcp_session(db, errlog, args, **FAST_FLUSH)
 
 
 def run_python(code: str, db: Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
