@@ -12,6 +12,19 @@ from tracker import Settings, Tracker
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Every field of a batch OPERATION in ../shared/CONTRACTS.md section 1: always present in a status answer.
+OPERATION_FIELDS = {
+    "batch_operation_id",
+    "operation_type",
+    "status",
+    "progress",
+    "successful_ids",
+    "failed_items",
+    "started_at",
+    "completed_at",
+    "execution_time_ms",
+}
+
 
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:

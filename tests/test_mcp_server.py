@@ -21,23 +21,12 @@ from tracker import Settings, Tracker, status
 from tracker.db import sqlite_module
 from tracker.timeutil import iso
 
-from .conftest import PYTHON, subprocess_env
+from .conftest import OPERATION_FIELDS, PYTHON, subprocess_env
 from .mcp_client import answer, call
 from .mcp_client import mcp_session as _mcp_session
 
 HOST_SERVER = str(Path(__file__).with_name("host_server.py"))
 STATUS_TOOLS = {"get_batch_status", "get_run_status", "list_operations", "get_operation_items", "cancel_operation"}
-OPERATION_FIELDS = {
-    "batch_operation_id",
-    "operation_type",
-    "status",
-    "progress",
-    "successful_ids",
-    "failed_items",
-    "started_at",
-    "completed_at",
-    "execution_time_ms",
-}
 FAST_FLUSH = {"TRACKER_FLUSH_INTERVAL": "0.05"}
 
 

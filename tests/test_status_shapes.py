@@ -28,17 +28,8 @@ from tracker.status import (
 )
 from tracker.timeutil import utcnow
 
-OPERATION_FIELDS = {
-    "batch_operation_id",
-    "operation_type",
-    "status",
-    "progress",
-    "successful_ids",
-    "failed_items",
-    "started_at",
-    "completed_at",
-    "execution_time_ms",
-}
+from .conftest import OPERATION_FIELDS
+
 
 
 @pytest.fixture
