@@ -5,19 +5,19 @@ parameter), and tracker's errors reach the model as ToolError with that message.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field, PlainValidator, WithJsonSchema
 
-from ..errors import OperationNotFound, TrackerError
+from ..errors import OperationNotFound
 from ..runs import DEFAULT_BATCH_CONCURRENCY, MAX_BATCH_ROWS, MAX_CONCURRENCY, MAX_ID_CHARS, MAX_KEY_CHARS, RunsService
 from ..settings import format_duration
 from ..status import require_id
+from .status_tools import as_tool_errors
 
 _AS_GIVEN = PlainValidator(lambda value: value)  # no coercion: the service checks every value and names it
 
@@ -63,14 +63,6 @@ STARTS_RUNS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idem
 POLLS = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
 
 
-@contextmanager
-def _as_tool_errors() -> Iterator[None]:
-    try:
-        yield
-    except TrackerError as exc:
-        raise ToolError(str(exc)) from None
-
-
 class RunTools:
     def __init__(self, runs: RunsService) -> None:
         self.runs = runs
@@ -92,7 +84,7 @@ class RunTools:
         restarts. Pass an idempotency_key when you might retry: a repeated key returns the recorded run and
         submits nothing. An error mentioning "unknown" means the upstream may have the run; do not resubmit
         blindly."""
-        with _as_tool_errors():
+        with as_tool_errors():
             return await self.runs.run_grid(grid_id, inputs, mode, output_columns, source_id, idempotency_key)
 
     async def run_grid_batch(
@@ -110,7 +102,7 @@ class RunTools:
         for its outputs) and failed_items carry the row_number (1-based) and the error. cancel_operation stops
         further submissions. The batch survives a server restart: rows already submitted are never submitted
         again."""
-        with _as_tool_errors():
+        with as_tool_errors():
             return await self.runs.run_grid_batch(grid_id, rows, mode, output_columns, source_id, concurrency)
 
     async def get_run_status(self, request_id: RequestId) -> dict[str, Any]:
@@ -120,7 +112,7 @@ class RunTools:
         true means the upstream could not be reached: the status is the last one known, and error says why.
         {"found": false} means neither tracker nor the upstream knows the id (runs are kept for <retention>
         after completion)."""
-        with _as_tool_errors():
+        with as_tool_errors():
             checked = require_id(request_id, "request_id")
             try:
                 return {"found": True, **await self.runs.get_run_status(checked)}

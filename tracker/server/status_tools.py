@@ -83,7 +83,7 @@ DESTRUCTIVE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idemp
 
 
 @contextmanager
-def _as_tool_errors() -> Iterator[None]:
+def as_tool_errors() -> Iterator[None]:
     """tracker's own errors reach the model as their one-line message; anything else the SDK logs with its
     traceback on stderr and reports only as "Error executing tool <name>"."""
     try:
@@ -112,7 +112,7 @@ class StatusTools:
         get_operation_items for the rest. While status is running, poll again every 2-5 seconds.
         {"found": false} means no such operation: the id is wrong, or it finished more than <retention> ago
         (operations are kept for <retention> after completion)."""
-        with _as_tool_errors():
+        with as_tool_errors():
             operation_id = require_id(batch_operation_id, "batch_operation_id")
             return await _off_loop(self.service.batch_status, operation_id)
 
@@ -121,7 +121,7 @@ class StatusTools:
         outputs (when completed)} with status running, completed, failed or cancelled. While it is running, poll
         again every 2-5 seconds. {"found": false} means no such run: the id is wrong, or it finished more than
         <retention> ago (runs are kept for <retention> after completion)."""
-        with _as_tool_errors():
+        with as_tool_errors():
             checked = require_id(request_id, "request_id")
             return await _off_loop(self.service.run_status, checked)
 
@@ -138,7 +138,7 @@ class StatusTools:
         started_at, completed_at, ...}], "next_cursor"}. next_cursor is null on the last page; otherwise pass it
         back with the same filters for the next page (pages never repeat or skip an operation, even while new
         ones start). Operations are kept for <retention> after completion. limit: 1 to 100."""
-        with _as_tool_errors():
+        with as_tool_errors():
             checked = (
                 optional_choice(kind, "kind", KINDS),
                 optional_choice(status, "status", STATUSES),
@@ -160,7 +160,7 @@ class StatusTools:
         operation gains items). Start with the *_next_cursor from get_batch_status, or with no cursor for the
         first page. limit: 1 to 1000, default 100. {"found": false}: no such operation (kept for <retention>
         after completion)."""
-        with _as_tool_errors():
+        with as_tool_errors():
             checked_id = require_id(operation_id, "operation_id")
             checked_outcome = require_outcome(outcome)
             checked_limit = require_limit(limit, "limit", ITEMS_LIMIT_MAX, ITEMS_LIMIT_DEFAULT)
@@ -172,7 +172,7 @@ class StatusTools:
         "found": true, "operation": ...} as get_batch_status does. Cancelling an operation that already completed,
         failed or was cancelled is an error that says its status. {"found": false}: no such operation (kept for
         <retention> after completion), nothing was cancelled."""
-        with _as_tool_errors():
+        with as_tool_errors():
             checked = require_id(operation_id, "operation_id")
             return await _off_loop(self.service.cancel, checked)
 
