@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 
 from bench_common import mcp_session, percentile
-from fake_upstream import FakeUpstreamProcess
+from fake_upstream import FakeUpstreamProcess, busiest_second
 from tracker import Settings
 from tracker.db import open_engine
 from tracker.runs import RunsService
@@ -134,7 +134,7 @@ def figure_5_runs(workdir: Path, running: int, ended: int, clients: int, seconds
     accepted = [t for t in stats["accepted_times"] if start <= t <= end]
     span = end - start
     sent_rate = len(arrivals) / span
-    busiest = _busiest_second(accepted)
+    busiest = busiest_second(accepted)
     with fake.log.open("rb") as log:
         log.seek(int(window["log_start"]))
         lines = log.read(int(window["log_end"] - window["log_start"])).decode(errors="replace")
@@ -158,11 +158,3 @@ def figure_5_runs(workdir: Path, running: int, ended: int, clients: int, seconds
     )
 
 
-def _busiest_second(times: list[float]) -> int:
-    best, first = 0, 0
-    ordered = sorted(times)
-    for last, t in enumerate(ordered):
-        while ordered[first] <= t - 1.0:
-            first += 1
-        best = max(best, last - first + 1)
-    return best
