@@ -19,8 +19,9 @@ from pathlib import Path
 
 from tracker import Settings, Tracker
 from tracker.db import head_revision, sqlite_module
+from tracker.ids import operation_id
 
-GENERATOR_VERSION = 1  # part of the cache key: bump it whenever the rows made below change
+GENERATOR_VERSION = 2  # part of the cache key: bump it whenever the rows made below change
 CACHE_DIR = Path(tempfile.gettempdir()) / "tracker-bench-cache"
 LARGE_EVERY = 500  # one operation in this many is a large batch
 LARGE_ITEMS = 500
@@ -70,7 +71,7 @@ def _operations(operations: int, counts: list[int], now: datetime, rng: random.R
         elif succeeded == 0 and failed > 0:
             status = "failed"
         yield (
-            f"batch_{op_type}_{rng.getrandbits(128):032x}", "batch", op_type, status, count, succeeded, failed,
+            operation_id("batch", op_type, int(started.timestamp() * 1000), rng.getrandbits(128)), "batch", op_type, status, count, succeeded, failed,
             _iso(started), _iso(completed), _iso(completed), duration_ms, error, "null", None, HOST,
             10_000 + n % 20_000, _iso(completed), 0,
         )

@@ -172,11 +172,16 @@ def test_bad_batch_start_writes_nothing(tracker: Tracker, kwargs, message) -> No
     assert tracker.list() == []
 
 
-def test_ids_are_unguessable_and_readable(tracker: Tracker) -> None:
-    ids = {tracker.start_batch("CSV Import!").id for _ in range(50)}
-    assert len(ids) == 50
-    for op_id in ids:
+def test_ids_are_unguessable_readable_and_in_creation_order(tracker: Tracker) -> None:
+    made = [tracker.start_batch("CSV Import!").id for _ in range(50)]
+    assert len(set(made)) == 50
+    before_ms = time.time_ns() // 1_000_000
+    for op_id in made:
         prefix, _, token = op_id.rpartition("_")
-        assert prefix == "batch_csv_import"
+        label, _, created = prefix.rpartition("_")
+        assert label == "batch_csv_import"
         assert len(token) == 32 and int(token, 16) >= 0  # 128 bits of hex
+        assert len(created) == 12 and before_ms - 60_000 <= int(created, 16) <= before_ms  # milliseconds, in hex
+    # Ids sort by creation time (ids made in one millisecond tie on it and sort by their random part).
+    assert [op_id.rpartition("_")[0] for op_id in sorted(made)] == [op_id.rpartition("_")[0] for op_id in made]
 
