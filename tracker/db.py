@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.util import find_spec
@@ -16,7 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 
 from .errors import DatabaseUnavailable
 from .settings import Settings
@@ -24,6 +25,11 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 30.0
+# A writer waiting for SQLite's write lock polls it this often (first, then at most). SQLite's own busy handler
+# sleeps up to 100 ms between tries, so a writer that started waiting during another's short transaction could
+# sleep through the gap after it and wait for the next one too; polling this often, it gets the lock within about
+# 2 ms of its release, and other writers (the purge) need to leave only a few ms between their transactions.
+WRITE_LOCK_POLL_S = (0.0002, 0.002)
 _PG_MIGRATION_LOCK = 0x7472_6163  # "trac": advisory lock key that serialises migrations on PostgreSQL
 
 
@@ -112,7 +118,33 @@ def _install_sqlite_hooks(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def on_begin(conn: Connection) -> None:
         # Writers take the write lock up front: a deferred read-then-write fails at once with SQLITE_BUSY under WAL.
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+        if conn.get_execution_options().get("write"):
+            begin_immediate(conn.connection.driver_connection)
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+def begin_immediate(raw) -> None:  # noqa: ANN001 (a DBAPI sqlite3 connection)
+    """BEGIN IMMEDIATE, waiting for the write lock as long as the connection's busy timeout allows, polling it
+    every WRITE_LOCK_POLL_S instead of through SQLite's busy handler. On timeout (or any other error) raises the
+    driver's error wrapped as SQLAlchemy's OperationalError, the way a failed BEGIN always surfaced."""
+    timeout_ms = raw.execute("PRAGMA busy_timeout").fetchone()[0]
+    raw.execute("PRAGMA busy_timeout = 0")
+    try:
+        deadline = time.monotonic() + timeout_ms / 1000
+        delay, longest = WRITE_LOCK_POLL_S
+        while True:
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite_module().OperationalError as exc:
+                reason = str(exc).lower()
+                if not ("locked" in reason or "busy" in reason) or time.monotonic() >= deadline:
+                    raise OperationalError("BEGIN IMMEDIATE", None, exc) from None
+            time.sleep(delay)
+            delay = min(longest, delay * 2)
+    finally:
+        raw.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
 
 
 def open_engine(settings: Settings, migrate: bool = True) -> Engine:

@@ -51,10 +51,11 @@ CHECKPOINT_MIN_ROWS = 10_000  # a purge this large folds the WAL back into the f
 # A chunk holds the write lock for about this long at most; chunks shrink to fit (deleting operations with random
 # ids touches index pages all over the file, so a chunk's cost varies with the data more than with its row count).
 CHUNK_TARGET_S = 0.03
-# Between chunks the purger lets go of the write lock: SQLite's busy handler polls (with backoff), so a writer
-# that polled during a chunk must find the lock free at one of its next tries, not taken again at once.
+# Between chunks the purger lets go of the write lock for at least this long (plus up to half again, jittered), so
+# that a writer waiting for it gets in: writers poll the lock every 2 ms at most (db.WRITE_LOCK_POLL_S). The pause
+# grows with the chunk (PAUSE_RATIO of the time it held the lock) to leave other writers a share of the time.
 PAUSE_S = 0.003
-PAUSE_RATIO = 0.5
+PAUSE_RATIO = 0.1
 WAL_FRAMES_TARGET = 800  # WAL pages one chunk may add (SQLite checkpoints automatically at 1,000)
 # Past this many pages the WAL is made to start over between chunks: at 0, after every chunk, so recorders'
 # commits never find it past the automatic-checkpoint size and never run a checkpoint themselves.
@@ -184,8 +185,8 @@ def purge(
             break
         # Outside the lock: fold this chunk's pages into the file (PASSIVE blocks no one), so the WAL stays small
         # and no recorder's commit inherits a large automatic checkpoint. That time counts towards the pause.
-        # The pause is jittered, so a writer's busy-handler polls cannot fall into step with our chunks.
-        pause = max(pause_s, held * pause_ratio) * random.uniform(0.5, 1.5)
+        # The pause is jittered, so a waiting writer's polls cannot fall into step with our chunks.
+        pause = max(pause_s, held * pause_ratio) * random.uniform(1.0, 1.5)
         began = time.monotonic()
         try:
             wal = store.checkpoint_between_chunks(WAL_RESTART_FRAMES)

@@ -1,0 +1,72 @@
+"""Waiting for SQLite's write lock: writers poll it (db.begin_immediate) within the connection's busy timeout,
+then fail with the usual 'database is locked', and leave the connection's busy timeout as it was."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from tracker import Settings, Tracker
+from tracker.db import begin_immediate, sqlite_module
+
+
+
+def _hold_write_lock(db: str, seconds: float) -> threading.Thread:
+    locked = threading.Event()
+
+    def hold() -> None:
+        conn = sqlite_module().connect(db, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        locked.set()
+        time.sleep(seconds)
+        conn.execute("COMMIT")
+        conn.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert locked.wait(5)
+    return thread
+
+
+def test_a_writer_waits_for_a_held_lock_and_then_writes(tracker: Tracker, settings: Settings) -> None:
+    holder = _hold_write_lock(settings.db, 0.3)
+    try:
+        batch = tracker.start_batch("import")  # BEGIN IMMEDIATE while the lock is held: it waits, then writes
+        batch.record_success("a")
+        batch.finish()
+    finally:
+        holder.join()
+    assert tracker.get(batch.id).succeeded_count == 1
+    with tracker.engine.connect() as conn:
+        assert conn.connection.driver_connection.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
+
+
+def test_a_lock_held_past_the_busy_timeout_fails_as_locked(tracker: Tracker, settings: Settings) -> None:
+    raw = sqlite_module().connect(settings.db, isolation_level=None)
+    raw.execute("PRAGMA busy_timeout = 100")
+    holder = _hold_write_lock(settings.db, 1.0)
+    try:
+        with pytest.raises(OperationalError, match="database is locked"):
+            begin_immediate(raw)
+        assert not raw.in_transaction
+        assert raw.execute("PRAGMA busy_timeout").fetchone()[0] == 100  # put back
+    finally:
+        holder.join()
+    begin_immediate(raw)  # free again: it gets the lock at once
+    assert raw.in_transaction
+    raw.execute("ROLLBACK")
+    raw.close()
+
+
+def test_other_errors_surface_as_they_are(tmp_path) -> None:  # noqa: ANN001
+    raw = sqlite_module().connect(str(tmp_path / "x.db"), isolation_level=None)
+    raw.execute("PRAGMA busy_timeout = 250")
+    raw.execute("BEGIN")
+    with pytest.raises(OperationalError, match="within a transaction"):
+        begin_immediate(raw)  # a nested BEGIN is an error of its own, not a busy lock
+    assert raw.execute("PRAGMA busy_timeout").fetchone()[0] == 250
+    raw.execute("ROLLBACK")
+    raw.close()
