@@ -85,6 +85,37 @@ def test_run_row_is_written_before_the_upstream_answers_and_the_loop_stays_free(
     assert answer["status"] == "completed"
 
 
+def test_a_poll_that_would_wait_long_for_the_rate_limit_answers_from_the_table_and_polls_later(
+    upstream_settings: Settings, fake_upstream: FakeUpstreamProcess
+) -> None:
+    """With the shared rate limit booked ahead (other processes' requests), get_run_status does not wait for a
+    slot: it answers from the table at once, and the poll it claimed goes out at its slot in the background."""
+    fake_upstream.configure(run_seconds="0.3")
+    workspace = workspace_key(upstream_settings.upstream_base, upstream_settings.upstream_key)
+
+    async def scenario():
+        async with running_service(upstream_settings) as runs:
+            started = await runs.run_grid("g1", {"n": "1"}, mode="async")
+            await asyncio.sleep(max(0.4, upstream_settings.poll_interval_s))  # ended upstream; a poll is due
+            booked = SharedRateLimiter(runs.engine, workspace, upstream_settings.upstream_rate_per_s)
+            await booked.defer(2.0)  # as if other processes had booked the next 2 s of slots
+            gets_before = fake_upstream.stats()["gets"]
+            queued = await runs.get_run_status(started["request_id"])
+            gets_at_answer = fake_upstream.stats()["gets"]
+            again = await runs.get_run_status(started["request_id"])  # claimed already: from the table too
+            await asyncio.sleep(2.6)  # the slot comes; the background poll records the end
+            later = await runs.get_run_status(started["request_id"])
+            return queued, gets_before, gets_at_answer, again, later, fake_upstream.stats()["gets"]
+
+    queued, gets_before, gets_at_answer, again, later, gets_after = asyncio.run(scenario())
+    assert queued["status"] == "running" and queued["stale"] is False
+    assert "from tracker's table" in queued["message"] and "2 s ahead" in queued["message"]
+    assert gets_at_answer == gets_before  # nothing sent before its slot
+    assert again["status"] == "running"
+    assert later["status"] == "completed" and later["outputs"]["enriched"]["value"] == "g1:n=1"
+    assert gets_after == gets_before + 1  # exactly the one poll, sent in the background
+
+
 def test_sync_run_beyond_the_window_returns_the_request_id(upstream_settings: Settings, fake_upstream: FakeUpstreamProcess) -> None:
     fake_upstream.configure(run_seconds="0.8", sync_window=0.2)
 

@@ -59,6 +59,12 @@ class SharedRateLimiter:
         self._deferred_until = max(self._deferred_until, until)
         await self._db(self._store.defer, self.workspace, until)
 
+    async def queue_s(self) -> float:
+        """Seconds until the next free slot (0 when one is free now): how long a request claimed now would wait.
+        A read; another process may claim the slot meanwhile."""
+        next_slot = await self._db(self._store.next_slot, self.workspace)
+        return 0.0 if next_slot is None else max(0.0, next_slot - time.time(), self._deferred_until - time.time())
+
     @staticmethod
     async def _db(fn, *args):  # noqa: ANN001, ANN205
         try:

@@ -61,6 +61,10 @@ MAX_KEY_CHARS = 256
 MAX_INPUTS = 200
 MAX_VALUE_CHARS = 10_000
 POLLERS = 2  # concurrent background polls: leaves most of the shared rate to submissions
+# A get_run_status whose poll would wait longer than this for a rate-limit slot (many runs polled at once) does
+# not wait: the poll goes on in the background and the call answers at once from the table, saying so.
+FOREGROUND_QUEUE_S = 0.5
+MAX_QUEUED_POLLS = 4  # such background polls per process; past it a call answers from the table without one
 ADOPT_EVERY_S = 5.0
 INTERRUPTED = (
     "unknown: interrupted during submit (the upstream may have received it and offers no lookup, "
@@ -163,6 +167,7 @@ class RunsService:
         self.pid = os.getpid()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._workers: dict[str, asyncio.Task[Any]] = {}
+        self._queued_polls: set[asyncio.Task[Any]] = set()
         self._started = False
 
     # -- run_grid -----------------------------------------------------------------------------------------------
@@ -267,10 +272,24 @@ class RunsService:
             return self._answer(record)
         if not self.settings.upstream_key:
             return self._answer(record, stale=True, error=NO_UPSTREAM)
+        try:
+            queue_s = await self._upstream().queue_s()
+        except TrackerError:
+            queue_s = 0.0  # the poll itself will report what is wrong
+        waits = queue_s > FOREGROUND_QUEUE_S
+        if waits and len(self._queued_polls) >= MAX_QUEUED_POLLS:  # the background poll loop gets to it in turn
+            return self._answer(record, stale=record.error is not None, queued_s=queue_s)
         if not await self._db(self.store.claim_poll, record.id, utcnow(), self.settings.poll_interval_s):
             fresh = await self._db(self.store.get, record.id) or record
             return self._answer(fresh, stale=fresh.status == RUNNING and fresh.error is not None)
-        return await self._poll(record)
+        if not waits:
+            return await self._poll(record)
+        # Its turn comes in queue_s: poll then, in the background (the claim above keeps others from polling it
+        # meanwhile), and answer now with what the table knows; the next call sees the poll's result.
+        task = self._spawn(self._poll(record))
+        self._queued_polls.add(task)
+        task.add_done_callback(self._queued_polls.discard)
+        return self._answer(record, stale=record.error is not None, queued_s=queue_s)
 
     async def _poll(self, record: RunRecord) -> dict[str, Any]:
         assert record.request_id is not None
@@ -635,7 +654,9 @@ class RunsService:
         except SQLAlchemyError as exc:
             log.warning("could not mark run %s interrupted: %s", run_id, short_reason(exc))
 
-    def _answer(self, record: RunRecord, stale: bool = False, error: str | None = None) -> dict[str, Any]:
+    def _answer(
+        self, record: RunRecord, stale: bool = False, error: str | None = None, queued_s: float | None = None
+    ) -> dict[str, Any]:
         """The upstream's shape ({mode, status, grid_id, outputs when completed}, request_id and poll_url while
         running), plus what tracker knows."""
         answer: dict[str, Any] = {
@@ -661,7 +682,12 @@ class RunsService:
                 "last_polled_at": iso(record.last_polled_at),
             }
         )
-        if record.status == RUNNING:
+        if record.status == RUNNING and queued_s is not None:
+            answer["message"] = (
+                f"Still running as of last_polled_at (this answer is from tracker's table: the upstream's rate limit"
+                f" is booked about {queued_s:.0f} s ahead). Call get_run_status again in 5 s."
+            )
+        elif record.status == RUNNING:
             answer["message"] = f"Still running; call get_run_status again in {self.settings.poll_interval_s:g}-5 s."
         return answer
 

@@ -34,6 +34,7 @@ RUN_STATUSES = ("running", "completed", "failed")
 class Limiter(Protocol):
     async def acquire(self) -> None: ...
     async def defer(self, seconds: float) -> None: ...
+    async def queue_s(self) -> float: ...
 
 
 def check_base_url(base_url: str) -> str:
@@ -139,6 +140,10 @@ class UpstreamClient:
                 f"upstream status answer has no known status: {self._excerpt(json.dumps(answer))}", status_code=200
             )
         return answer
+
+    async def queue_s(self) -> float:
+        """How long a request asked for now would wait for its rate-limit slot (0 without a limiter)."""
+        return 0.0 if self._limiter is None else await self._limiter.queue_s()
 
     async def aclose(self) -> None:
         if self._client is not None:
