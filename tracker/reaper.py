@@ -45,8 +45,8 @@ from .timeutil import utcnow
 log = logging.getLogger(__name__)
 
 ORPHAN_ERROR = "interrupted: owner process exited"
-CHUNK_ITEMS = 5000  # item rows per purge transaction (at most)
-CHUNK_OPERATIONS = 500  # operation rows per purge transaction (at most; chunks shrink to CHUNK_TARGET_S)
+CHUNK_ITEMS = 10000  # item rows per purge transaction (at most)
+CHUNK_OPERATIONS = 1000  # operation rows per purge transaction (at most; chunks shrink to CHUNK_TARGET_S)
 CHECKPOINT_MIN_ROWS = 10_000  # a purge this large folds the WAL back into the file afterwards
 # A chunk holds the write lock for about this long at most; chunks shrink to fit (deleting operations with random
 # ids touches index pages all over the file, so a chunk's cost varies with the data more than with its row count).
