@@ -6,6 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from tracker import InvalidInput, OperationNotFound, Settings, UpstreamError
 from tracker.db import open_engine
 from tracker.errors import UpstreamOutcomeUnknown
 from tracker.ratelimit import SharedRateLimiter, workspace_key
+from tracker.reaper import find_orphans, recover_orphans
 from tracker.runs import RunsService
 from tracker.upstream import UpstreamClient
 
@@ -114,6 +116,29 @@ def test_a_poll_that_would_wait_long_for_the_rate_limit_answers_from_the_table_a
     assert again["status"] == "running"
     assert later["status"] == "completed" and later["outputs"]["enriched"]["value"] == "g1:n=1"
     assert gets_after == gets_before + 1  # exactly the one poll, sent in the background
+
+
+def test_a_sync_post_longer_than_the_lease_is_not_failed_by_another_hosts_reaper(
+    upstream_settings: Settings, fake_upstream: FakeUpstreamProcess
+) -> None:
+    """While the POST of a run is in flight the run is only its submitter's, and a reaper on another host judges
+    the submitter by the row's heartbeat: the submitter keeps it fresh, so a POST longer than the lease survives."""
+    fake_upstream.configure(run_seconds="2.5", sync_window=10)
+    settings = replace(upstream_settings, heartbeat_lease_s=1.0)
+
+    async def scenario():
+        async with running_service(settings) as runs:
+            call = asyncio.create_task(runs.run_grid("g1", {"n": "1"}, mode="sync"))
+            marked = 0
+            while not call.done():  # a reaper on another host, looking every 0.2 s
+                await asyncio.sleep(0.2)
+                orphans = find_orphans(runs.engine, settings.heartbeat_lease_s, host="another-host")
+                marked += recover_orphans(runs.engine, settings.heartbeat_lease_s, orphans=orphans)
+            return await call, marked
+
+    answer, marked = asyncio.run(scenario())
+    assert marked == 0
+    assert answer["status"] == "completed" and answer["outputs"]["enriched"]["value"] == "g1:n=1"
 
 
 def test_sync_run_beyond_the_window_returns_the_request_id(upstream_settings: Settings, fake_upstream: FakeUpstreamProcess) -> None:

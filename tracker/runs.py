@@ -221,6 +221,10 @@ class RunsService:
         return self._answer(await asyncio.shield(task))
 
     async def _submit_single(self, record: RunRecord, params: dict[str, Any]) -> RunRecord:
+        # Until the upstream answers, the run is this process's alone (nobody else can poll it). A sync POST can
+        # last 120 s, longer than the heartbeat lease by which reapers on other hosts judge its owner: keep the
+        # heartbeat fresh meanwhile, or such a reaper would fail a run that is still being submitted.
+        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(record.id))
         try:
             answer = await self._upstream().submit_run(
                 record.grid_id or "", params["inputs"], record.mode or "sync", params["output_columns"], params["source_id"]
@@ -241,6 +245,8 @@ class RunsService:
         except asyncio.CancelledError:
             self._finish_now(record.id, FAILED, error=INTERRUPTED)
             raise
+        finally:
+            heartbeat.cancel()
         return await self._apply_submission(record, answer)
 
     async def _replay(self, existing: RunRecord, grid_id: str, inputs: dict[str, str]) -> dict[str, Any]:
@@ -515,14 +521,15 @@ class RunsService:
     def _heartbeat_every_s(self) -> float:
         return max(0.5, min(5.0, self.settings.heartbeat_lease_s / 4))
 
-    async def _heartbeat(self, batch_id: str) -> None:
+    async def _heartbeat(self, operation_id: str) -> None:
+        """Refresh our lease on a batch, or on a run being submitted, until it is no longer ours to refresh."""
         while True:
             await asyncio.sleep(self._heartbeat_every_s)
             try:
-                if not await self._db(self.store.heartbeat, batch_id, self.host, self.pid, utcnow()):
+                if not await self._db(self.store.heartbeat, operation_id, self.host, self.pid, utcnow()):
                     return
             except DatabaseUnavailable as exc:
-                log.warning("heartbeat of %s failed: %s", batch_id, exc)
+                log.warning("heartbeat of %s failed: %s", operation_id, exc)
 
     # -- background: polling and adoption -----------------------------------------------------------------------
 

@@ -205,7 +205,8 @@ class RunStore:
             return result.rowcount == 1
 
     def heartbeat(self, batch_id: str, host: str, pid: int, now: datetime) -> bool:
-        """Refresh our lease on a batch; False when it ended or another process took it over."""
+        """Refresh our lease on a batch (or a run we are submitting); False when it ended or another process took
+        it over."""
         with write_connection(self.engine) as conn:
             result = conn.execute(
                 update(_OPS)
