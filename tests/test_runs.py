@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -16,7 +17,8 @@ from tracker.db import open_engine
 from tracker.errors import UpstreamOutcomeUnknown
 from tracker.ratelimit import SharedRateLimiter, workspace_key
 from tracker.reaper import find_orphans, recover_orphans
-from tracker.runs import RunsService
+from tracker.runs import MAX_QUEUED_POLLS, RunsService
+from tracker.timeutil import iso, utcnow
 from tracker.upstream import UpstreamClient
 
 from .conftest import FakeUpstreamProcess
@@ -87,19 +89,29 @@ def test_run_row_is_written_before_the_upstream_answers_and_the_loop_stays_free(
     assert answer["status"] == "completed"
 
 
+def _make_due(runs: RunsService) -> None:
+    """As if every running run had last been polled a minute ago."""
+    with runs.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE operations SET last_polled_at = ? WHERE status = 'running'",
+            (iso(utcnow() - timedelta(minutes=1)),),
+        )
+
+
 def test_a_poll_that_would_wait_long_for_the_rate_limit_answers_from_the_table_and_polls_later(
     upstream_settings: Settings, fake_upstream: FakeUpstreamProcess
 ) -> None:
     """With the shared rate limit booked ahead (other processes' requests), get_run_status does not wait for a
     slot: it answers from the table at once, and the poll it claimed goes out at its slot in the background."""
-    fake_upstream.configure(run_seconds="0.3")
-    workspace = workspace_key(upstream_settings.upstream_base, upstream_settings.upstream_key)
+    fake_upstream.configure(run_seconds="0.2")
+    settings = replace(upstream_settings, poll_interval_s=3.0)  # the claim covers the wait: the poll is queued
+    workspace = workspace_key(settings.upstream_base, settings.upstream_key)
 
     async def scenario():
-        async with running_service(upstream_settings) as runs:
+        async with running_service(settings) as runs:
             started = await runs.run_grid("g1", {"n": "1"}, mode="async")
-            await asyncio.sleep(max(0.4, upstream_settings.poll_interval_s))  # ended upstream; a poll is due
-            booked = SharedRateLimiter(runs.engine, workspace, upstream_settings.upstream_rate_per_s)
+            _make_due(runs)
+            booked = SharedRateLimiter(runs.engine, workspace, settings.upstream_rate_per_s)
             await booked.defer(2.0)  # as if other processes had booked the next 2 s of slots
             gets_before = fake_upstream.stats()["gets"]
             queued = await runs.get_run_status(started["request_id"])
@@ -111,11 +123,45 @@ def test_a_poll_that_would_wait_long_for_the_rate_limit_answers_from_the_table_a
 
     queued, gets_before, gets_at_answer, again, later, gets_after = asyncio.run(scenario())
     assert queued["status"] == "running" and queued["stale"] is False
-    assert "from tracker's table" in queued["message"] and "2 s ahead" in queued["message"]
+    assert "from tracker's table" in queued["message"] and "s ahead" in queued["message"]
     assert gets_at_answer == gets_before  # nothing sent before its slot
     assert again["status"] == "running"
     assert later["status"] == "completed" and later["outputs"]["enriched"]["value"] == "g1:n=1"
     assert gets_after == gets_before + 1  # exactly the one poll, sent in the background
+
+
+def test_queued_polls_are_capped_and_a_longer_queue_is_left_to_the_poll_loop(
+    upstream_settings: Settings, fake_upstream: FakeUpstreamProcess
+) -> None:
+    """Six concurrent calls about six due runs while the rate limit is booked 1.5 s ahead: four polls are queued
+    (MAX_QUEUED_POLLS), the other two calls answer from the table without claiming a poll. With the rate limit
+    booked further ahead than the poll interval, nothing is queued at all."""
+    fake_upstream.configure(run_seconds="0.2")
+    settings = replace(upstream_settings, poll_interval_s=3.0)
+    workspace = workspace_key(settings.upstream_base, settings.upstream_key)
+
+    async def scenario():
+        async with running_service(settings) as runs:
+            started = [await runs.run_grid("g1", {"n": str(n)}, mode="async") for n in range(6)]
+            _make_due(runs)
+            booked = SharedRateLimiter(runs.engine, workspace, settings.upstream_rate_per_s)
+            await booked.defer(1.5)
+            gets_before = fake_upstream.stats()["gets"]
+            answers = await asyncio.gather(*(runs.get_run_status(s["request_id"]) for s in started))
+            await asyncio.sleep(1.5 + 4 * 0.25)  # the four queued polls, spaced by the rate limit
+            queued_gets = fake_upstream.stats()["gets"] - gets_before
+            _make_due(runs)
+            await booked.defer(10.0)  # longer than the poll interval
+            gets_before = fake_upstream.stats()["gets"]
+            late = await asyncio.gather(*(runs.get_run_status(s["request_id"]) for s in started))
+            await asyncio.sleep(0.5)
+            return answers, queued_gets, late, fake_upstream.stats()["gets"] - gets_before
+
+    answers, queued_gets, late, late_gets = asyncio.run(scenario())
+    assert all(a["status"] == "running" and "from tracker's table" in a["message"] for a in answers)
+    assert queued_gets == MAX_QUEUED_POLLS == 4
+    assert all("from tracker's table" in a["message"] for a in late if a["status"] == "running")
+    assert late_gets == 0
 
 
 def test_a_sync_post_longer_than_the_lease_is_not_failed_by_another_hosts_reaper(

@@ -7,10 +7,11 @@ import threading
 import time
 
 import pytest
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from tracker import Settings, Tracker
-from tracker.db import begin_immediate, sqlite_module
+from tracker import db as tracker_db
+from tracker.db import WRITE_LOCK_POLL_S, begin_immediate, sqlite_module
 
 
 
@@ -21,7 +22,7 @@ def _hold_write_lock(db: str, seconds: float) -> threading.Thread:
         conn = sqlite_module().connect(db, isolation_level=None)
         conn.execute("BEGIN IMMEDIATE")
         locked.set()
-        time.sleep(seconds)
+        threading.Event().wait(seconds)  # not time.sleep, which a test may be counting
         conn.execute("COMMIT")
         conn.close()
 
@@ -31,7 +32,17 @@ def _hold_write_lock(db: str, seconds: float) -> threading.Thread:
     return thread
 
 
-def test_a_writer_waits_for_a_held_lock_and_then_writes(tracker: Tracker, settings: Settings) -> None:
+def test_a_writer_waits_for_a_held_lock_and_then_writes(
+    tracker: Tracker, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slept: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(tracker_db.time, "sleep", sleep)
     holder = _hold_write_lock(settings.db, 0.3)
     try:
         batch = tracker.start_batch("import")  # BEGIN IMMEDIATE while the lock is held: it waits, then writes
@@ -40,6 +51,8 @@ def test_a_writer_waits_for_a_held_lock_and_then_writes(tracker: Tracker, settin
     finally:
         holder.join()
     assert tracker.get(batch.id).succeeded_count == 1
+    # It waited by polling (not in SQLite's busy handler, whose sleeps grow to 100 ms): short sleeps, many tries.
+    assert len(slept) >= 50 and max(slept) <= WRITE_LOCK_POLL_S[1]
     with tracker.engine.connect() as conn:
         assert conn.connection.driver_connection.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
 
@@ -70,3 +83,22 @@ def test_other_errors_surface_as_they_are(tmp_path) -> None:  # noqa: ANN001
     assert raw.execute("PRAGMA busy_timeout").fetchone()[0] == 250
     raw.execute("ROLLBACK")
     raw.close()
+
+
+def test_a_closed_connection_is_an_sqlalchemy_error(tmp_path) -> None:  # noqa: ANN001
+    raw = sqlite_module().connect(str(tmp_path / "x.db"), isolation_level=None)
+    raw.close()
+    with pytest.raises(ProgrammingError, match="closed"):  # callers catch SQLAlchemyError: never a raw driver error
+        begin_immediate(raw)
+
+
+def test_a_broken_connection_leaves_the_pool(tracker: Tracker) -> None:
+    with tracker.engine.connect() as conn:
+        conn.connection.driver_connection.close()  # as if the driver had lost it
+        with pytest.raises(ProgrammingError):
+            with conn.execution_options(write=True).begin():
+                pass
+        assert conn.invalidated
+    batch = tracker.start_batch("import")  # a fresh connection from the pool
+    batch.finish()
+    assert tracker.get(batch.id).status == "completed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import stat
@@ -44,6 +45,7 @@ def migrations_dir() -> Path:
     return Path(spec.origin).parent
 
 
+@functools.cache
 def sqlite_module():
     """A SQLite without the WAL-reset bug when the pysqlite3 wheel is installed, else the standard library's."""
     try:
@@ -118,33 +120,52 @@ def _install_sqlite_hooks(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def on_begin(conn: Connection) -> None:
         # Writers take the write lock up front: a deferred read-then-write fails at once with SQLITE_BUSY under WAL.
-        if conn.get_execution_options().get("write"):
-            begin_immediate(conn.connection.driver_connection)
-        else:
+        if not conn.get_execution_options().get("write"):
             conn.exec_driver_sql("BEGIN")
+            return
+        try:
+            begin_immediate(conn.connection.driver_connection)
+        except OperationalError as exc:
+            if not _is_busy(exc.orig):
+                conn.invalidate()  # a broken connection (or one whose busy timeout is unknown) leaves the pool
+            raise
+        except DBAPIError:
+            conn.invalidate()
+            raise
+
+
+def _is_busy(exc: BaseException | None) -> bool:
+    reason = str(exc).lower()
+    return "locked" in reason or "busy" in reason
 
 
 def begin_immediate(raw) -> None:  # noqa: ANN001 (a DBAPI sqlite3 connection)
     """BEGIN IMMEDIATE, waiting for the write lock as long as the connection's busy timeout allows, polling it
-    every WRITE_LOCK_POLL_S instead of through SQLite's busy handler. On timeout (or any other error) raises the
-    driver's error wrapped as SQLAlchemy's OperationalError, the way a failed BEGIN always surfaced."""
-    timeout_ms = raw.execute("PRAGMA busy_timeout").fetchone()[0]
-    raw.execute("PRAGMA busy_timeout = 0")
+    every WRITE_LOCK_POLL_S instead of through SQLite's busy handler. Every driver error (the lock still taken at
+    the deadline: 'database is locked') is raised wrapped as SQLAlchemy's, the way a failed BEGIN always was."""
+    module = sqlite_module()
+    statement = "PRAGMA busy_timeout"
     try:
-        deadline = time.monotonic() + timeout_ms / 1000
-        delay, longest = WRITE_LOCK_POLL_S
-        while True:
-            try:
-                raw.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite_module().OperationalError as exc:
-                reason = str(exc).lower()
-                if not ("locked" in reason or "busy" in reason) or time.monotonic() >= deadline:
-                    raise OperationalError("BEGIN IMMEDIATE", None, exc) from None
-            time.sleep(delay)
-            delay = min(longest, delay * 2)
-    finally:
-        raw.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
+        timeout_ms = raw.execute(statement).fetchone()[0]
+        statement = "PRAGMA busy_timeout = 0"
+        raw.execute(statement)
+        try:
+            deadline = time.monotonic() + timeout_ms / 1000
+            delay, longest = WRITE_LOCK_POLL_S
+            statement = "BEGIN IMMEDIATE"
+            while True:
+                try:
+                    raw.execute(statement)
+                    return
+                except module.OperationalError as exc:
+                    if not _is_busy(exc) or time.monotonic() >= deadline:
+                        raise
+                time.sleep(delay)
+                delay = min(longest, delay * 2)
+        finally:
+            raw.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
+    except module.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, module.Error) from None
 
 
 def open_engine(settings: Settings, migrate: bool = True) -> Engine:

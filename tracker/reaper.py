@@ -48,8 +48,8 @@ ORPHAN_ERROR = "interrupted: owner process exited"
 CHUNK_ITEMS = 10000  # item rows per purge transaction (at most)
 CHUNK_OPERATIONS = 1000  # operation rows per purge transaction (at most; chunks shrink to CHUNK_TARGET_S)
 CHECKPOINT_MIN_ROWS = 10_000  # a purge this large folds the WAL back into the file afterwards
-# A chunk holds the write lock for about this long at most; chunks shrink to fit (deleting operations with random
-# ids touches index pages all over the file, so a chunk's cost varies with the data more than with its row count).
+# A chunk holds the write lock for about this long at most; chunks shrink to fit (a chunk's cost varies with the
+# data more than with its row count: old databases hold random ids, whose rows sit on index pages all over the file).
 CHUNK_TARGET_S = 0.03
 # Between chunks the purger lets go of the write lock for at least this long (plus up to half again, jittered), so
 # that a writer waiting for it gets in: writers poll the lock every 2 ms at most (db.WRITE_LOCK_POLL_S). The pause

@@ -167,7 +167,8 @@ class RunsService:
         self.pid = os.getpid()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._workers: dict[str, asyncio.Task[Any]] = {}
-        self._queued_polls: set[asyncio.Task[Any]] = set()
+        self._queued: set[str] = set()  # runs whose poll waits for its rate-limit slot in the background
+        self._closing = False
         self._started = False
 
     # -- run_grid -----------------------------------------------------------------------------------------------
@@ -224,7 +225,13 @@ class RunsService:
         # Until the upstream answers, the run is this process's alone (nobody else can poll it). A sync POST can
         # last 120 s, longer than the heartbeat lease by which reapers on other hosts judge its owner: keep the
         # heartbeat fresh meanwhile, or such a reaper would fail a run that is still being submitted.
-        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(record.id))
+        heartbeat = self._spawn(self._heartbeat(record.id))
+        try:
+            return await self._send_single(record, params)
+        finally:
+            heartbeat.cancel()
+
+    async def _send_single(self, record: RunRecord, params: dict[str, Any]) -> RunRecord:
         try:
             answer = await self._upstream().submit_run(
                 record.grid_id or "", params["inputs"], record.mode or "sync", params["output_columns"], params["source_id"]
@@ -245,8 +252,6 @@ class RunsService:
         except asyncio.CancelledError:
             self._finish_now(record.id, FAILED, error=INTERRUPTED)
             raise
-        finally:
-            heartbeat.cancel()
         return await self._apply_submission(record, answer)
 
     async def _replay(self, existing: RunRecord, grid_id: str, inputs: dict[str, str]) -> dict[str, Any]:
@@ -282,20 +287,40 @@ class RunsService:
             queue_s = await self._upstream().queue_s()
         except TrackerError:
             queue_s = 0.0  # the poll itself will report what is wrong
-        waits = queue_s > FOREGROUND_QUEUE_S
-        if waits and len(self._queued_polls) >= MAX_QUEUED_POLLS:  # the background poll loop gets to it in turn
-            return self._answer(record, stale=record.error is not None, queued_s=queue_s)
-        if not await self._db(self.store.claim_poll, record.id, utcnow(), self.settings.poll_interval_s):
+        if queue_s <= FOREGROUND_QUEUE_S:
+            if not await self._db(self.store.claim_poll, record.id, utcnow(), self.settings.poll_interval_s):
+                fresh = await self._db(self.store.get, record.id) or record
+                return self._answer(fresh, stale=fresh.status == RUNNING and fresh.error is not None)
+            return await self._poll(record)
+        # The rate limit is booked ahead (many runs polled at once): answer now from the table. The poll goes out
+        # at its slot in the background, when the claim covers the whole wait (else another process could claim
+        # the run meanwhile and poll it twice) and this process has few such polls waiting; otherwise the
+        # background poll loop gets to the run in its turn.
+        answer = self._answer(record, stale=record.error is not None, queued_s=queue_s)
+        if queue_s > self.settings.poll_interval_s or len(self._queued) >= MAX_QUEUED_POLLS or self._closing:
+            return answer
+        self._queued.add(record.id)  # before any await, so concurrent calls count it
+        try:
+            claimed = await self._db(self.store.claim_poll, record.id, utcnow(), self.settings.poll_interval_s)
+        except BaseException:
+            self._queued.discard(record.id)
+            raise
+        if not claimed:
+            self._queued.discard(record.id)
             fresh = await self._db(self.store.get, record.id) or record
             return self._answer(fresh, stale=fresh.status == RUNNING and fresh.error is not None)
-        if not waits:
-            return await self._poll(record)
-        # Its turn comes in queue_s: poll then, in the background (the claim above keeps others from polling it
-        # meanwhile), and answer now with what the table knows; the next call sees the poll's result.
-        task = self._spawn(self._poll(record))
-        self._queued_polls.add(task)
-        task.add_done_callback(self._queued_polls.discard)
-        return self._answer(record, stale=record.error is not None, queued_s=queue_s)
+        self._spawn(self._queued_poll(record))
+        return answer
+
+    async def _queued_poll(self, record: RunRecord) -> None:
+        try:
+            await self._poll(record)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - nobody awaits it: say what failed; the poll loop retries later
+            log.warning("background poll of run %s failed: %s", record.id, exc)
+        finally:
+            self._queued.discard(record.id)
 
     async def _poll(self, record: RunRecord) -> dict[str, Any]:
         assert record.request_id is not None
@@ -607,10 +632,13 @@ class RunsService:
 
     async def aclose(self) -> None:
         """Stop background work. Runs in flight are marked interrupted; batches stay resumable."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        self._closing = True
+        while self._tasks:  # a call still in progress may have spawned another meanwhile
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._tasks.difference_update(tasks)
         if self._client is not None:
             await self._client.aclose()
 
