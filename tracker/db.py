@@ -18,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from .errors import DatabaseUnavailable
 from .settings import Settings
@@ -125,17 +125,16 @@ def _install_sqlite_hooks(engine: Engine) -> None:
             return
         try:
             begin_immediate(conn.connection.driver_connection)
-        except OperationalError as exc:
-            if not _is_busy(exc.orig):
+        except DBAPIError as exc:
+            if not is_busy(exc):
                 conn.invalidate()  # a broken connection (or one whose busy timeout is unknown) leaves the pool
             raise
-        except DBAPIError:
-            conn.invalidate()
-            raise
 
 
-def _is_busy(exc: BaseException | None) -> bool:
-    reason = str(exc).lower()
+def is_busy(exc: BaseException) -> bool:
+    """SQLite's 'database is locked' (or 'busy'), from the driver or wrapped by SQLAlchemy: another writer held
+    the lock past the busy timeout."""
+    reason = str(exc.orig if isinstance(exc, DBAPIError) else exc).lower()
     return "locked" in reason or "busy" in reason
 
 
@@ -144,28 +143,28 @@ def begin_immediate(raw) -> None:  # noqa: ANN001 (a DBAPI sqlite3 connection)
     every WRITE_LOCK_POLL_S instead of through SQLite's busy handler. Every driver error (the lock still taken at
     the deadline: 'database is locked') is raised wrapped as SQLAlchemy's, the way a failed BEGIN always was."""
     module = sqlite_module()
-    statement = "PRAGMA busy_timeout"
     try:
-        timeout_ms = raw.execute(statement).fetchone()[0]
-        statement = "PRAGMA busy_timeout = 0"
-        raw.execute(statement)
+        timeout_ms = raw.execute("PRAGMA busy_timeout").fetchone()[0]
+        raw.execute("PRAGMA busy_timeout = 0")
         try:
-            deadline = time.monotonic() + timeout_ms / 1000
-            delay, longest = WRITE_LOCK_POLL_S
-            statement = "BEGIN IMMEDIATE"
-            while True:
-                try:
-                    raw.execute(statement)
-                    return
-                except module.OperationalError as exc:
-                    if not _is_busy(exc) or time.monotonic() >= deadline:
-                        raise
-                time.sleep(delay)
-                delay = min(longest, delay * 2)
+            _poll_for_write_lock(raw, module, time.monotonic() + timeout_ms / 1000)
         finally:
             raw.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
     except module.Error as exc:
-        raise DBAPIError.instance(statement, None, exc, module.Error) from None
+        raise DBAPIError.instance("BEGIN IMMEDIATE", None, exc, module.Error) from None
+
+
+def _poll_for_write_lock(raw, module, deadline: float) -> None:  # noqa: ANN001
+    delay, longest = WRITE_LOCK_POLL_S
+    while True:
+        try:
+            raw.execute("BEGIN IMMEDIATE")
+            return
+        except module.OperationalError as exc:
+            if not is_busy(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(longest, delay * 2)
 
 
 def open_engine(settings: Settings, migrate: bool = True) -> Engine:

@@ -36,7 +36,7 @@ from typing import TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from .db import short_reason
+from .db import is_busy, short_reason
 from .errors import DatabaseUnavailable
 from .settings import Settings, format_duration
 from .store.reaping import ChunkResult, ReapingStore, RunningOperation
@@ -237,17 +237,12 @@ class _ChunkSizer:
             self.scale = min(1.0, self.scale * 1.15)
 
 
-def _is_busy(exc: SQLAlchemyError) -> bool:
-    text = short_reason(exc).lower()
-    return isinstance(exc, OperationalError) and ("locked" in text or "busy" in text)
-
-
 def _with_retries(store: ReapingStore, attempts: int, fn: Callable[[], T], what: str) -> T:
     for attempt in range(1, max(1, attempts) + 1):
         try:
             return fn()
         except SQLAlchemyError as exc:
-            if not _is_busy(exc):
+            if not (isinstance(exc, OperationalError) and is_busy(exc)):
                 raise DatabaseUnavailable(f"database {store.location}: {what} failed: {short_reason(exc)}") from None
             if attempt >= attempts:
                 raise DatabaseUnavailable(
