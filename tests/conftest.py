@@ -11,6 +11,9 @@ import pytest
 from tracker import Settings, Tracker
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))  # the fake upstream and the child-process environment live there
+
+from bench_common import child_env  # noqa: E402
 
 # Every field of a batch OPERATION in ../shared/CONTRACTS.md section 1: always present in a status answer.
 OPERATION_FIELDS = {
@@ -42,13 +45,8 @@ def tracker(settings: Settings):
         yield opened
 
 
-def subprocess_env(db: Path | str, **extra: str) -> dict[str, str]:
-    """Environment for a child `python -m tracker ...` or script: this checkout importable, the test's database."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
-    env["TRACKER_DB"] = str(db)
-    env.update(extra)
-    return env
+# Environment for a child `python -m tracker ...` or script: this checkout importable, the test's database.
+subprocess_env = child_env
 
 
 PYTHON = sys.executable
@@ -94,7 +92,6 @@ def backend_tracker(backend_settings: Settings):
 FAKE_UPSTREAM_KEY = "test-key-0123456789"
 
 
-sys.path.insert(0, str(REPO / "scripts"))
 from fake_upstream import FakeUpstreamProcess as _Launcher  # noqa: E402
 
 
