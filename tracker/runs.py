@@ -287,30 +287,29 @@ class RunsService:
             queue_s = await self._upstream().queue_s()
         except TrackerError:
             queue_s = 0.0  # the poll itself will report what is wrong
-        if queue_s <= FOREGROUND_QUEUE_S:
-            if not await self._db(self.store.claim_poll, record.id, utcnow(), self.settings.poll_interval_s):
-                fresh = await self._db(self.store.get, record.id) or record
-                return self._answer(fresh, stale=fresh.status == RUNNING and fresh.error is not None)
-            return await self._poll(record)
-        # The rate limit is booked ahead (many runs polled at once): answer now from the table. The poll goes out
-        # at its slot in the background, when the claim covers the whole wait (else another process could claim
-        # the run meanwhile and poll it twice) and this process has few such polls waiting; otherwise the
-        # background poll loop gets to the run in its turn.
-        answer = self._answer(record, stale=record.error is not None, queued_s=queue_s)
-        if queue_s > self.settings.poll_interval_s or len(self._queued) >= MAX_QUEUED_POLLS or self._closing:
-            return answer
-        self._queued.add(record.id)  # before any await, so concurrent calls count it
+        # With the rate limit booked ahead (many runs polled at once) the call answers now from the table. The poll
+        # then goes out at its slot in the background, if the claim covers the whole wait (else another process
+        # could claim the run meanwhile and poll it twice) and this process has few such polls waiting; otherwise
+        # the background poll loop gets to the run in its turn.
+        booked = queue_s > FOREGROUND_QUEUE_S
+        too_many = len(self._queued) >= MAX_QUEUED_POLLS or self._closing
+        if booked and (queue_s > self.settings.poll_interval_s or too_many):
+            return self._answer(record, stale=record.error is not None, queued_s=queue_s)
+        if booked:
+            self._queued.add(record.id)  # before any await, so concurrent calls count it
+        claimed = False
         try:
             claimed = await self._db(self.store.claim_poll, record.id, utcnow(), self.settings.poll_interval_s)
-        except BaseException:
-            self._queued.discard(record.id)
-            raise
+        finally:
+            if booked and not claimed:
+                self._queued.discard(record.id)
         if not claimed:
-            self._queued.discard(record.id)
             fresh = await self._db(self.store.get, record.id) or record
             return self._answer(fresh, stale=fresh.status == RUNNING and fresh.error is not None)
+        if not booked:
+            return await self._poll(record)
         self._spawn(self._queued_poll(record))
-        return answer
+        return self._answer(record, stale=record.error is not None, queued_s=queue_s)
 
     async def _queued_poll(self, record: RunRecord) -> None:
         try:
