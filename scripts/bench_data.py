@@ -169,4 +169,5 @@ def status_database(operations: int, items: int, log=print) -> tuple[Path, bool]
 
 def copy_database(source: Path, target: Path) -> Path:
     shutil.copyfile(source, target)
+    os.chmod(target, 0o600)  # tracker refuses a database file other users could read
     return target

@@ -101,6 +101,10 @@ def test_cli_db_current_and_upgrade(tmp_path: Path) -> None:
     run = lambda *args: subprocess.run(  # noqa: E731
         [PYTHON, "-m", "tracker", *args], env=subprocess_env(db), capture_output=True, text=True, timeout=60
     )
+    missing = run("db", "current")
+    assert missing.returncode == 1 and missing.stderr == f"tracker: no tracker database at {db}\n"
+    assert not db.exists()  # a read command makes no file
+    db.touch(mode=0o600)
     before = run("db", "current")
     assert before.returncode == 0 and "revision none" in before.stdout and "upgrade needed" in before.stdout
     upgraded = run("db", "upgrade")

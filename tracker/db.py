@@ -7,8 +7,9 @@ import logging
 import os
 import stat
 import time
+import urllib.parse
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -79,33 +80,112 @@ def engine_location(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
 
 
-def _prepare_sqlite_file(path: Path, create_parent: bool) -> None:
-    """Create the file with mode 0600 before SQLite does (its -wal and -shm files copy this mode)."""
-    if create_parent:
+FileIdentity = tuple[int, int]  # (st_dev, st_ino): which file a path named when the engine opened it
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _prepare_sqlite_file(path: Path, create_parent: bool, create: bool = True) -> FileIdentity:
+    """Create the file with mode 0600 before SQLite does (its -wal and -shm files copy this mode), or with create
+    False insist that it exists; refuse a file other users may open; return its identity."""
+    if create and create_parent:
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             raise DatabaseUnavailable(f"cannot create the directory for {path}: {exc.strerror}") from None
     if not path.parent.is_dir():
+        if not create:
+            raise DatabaseUnavailable(f"no tracker database at {path}")
         raise DatabaseUnavailable(f"cannot open database {path}: directory {path.parent} does not exist")
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+    except FileNotFoundError:
+        raise DatabaseUnavailable(f"no tracker database at {path}") from None
     except IsADirectoryError:
         raise DatabaseUnavailable(f"cannot open database {path}: it is a directory") from None
     except PermissionError:
         raise DatabaseUnavailable(f"cannot open database {path}: permission denied (need read and write)") from None
     except OSError as exc:
         raise DatabaseUnavailable(f"cannot open database {path}: {exc.strerror}") from None
-    os.close(fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DatabaseUnavailable(f"cannot open database {path}: not a regular file")
+        # On st_mode, not access(): root may open anything, and the file is just as readable to others then.
+        # A file that is no database at all is left to SQLite to say so: chmod would not help it.
+        if st.st_mode & 0o077 and os.pread(fd, len(SQLITE_HEADER), 0) in (b"", SQLITE_HEADER):
+            raise DatabaseUnavailable(_loose_mode_message(path, "its", st.st_mode) + f"; run: chmod 600 {path}")
+    finally:
+        os.close(fd)
     if not os.access(path.parent, os.W_OK):
         raise DatabaseUnavailable(
             f"cannot open database {path}: directory {path.parent} is not writable (SQLite needs its -wal file there)"
         )
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise DatabaseUnavailable(f"cannot open database {path}: not a regular file")
+    _make_sidecars_private(path)
+    return st.st_dev, st.st_ino
 
 
-def _install_sqlite_hooks(engine: Engine) -> None:
+def _loose_mode_message(path: Path, whose: str, mode: int) -> str:
+    lets = " and ".join(word for bits, word in ((0o044, "read"), (0o022, "write")) if mode & bits) or "access"
+    return f"cannot use database {path}: {whose} mode {stat.S_IMODE(mode):04o} lets other users {lets} it"
+
+
+def _make_sidecars_private(path: Path) -> None:
+    """-wal and -shm left by an earlier process keep the mode they were made with: ours become 0600, another
+    user's loose ones are refused. SQLite keeps them beside the real file when the path is a symlink."""
+    real = os.path.realpath(path)
+    for side in (real + "-wal", real + "-shm"):
+        try:
+            fd = os.open(side, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise DatabaseUnavailable(f"cannot use database {path}: {side}: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if st.st_mode & 0o077:
+                if st.st_uid != os.geteuid():
+                    raise DatabaseUnavailable(
+                        _loose_mode_message(path, f"{side} is owned by uid {st.st_uid} and its", st.st_mode)
+                        + f"; run: chmod 600 {side}"
+                    )
+                os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+
+
+def _replaced(path: str) -> str:
+    # No "locked" or "busy" in it: is_busy() must not take this for a lock to wait out.
+    return f"database file {path} was removed or replaced while this process was using it; reopen it to go on"
+
+
+def _same_file(path: str, identity: FileIdentity) -> bool:
+    """Whether path still names the file the engine opened (one stat: a few microseconds)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == identity
+
+
+def _sqlite_connector(path: str, identity: FileIdentity):  # noqa: ANN202
+    """Every pool connection opens the file the engine opened: mode=rw so SQLite never makes a new empty one in
+    its place, and a file that is gone or replaced is refused before its -wal can be applied to another file."""
+    module = sqlite_module()
+    uri = "file:" + urllib.parse.quote(path) + "?mode=rw"
+
+    def connect():  # noqa: ANN202
+        if not _same_file(path, identity):
+            raise module.OperationalError(_replaced(path))
+        raw = module.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+        if not _same_file(path, identity):  # replaced between the check and the open
+            raw.close()
+            raise module.OperationalError(_replaced(path))
+        return raw
+
+    return connect
+
+
+def _install_sqlite_hooks(engine: Engine, path: str, identity: FileIdentity) -> None:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001
         # Driver autocommit: SQLAlchemy's begin event below decides how each transaction starts.
@@ -123,8 +203,16 @@ def _install_sqlite_hooks(engine: Engine) -> None:
         if not conn.get_execution_options().get("write"):
             conn.exec_driver_sql("BEGIN")
             return
+        raw = conn.connection.driver_connection
         try:
-            begin_immediate(conn.connection.driver_connection)
+            begin_immediate(raw)
+            # After the lock wait, which can be long: a write into a file no longer at its path would be lost.
+            if not _same_file(path, identity):
+                module = sqlite_module()
+                with suppress(module.Error):  # the connection is invalidated below in any case
+                    raw.execute("ROLLBACK")
+                gone = module.OperationalError(_replaced(path))
+                raise DBAPIError.instance("BEGIN IMMEDIATE", None, gone, module.Error)
         except DBAPIError as exc:
             if not is_busy(exc):
                 conn.invalidate()  # a broken connection (or one whose busy timeout is unknown) leaves the pool
@@ -167,8 +255,9 @@ def _poll_for_write_lock(raw, module, deadline: float) -> None:  # noqa: ANN001
         delay = min(longest, delay * 2)
 
 
-def open_engine(settings: Settings, migrate: bool = True) -> Engine:
-    """An engine for settings.db, upgraded to the newest schema unless migrate is False."""
+def open_engine(settings: Settings, migrate: bool = True, create: bool = True) -> Engine:
+    """An engine for settings.db, upgraded to the newest schema unless migrate is False. With create False a
+    SQLite file that does not exist is an error (read commands never make one), not a new empty database."""
     url_text = database_url(settings.db)
     try:
         url = make_url(url_text)
@@ -180,13 +269,13 @@ def open_engine(settings: Settings, migrate: bool = True) -> Engine:
             if not url.database or url.database == ":memory:":
                 raise DatabaseUnavailable("tracker needs a database file shared by processes, not :memory:")
             path = Path(url.database)
-            _prepare_sqlite_file(path, create_parent=settings.db_is_default)
+            identity = _prepare_sqlite_file(path, create_parent=settings.db_is_default, create=create)
             engine = create_engine(
                 url.set(drivername="sqlite+pysqlite"),
                 module=sqlite_module(),
-                connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
+                creator=_sqlite_connector(str(path), identity),
             )
-            _install_sqlite_hooks(engine)
+            _install_sqlite_hooks(engine, str(path), identity)
         elif backend == "postgresql":
             engine = create_engine(url, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"})
         else:

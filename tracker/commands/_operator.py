@@ -8,14 +8,10 @@ import json
 import sys
 from dataclasses import fields
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
-from ..db import database_url
-from ..errors import DatabaseUnavailable, InvalidInput
+from ..db import open_engine
+from ..errors import InvalidInput
 from ..records import ItemRecord, OperationRecord
 from ..settings import Settings, parse_duration
 from ..timeutil import iso
@@ -59,13 +55,7 @@ def int_range(low: int, high: int):  # noqa: ANN201 - an argparse type factory
 
 def require_existing(settings: Settings) -> None:
     """Operator commands never create a database: a mistyped --db is an error, not a new empty file."""
-    try:
-        url = make_url(database_url(settings.db))
-    except ArgumentError:
-        return  # open_engine reports it
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        if not Path(url.database).exists():
-            raise DatabaseUnavailable(f"no tracker database at {url.database}")
+    open_engine(settings, migrate=False, create=False).dispose()
 
 
 def print_json(value: Any) -> None:

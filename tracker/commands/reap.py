@@ -9,7 +9,7 @@ from ..db import open_engine
 from ..reaper import reap
 from ..settings import Settings
 from ..timeutil import iso
-from ._operator import add_db_flag, add_json_flag, duration, print_json, require_existing
+from ._operator import add_db_flag, add_json_flag, duration, print_json
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,8 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    require_existing(settings)
-    engine = open_engine(settings)
+    engine = open_engine(settings, create=False)
     try:
         summary = reap(engine, settings, args.older_than, args.dry_run, busy_timeout_s=args.busy_timeout)
     finally:
