@@ -10,16 +10,24 @@ from typing import Any
 from sqlalchemy import Engine, func, insert, select, update
 
 from tracker.db import write_connection
-from tracker.models import Operation, OperationItem
+from tracker.models import Operation, OperationItem, OperationWriter
 
 OPS = Operation.__table__
 ITEMS = OperationItem.__table__
+WRITERS = OperationWriter.__table__
 
 
-def set_times(engine: Engine, operation_id: str, **values: datetime | None) -> None:
-    """Overwrite timestamp columns (completed_at, started_at, heartbeat_at, ...) of one operation."""
+def set_times(engine: Engine, operation_id: str, **values: Any) -> None:
+    """Overwrite columns (completed_at, started_at, heartbeat_at, owner_host...) of one operation. Moving it to
+    another host moves its registered writers there too (the process that started it there registered itself),
+    with the operation's heartbeat."""
     with write_connection(engine) as conn:
         assert conn.execute(update(OPS).where(OPS.c.id == operation_id).values(**values)).rowcount == 1
+        if "owner_host" in values:
+            writer = {"host": values["owner_host"]}
+            if values.get("heartbeat_at") is not None:
+                writer["heartbeat_at"] = values["heartbeat_at"]
+            conn.execute(update(WRITERS).where(WRITERS.c.operation_id == operation_id).values(**writer))
 
 
 def finished_ago(engine: Engine, operation_id: str, completed_at: datetime) -> None:

@@ -12,16 +12,15 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
 
 from tracker import Settings, Tracker
-from tracker.db import write_connection
-from tracker.reaper import ORPHAN_ERROR, OWNER_GONE_GRACE_S, find_orphans, pid_alive, recover_orphans
+from tracker.liveness import alive, identity_of
+from tracker.reaper import ORPHAN_ERROR, OWNER_GONE_GRACE_S, find_orphans, recover_orphans
 from tracker.store.reaping import ReapingStore
 from tracker.timeutil import elapsed_ms, utcnow
 
 from .conftest import PYTHON, subprocess_env
-from .reap_helpers import OPS
+from .reap_helpers import set_times
 
 LEASE = 60.0
 
@@ -45,7 +44,7 @@ def test_operation_of_a_killed_process_is_marked_failed(tracker: Tracker, settin
     owner = subprocess.Popen([PYTHON, "-c", OWNER], env=subprocess_env(settings.db), stdout=subprocess.PIPE, text=True)
     try:
         batch_id, resumable_id = owner.stdout.readline().split()
-        assert pid_alive(owner.pid, tracker.get(batch_id).started_at)
+        assert alive(owner.pid, tracker.get(batch_id).owner_process)
         assert recover_orphans(tracker.engine, LEASE) == 0  # alive: nothing to do
         owner.send_signal(signal.SIGKILL)
         owner.wait(timeout=30)
@@ -54,7 +53,7 @@ def test_operation_of_a_killed_process_is_marked_failed(tracker: Tracker, settin
         owner.wait()
     before = tracker.get(batch_id)
     assert before.status == "running" and before.owner_pid == owner.pid
-    assert not pid_alive(owner.pid, before.started_at)
+    assert not alive(owner.pid, before.owner_process)
     # The pid test waits for the heartbeat to be quiet a moment (other processes may have attached and record).
     quiet_for = (utcnow() - before.heartbeat_at).total_seconds()
     time.sleep(max(0.0, OWNER_GONE_GRACE_S + 0.2 - quiet_for))
@@ -136,23 +135,23 @@ def test_dry_run_counts_without_marking(tracker: Tracker) -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process start times are read from Linux /proc")
-def test_pid_reuse_and_zombies_count_as_gone() -> None:
-    started_before_us = utcnow() - timedelta(seconds=time.monotonic() + 3600)  # before this machine booted
-    assert pid_alive(os.getpid())
-    assert pid_alive(os.getpid(), utcnow())  # we started before this operation: could be its owner
-    assert not pid_alive(os.getpid(), started_before_us)  # we started after it: the pid was reused
+def test_pid_reuse_reboots_and_zombies_count_as_gone() -> None:
+    me = identity_of(os.getpid())
+    boot, _, ticks = me.rpartition(":")
+    assert alive(os.getpid()) and alive(os.getpid(), me)
+    assert not alive(os.getpid(), f"{boot}:{int(ticks) + 1}")  # a later process that reused the pid
+    assert not alive(os.getpid(), f"00000000-0000-0000-0000-000000000000:{ticks}")  # recorded before a reboot
     child = subprocess.Popen([PYTHON, "-c", "import time; time.sleep(60)"])
     try:
         os.kill(child.pid, signal.SIGKILL)
         time.sleep(0.3)  # dead but not yet waited for: a zombie, which kill(pid, 0) still finds
-        assert not pid_alive(child.pid)
+        assert not alive(child.pid)
     finally:
         child.kill()
         child.wait()
-    assert not pid_alive(child.pid)
-    assert not pid_alive(0) and not pid_alive(-5)
+    assert not alive(child.pid)
+    assert not alive(0) and not alive(-5) and not alive(None)
 
 
 def _set(tracker: Tracker, operation_id: str, **values: object) -> None:
-    with write_connection(tracker.engine) as conn:
-        conn.execute(update(OPS).where(OPS.c.id == operation_id).values(**values))
+    set_times(tracker.engine, operation_id, **values)

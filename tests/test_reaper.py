@@ -23,7 +23,7 @@ from tracker.store.reaping import ReapingStore
 from tracker.timeutil import utcnow
 
 from .conftest import PYTHON, subprocess_env
-from .reap_helpers import OPS, finished_ago, insert_finished, table_counts
+from .reap_helpers import OPS, finished_ago, insert_finished, set_times, table_counts
 
 HOUR = 3600.0
 
@@ -310,9 +310,7 @@ def test_periodic_reaper_off_still_recovers_orphans_at_start(tracker: Tracker, s
     old = _finished(tracker, "completed")
     finished_ago(tracker.engine, old, utcnow() - timedelta(days=1))
     stale = tracker.start_batch("import")
-    with write_connection(tracker.engine) as conn:
-        conn.execute(update(OPS).where(OPS.c.id == stale.id).values(
-            owner_host="another-host", heartbeat_at=utcnow() - timedelta(minutes=5)))
+    set_times(tracker.engine, stale.id, owner_host="another-host", heartbeat_at=utcnow() - timedelta(minutes=5))
     reaper = PeriodicReaper(tracker.engine, off)
     assert not reaper.enabled
     reaper.start()

@@ -11,15 +11,14 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
 
 from tracker import OperationClosed, Settings, Tracker
-from tracker.db import write_connection
 from tracker.models import Operation
 from tracker.reaper import OWNER_GONE_GRACE_S, ORPHAN_ERROR, purge, recover_orphans
 from tracker.store.reaping import ReapingStore
 from tracker.timeutil import utcnow
 
+from . import reap_helpers
 from .conftest import PYTHON, subprocess_env
 
 OPS = Operation.__table__
@@ -32,8 +31,7 @@ def tracker(backend_tracker: Tracker) -> Tracker:
 
 
 def set_times(tracker: Tracker, op_id: str, **values: object) -> None:
-    with write_connection(tracker.engine) as conn:
-        conn.execute(update(OPS).where(OPS.c.id == op_id).values(**values))
+    reap_helpers.set_times(tracker.engine, op_id, **values)
 
 
 def finished(tracker: Tracker, items: int, completed_ago: timedelta, status: str = "completed") -> str:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -254,19 +255,42 @@ def test_the_shared_limit_can_fail(tmp_path: Path, fake_upstream: FakeUpstreamPr
 
 
 def test_slot_claims_on_both_backends(backend_settings: Settings) -> None:
-    """The shared schedule's SQL on SQLite and PostgreSQL: slots spaced by the interval, never before now, and
-    a deferral moves the next slot forward but never back."""
+    """The shared schedule's SQL on SQLite and PostgreSQL: slots spaced by the interval, never before the
+    database's now, and a deferral moves the next slot forward but never back."""
     from tracker.store.ratelimit import RateLimitStore
 
     engine = open_engine(backend_settings)
-    store = RateLimitStore(engine)
-    now = 1_000_000.0
-    slots = [store.claim("ws", now, 0.25) for _ in range(4)]
-    assert slots == [now, now + 0.25, now + 0.5, now + 0.75]
-    assert store.claim("other", now, 0.25) == now  # workspaces are independent
-    store.defer("ws", now + 10)
-    assert store.claim("ws", now, 0.25) == now + 10
-    store.defer("ws", now + 1)  # earlier than the slot already taken: no change
-    assert store.next_slot("ws") == now + 10.25
-    assert store.claim("ws", now + 100, 0.25) == now + 100  # an idle workspace starts at now
+    store = RateLimitStore(engine, max_ahead_s=300)
+    claims = [store.claim("ws", 0.25) for _ in range(4)]
+    first, now = claims[0]
+    assert first == pytest.approx(now, abs=0.002)
+    assert [slot for slot, _ in claims] == pytest.approx([first + 0.25 * n for n in range(4)], abs=1e-6)
+    assert all(slot >= now for slot, now in claims)
+    other, now = store.claim("other", 0.25)  # workspaces are independent
+    assert other == now
+    until = store.defer("ws", 10)
+    slot, now = store.claim("ws", 0.25)
+    assert slot == until and until - now == pytest.approx(10, abs=0.5)
+    store.defer("ws", 1)  # earlier than the slot already taken: no change
+    assert store.queue("ws")[0] == until + 0.25
+    engine.dispose()
+
+
+def test_a_slot_booked_far_ahead_is_rebased_not_waited_for(backend_settings: Settings) -> None:
+    """A server whose clock was an hour ahead booked the shared slot an hour ahead (as the old code did, from its
+    own clock): nobody may wait for that. The next claim re-bases it to the database's now."""
+    from sqlalchemy import text
+
+    from tracker.ratelimit import SharedRateLimiter
+
+    engine = open_engine(backend_settings)
+    limiter = SharedRateLimiter(engine, "ws", 5.0)
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO upstream_rate_limits (workspace, next_slot_at) VALUES ('ws', :at)"),
+            {"at": time.time() + 3600},
+        )
+
+    asyncio.run(asyncio.wait_for(limiter.acquire(), timeout=20))  # the old code waited an hour here
+    assert asyncio.run(limiter.queue_s()) < 5
     engine.dispose()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
-import socket
+import secrets
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -14,13 +13,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .db import open_engine, short_reason
 from .errors import DatabaseUnavailable, InvalidInput, OperationClosed, OperationNotFound
+from . import liveness
 from .ids import new_operation_id
 from .models import KINDS, STATUSES
-from .records import ItemRecord, OperationRecord
+from .records import ItemRecord, OperationRecord, Writer
 from .recording import MAX_INT32, BatchHandle, Flusher, check_json, error_text
 from .settings import Settings
 from .store import Store
-from .timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +54,10 @@ def _unstorable(operation_id: Any, name: str = "operation_id") -> bool:
     return "\x00" in operation_id
 
 
+def _new_writer() -> Writer:
+    return Writer(secrets.token_hex(16), liveness.current())
+
+
 class Tracker:
     """Durable operation status over one database. Safe to share between threads; open one per process."""
 
@@ -80,7 +83,7 @@ class Tracker:
         operation_type = _operation_type(operation_type)
         total = _total(total)
         inputs = check_json(inputs, "inputs")
-        now = utcnow()
+        writer = _new_writer()
         record = self._write(
             lambda: self.store.create_operation(
                 {
@@ -88,28 +91,35 @@ class Tracker:
                     "kind": "batch",
                     "operation_type": operation_type,
                     "total": total,
-                    "started_at": now,
                     "inputs": inputs,
-                    "owner_host": socket.gethostname(),
-                    "owner_pid": os.getpid(),
+                    "owner_host": writer.process.host,
+                    "owner_pid": writer.process.pid,
+                    "owner_process": writer.process.identity,
                     "resumable": bool(resumable),
-                }
+                },
+                writer,
             )
         )
-        return self._handle(record)
+        return self._handle(record, writer)
 
     def attach(self, operation_id: str) -> BatchHandle:
-        """A handle on an existing running batch, for another process or thread that records into it too."""
-        record = self.get(operation_id)
-        if record is None:
+        """A handle on an existing running batch, for another process or thread that records into it too.
+
+        The rule for several writers: an operation is an orphan only when every process recording into it is
+        gone. attach() registers this process as a writer; while it runs (judged by its pid on its own host) or
+        keeps writing or heartbeating (seen from another host: the background flusher heartbeats quiet handles),
+        the operation is not failed by orphan recovery, even after the process that started it exits."""
+        if _unstorable(operation_id):
             raise OperationNotFound(f"operation {operation_id!r} not found")
-        handle = self._handle(record)
+        writer = _new_writer()
+        record = self._write(lambda: self.store.add_writer(operation_id, writer))
+        handle = self._handle(record, writer)
         if record.is_terminal:
             handle._close(OperationClosed(f"operation {operation_id!r} is already {record.status}; the write was refused"))
         return handle
 
-    def _handle(self, record: OperationRecord) -> BatchHandle:
-        handle = BatchHandle(self.store, record, self.settings.flush_interval_s, on_close=self._flusher.remove)
+    def _handle(self, record: OperationRecord, writer: Writer) -> BatchHandle:
+        handle = BatchHandle(self.store, record, writer, self.settings.flush_interval_s, on_close=self._flusher.remove)
         self._flusher.add(handle)
         return handle
 
@@ -155,7 +165,7 @@ class Tracker:
         if _unstorable(operation_id):
             raise OperationNotFound(f"operation {operation_id!r} not found")
         reason = error_text(str(reason))
-        return self._write(lambda: self.store.cancel(operation_id, utcnow(), reason))
+        return self._write(lambda: self.store.cancel(operation_id, reason))
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 

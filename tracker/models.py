@@ -112,6 +112,10 @@ class Operation(Base):
     last_polled_at: Mapped[datetime | None] = mapped_column(UTCTimestamp())
     # 1-based input row of the batch (parent_id) that this run was submitted for.
     row_number: Mapped[int | None] = mapped_column(Integer)
+    # "<boot id>:<start ticks>" of the owner process (tracker.liveness): survives wall-clock steps and pid reuse.
+    owner_process: Mapped[str | None] = mapped_column(String(64))
+    # A poll in flight holds its run until its answer is written or this time (the database's clock) passes.
+    poll_claimed_until: Mapped[datetime | None] = mapped_column(UTCTimestamp())
 
     __table_args__ = (
         CheckConstraint("kind IN ('run', 'batch')", name="kind"),
@@ -132,6 +136,22 @@ class UpstreamRateLimit(Base):
 
     workspace: Mapped[str] = mapped_column(String(64), primary_key=True)
     next_slot_at: Mapped[float] = mapped_column(Float)
+
+
+class OperationWriter(Base):
+    """One process recording into an operation (its starter or a process that attached). Keeps the operation alive
+    while any writer is, and makes group writes idempotent: a group carries (writer_id, group number) and is applied
+    only if last_group is below that number, so a retry after a lost COMMIT reply applies it once or not at all."""
+
+    __tablename__ = "operation_writers"
+
+    operation_id: Mapped[str] = mapped_column(ForeignKey("operations.id", ondelete="CASCADE"), primary_key=True)
+    writer_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    process: Mapped[str | None] = mapped_column(String(64))
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCTimestamp())
+    last_group: Mapped[int] = mapped_column(BigInteger)
 
 
 class OperationItem(Base):

@@ -18,8 +18,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from .db import short_reason
 from .errors import DatabaseUnavailable, InvalidInput
 from .store.ratelimit import RateLimitStore
+from .upstream import MAX_RETRY_AFTER_S
 
 SPACING_MARGIN = 1.1
+MAX_QUEUED_CLAIMS = 256  # requests that may legitimately wait for slots at once, across processes
 
 
 def workspace_key(base_url: str, api_key: str) -> str:
@@ -28,42 +30,44 @@ def workspace_key(base_url: str, api_key: str) -> str:
 
 
 class SharedRateLimiter:
-    """At most `rate_per_s` requests per second for one workspace, across processes sharing the database."""
+    """At most `rate_per_s` requests per second for one workspace, across processes sharing the database.
+    Slots are the database's time; waits run on this process's monotonic clock, so no wall clock (ours skewed
+    or stepped, or another process's) can make it wait for nothing or send early."""
 
     def __init__(self, engine: Engine, workspace: str, rate_per_s: float) -> None:
         if not rate_per_s > 0:
             raise InvalidInput("upstream_rate_per_s must be a positive number of requests per second")
-        self._store = RateLimitStore(engine)
         self.workspace = workspace
         self.rate_per_s = rate_per_s
         self.interval_s = SPACING_MARGIN / rate_per_s
+        self._store = RateLimitStore(engine, max_ahead_s=MAX_RETRY_AFTER_S + MAX_QUEUED_CLAIMS * self.interval_s)
         # Half of the slack the margin leaves in a window of `rate` requests.
         self.late_tolerance_s = (SPACING_MARGIN - 1.0) * rate_per_s * self.interval_s / 2
-        self._deferred_until = 0.0  # this process's view of the latest Retry-After
+        self._deferred_until = 0.0  # this process's view of the latest Retry-After (database epoch seconds)
 
     async def acquire(self) -> None:
         """Return when this caller may send one request."""
         while True:
-            slot = await self._db(self._store.claim, self.workspace, time.time(), self.interval_s)
-            delay = slot - time.time()
+            slot, now = await self._db(self._store.claim, self.workspace, self.interval_s)
+            due = time.monotonic() + (slot - now)
+            delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             # A 429 that arrived while we waited invalidates slots claimed before it; a slot we reach too late
             # (a busy event loop or CPU) would crowd the next ones into the same second: take a fresh one.
-            if slot >= self._deferred_until and time.time() - slot <= self.late_tolerance_s:
+            if slot >= self._deferred_until and time.monotonic() - due <= self.late_tolerance_s:
                 return
 
     async def defer(self, seconds: float) -> None:
         """The upstream said 429 Retry-After `seconds`: nobody on this database sends before then."""
-        until = time.time() + max(0.0, seconds)
+        until = await self._db(self._store.defer, self.workspace, seconds)
         self._deferred_until = max(self._deferred_until, until)
-        await self._db(self._store.defer, self.workspace, until)
 
     async def queue_s(self) -> float:
         """Seconds until the next free slot (0 when one is free now): how long a request claimed now would wait.
         A read; another process may claim the slot meanwhile."""
-        next_slot = await self._db(self._store.next_slot, self.workspace)
-        return 0.0 if next_slot is None else max(0.0, next_slot - time.time(), self._deferred_until - time.time())
+        next_slot, now = await self._db(self._store.queue, self.workspace)
+        return 0.0 if next_slot is None else max(0.0, next_slot - now, self._deferred_until - now)
 
     @staticmethod
     async def _db(fn, *args):  # noqa: ANN001, ANN205

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import socket
 import threading
@@ -36,11 +35,11 @@ from typing import TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from . import liveness
 from .db import is_busy, short_reason
 from .errors import DatabaseUnavailable
 from .settings import Settings, format_duration
-from .store.reaping import ChunkResult, ReapingStore, RunningOperation
-from .timeutil import utcnow
+from .store.reaping import ChunkResult, ReapingStore, RunningOperation, WriterSign
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ ATTEMPTS = 3  # tries per chunk when the database stays busy past its busy timeo
 # On the owner's host a dead pid fails the operation at once, but only after the heartbeat has been quiet this
 # long: other processes that attached to it and still record keep the heartbeat fresh on every flush.
 OWNER_GONE_GRACE_S = 2.0
-_PID_START_SLACK_S = 2.0  # /proc/stat's boot time has one-second resolution
+ORPHAN_CHUNK = 500  # operations marked failed per transaction (40,000 in one held the write lock for ~8 s)
 
 T = TypeVar("T")
 
@@ -153,7 +152,8 @@ def purge(
         raise ValueError("older_than_s must be >= 0")
     store = store or ReapingStore(engine, busy_timeout_s)
     started = time.monotonic()
-    cutoff = (now or utcnow()) - timedelta(seconds=older_than_s)
+    # Retention is judged by the database's clock: a reaper whose own clock runs ahead purges nothing early.
+    cutoff = (now or store.now()) - timedelta(seconds=older_than_s)
     if dry_run:
         operations, items = _with_retries(store, attempts, lambda: store.count_expired(cutoff), "count expired")
         return PurgeSummary(operations, items, time.monotonic() - started, True, cutoff, 0, None)
@@ -264,30 +264,42 @@ def find_orphans(
     host: str | None = None,
     store: ReapingStore | None = None,
 ) -> list[Orphan]:
-    """Running operations whose owner is gone. On the owner's host (owner_host == host) its pid decides: gone when
-    the pid is not alive, is a zombie, or belongs to a later process (pid reuse), and the heartbeat has been quiet
-    for OWNER_GONE_GRACE_S (processes that attached and still record keep it fresh). A live owner is never judged
-    by its heartbeat: it may be inside one long call (a sync upstream request) without recording. On any other
-    host, where no pid can be checked, the owner is gone when the heartbeat is older than lease_s.
+    """Running operations whose every recording process is gone: the owner, and each process that attached.
+
+    A process on this host (its host name == host) is judged by tracker.liveness: gone when its pid is not
+    alive, is a zombie, or now names a later process (pid reuse, by start ticks and boot id, which no clock step
+    moves). The owner is judged gone only once the operation's heartbeat has also been quiet for
+    OWNER_GONE_GRACE_S. A live owner is never judged by its heartbeat: it may be inside one long call (a sync
+    upstream request) without recording. A process on another host, where no pid can be checked, is gone when
+    its heartbeat is older than lease_s, by the database's clock (now defaults to it, read with the rows).
     Resumable ones are included (with .resumable) for the code that resumes them; recovery leaves them running."""
     store = store or ReapingStore(engine)
-    now = now or utcnow()
     host = host or socket.gethostname()
+    try:
+        running, db_time = store.running_operations()
+    except SQLAlchemyError as exc:
+        raise DatabaseUnavailable(f"database {store.location}: {short_reason(exc)}") from None
+    now = now or db_time
     stale = now - timedelta(seconds=lease_s)
     quiet = now - timedelta(seconds=min(lease_s, OWNER_GONE_GRACE_S))
     orphans = []
-    try:
-        running = store.running_operations()
-    except SQLAlchemyError as exc:
-        raise DatabaseUnavailable(f"database {store.location}: {short_reason(exc)}") from None
     for op in running:
         last_sign = op.heartbeat_at or op.started_at
         if op.owner_host == host and op.owner_pid is not None:
-            if last_sign < quiet and not pid_alive(op.owner_pid, op.started_at):
-                orphans.append(Orphan(op, "owner process exited"))
-        elif last_sign < stale:
-            orphans.append(Orphan(op, "heartbeat expired"))
+            owner_gone = last_sign < quiet and not liveness.alive(op.owner_pid, op.owner_process)
+            reason = "owner process exited"
+        else:
+            owner_gone = last_sign < stale
+            reason = "heartbeat expired"
+        if owner_gone and not any(_writer_alive(w, host, stale) for w in op.writers):
+            orphans.append(Orphan(op, reason))
     return orphans
+
+
+def _writer_alive(writer: WriterSign, host: str, stale: datetime) -> bool:
+    if writer.host == host:
+        return liveness.alive(writer.pid, writer.process)
+    return writer.heartbeat_at >= stale
 
 
 def recover_orphans(
@@ -298,74 +310,26 @@ def recover_orphans(
     now: datetime | None = None,
     store: ReapingStore | None = None,
     orphans: list[Orphan] | None = None,
+    chunk: int = ORPHAN_CHUNK,
 ) -> int:
     """Mark running operations whose owner is gone (find_orphans) `failed` with the error 'interrupted: owner
-    process exited' (completed_at now, so retention counts from here). Resumable ones are left running for
+    process exited' (completed_at now by the database's clock, so retention counts from here), in transactions
+    of at most `chunk` operations, so other writers get in between. Resumable ones are left running for
     resumption. Returns how many were marked (on a dry run: how many would be)."""
     store = store or ReapingStore(engine)
-    now = now or utcnow()
     if orphans is None:
         orphans = find_orphans(engine, lease_s, now=now, store=store)
     doomed = [o.operation for o in orphans if not o.resumable]
     if dry_run or not doomed:
         return len(doomed)
-    changed = _with_retries(store, ATTEMPTS, lambda: store.mark_failed(doomed, ORPHAN_ERROR, now), "orphan recovery")
+    changed = 0
+    size = max(1, chunk)
+    for start in range(0, len(doomed), size):
+        part = doomed[start : start + size]
+        changed += _with_retries(store, ATTEMPTS, lambda: store.mark_failed(part, ORPHAN_ERROR, now), "orphan recovery")
     if changed:
         log.info("marked %d orphaned operations failed (owner process gone)", changed)
     return changed
-
-
-def pid_alive(pid: int, started_at: datetime | None = None) -> bool:
-    """Whether a process with this pid runs on this host (a zombie counts as gone). With started_at, a process that
-    started after it (read from /proc on Linux) is a later process that reused the pid: gone too."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by another user
-    stat = _proc_stat(pid)
-    if stat is None:
-        return True  # no /proc (not Linux) or it just exited: trust kill()
-    state, start_ticks = stat
-    if state in ("Z", "X"):
-        return False
-    if started_at is not None:
-        boot = _boot_time()
-        if boot is not None:
-            process_started = boot + start_ticks / os.sysconf("SC_CLK_TCK")
-            if process_started > started_at.timestamp() + _PID_START_SLACK_S:
-                return False
-    return True
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            text = f.read().decode("ascii", "replace")
-        # comm (field 2) may hold spaces and parentheses: fields after the last ')' are plain.
-        rest = text[text.rindex(")") + 2 :].split()
-        return rest[0], int(rest[19])  # field 3 state, field 22 starttime (clock ticks since boot)
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-_boot_time_cache: list[float] = []
-
-
-def _boot_time() -> float | None:
-    if not _boot_time_cache:
-        try:
-            with open("/proc/stat", "rb") as f:
-                for line in f:
-                    if line.startswith(b"btime "):
-                        _boot_time_cache.append(float(line.split()[1]))
-                        break
-        except (OSError, ValueError):
-            return None
-    return _boot_time_cache[0] if _boot_time_cache else None
 
 
 # -- one reap and the periodic reaper -------------------------------------------------------------------------------
@@ -381,10 +345,9 @@ def reap(
 ) -> ReapSummary:
     """Orphan recovery, then a purge of what is older than older_than_s (default settings.retention_s)."""
     store = ReapingStore(engine, busy_timeout_s)
-    now = utcnow()
-    orphans = find_orphans(engine, settings.heartbeat_lease_s, now=now, store=store)
+    orphans = find_orphans(engine, settings.heartbeat_lease_s, store=store)
     resumable = sum(1 for o in orphans if o.resumable)
-    failed = recover_orphans(engine, settings.heartbeat_lease_s, dry_run, now=now, store=store, orphans=orphans)
+    failed = recover_orphans(engine, settings.heartbeat_lease_s, dry_run, store=store, orphans=orphans)
     retention = settings.retention_s if older_than_s is None else older_than_s
     summary = purge(engine, retention, dry_run, store=store)
     return ReapSummary(summary, failed, resumable)
@@ -420,7 +383,7 @@ class PeriodicReaper:
         """One pass: orphan recovery, then a purge only if the index says something expired. Never raises."""
         self.recover()
         try:
-            cutoff = utcnow() - timedelta(seconds=self.settings.retention_s)
+            cutoff = self._store.now() - timedelta(seconds=self.settings.retention_s)
             if not self._store.has_expired(cutoff):
                 return None
             return purge(self.engine, self.settings.retention_s, stop=self._stop, store=self._store)

@@ -19,9 +19,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .db import short_reason
 from .errors import DatabaseUnavailable, InvalidInput, OperationCancelled, OperationClosed, TrackerError
-from .records import NewItem, OperationRecord
+from .records import NewItem, OperationRecord, Writer
 from .store import Store
-from .timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +67,21 @@ class BatchHandle:
     """A running batch operation that this process records into. Thread-safe. Use as a context manager:
     a body that raises marks the operation failed with the exception's message; a cancel ends the body quietly."""
 
-    def __init__(self, store: Store, record: OperationRecord, flush_interval_s: float, on_close: Callable) -> None:
+    def __init__(
+        self, store: Store, record: OperationRecord, writer: Writer, flush_interval_s: float, on_close: Callable
+    ) -> None:
         self._store = store
         self.id = record.id
         self.operation_type = record.operation_type
+        self.writer_id = writer.writer_id
         self._flush_after_s = flush_interval_s / 2
         self._on_close = on_close
         self._lock = threading.RLock()
         self._buffer: list[NewItem] = []
+        # A group whose write failed: (its number, its items). It is retried as it was, under the same number, so a
+        # retry after a lost COMMIT reply is recognised by the database and applied once or not at all.
+        self._pending: tuple[int, list[NewItem]] | None = None
+        self._groups = 0  # groups numbered so far
         self._oldest = 0.0  # monotonic time of the oldest buffered item
         self._last_write = time.monotonic()
         self._closed: TrackerError | None = None  # set once the operation is known to be terminal
@@ -101,42 +107,47 @@ class BatchHandle:
         with self._lock:
             if self._closed is not None:
                 raise self._closed
+            # A due flush goes first, without this item: if it fails, this call's item was never part of a group
+            # (the caller may retry it), and the buffered ones stay for the next flush.
+            if self._buffer and (
+                len(self._buffer) >= MAX_BUFFER or time.monotonic() - self._oldest >= self._flush_after_s
+            ):
+                self.flush()
             if not self._buffer:
                 self._oldest = time.monotonic()
             self._buffer.append(item)
-            if len(self._buffer) >= MAX_BUFFER or time.monotonic() - self._oldest >= self._flush_after_s:
-                try:
-                    self.flush()
-                except DatabaseUnavailable:
-                    # This call's item is not accepted (the caller may retry it); earlier ones stay buffered.
-                    self._buffer.pop()
-                    raise
 
     def flush(self) -> int:
         """Write buffered items now; returns how many. Raises OperationCancelled/OperationClosed when the
-        operation became terminal (the buffered items are refused, never applied)."""
+        operation became terminal (the buffered items are refused, never applied), DatabaseUnavailable when the
+        write failed (the items stay, and the next flush retries them as the same group)."""
         with self._lock:
             if self._closed is not None:
                 raise self._closed
-            if not self._buffer:
-                return 0
-            items = self._buffer
-            try:
-                self._store.append_items(self.id, items, utcnow())
-            except OperationClosed as exc:
-                self._buffer = []
-                self._close(exc)
-                raise
-            except SQLAlchemyError as exc:
-                # Keep the items: a later flush retries them.
-                raise DatabaseUnavailable(f"could not record items of {self.id} in {self._store.location}: {short_reason(exc)}") from None
-            self._buffer = []
-            self._last_write = time.monotonic()
-            self.durable_count += len(items)
-            return len(items)
+            written = 0
+            while self._pending is not None or self._buffer:
+                if self._pending is None:
+                    self._groups += 1
+                    self._pending, self._buffer = (self._groups, self._buffer), []
+                group, items = self._pending
+                try:
+                    self._store.append_items(self.id, items, self.writer_id, group)
+                except OperationClosed as exc:
+                    self._pending, self._buffer = None, []
+                    self._close(exc)
+                    raise
+                except SQLAlchemyError as exc:
+                    raise DatabaseUnavailable(
+                        f"could not record items of {self.id} in {self._store.location}: {short_reason(exc)}"
+                    ) from None
+                self._pending = None
+                self._last_write = time.monotonic()
+                self.durable_count += len(items)
+                written += len(items)
+            return written
 
     def _due(self, now: float) -> bool:
-        return bool(self._buffer) and now - self._oldest >= self._flush_after_s
+        return self._pending is not None or (bool(self._buffer) and now - self._oldest >= self._flush_after_s)
 
     # -- state changes ------------------------------------------------------------------------------------------
 
@@ -144,13 +155,13 @@ class BatchHandle:
         if isinstance(total, bool) or not isinstance(total, int) or not 0 <= total <= MAX_INT32:
             raise InvalidInput(f"total must be a whole number from 0 to {MAX_INT32}")
         with self._lock:
-            return self._guarded(lambda: self._store.update_running(self.id, {"total": total, "updated_at": utcnow()}))
+            return self._guarded(lambda: self._store.update_running(self.id, {"total": total}))
 
     def heartbeat(self) -> None:
+        """Tell other processes this writer is alive (the background flusher calls it for quiet handles)."""
         with self._lock:
             if self._closed is None:
-                now = utcnow()
-                self._guarded(lambda: self._store.update_running(self.id, {"heartbeat_at": now}))
+                self._guarded(lambda: self._store.heartbeat(self.id, self.writer_id))
                 self._last_write = time.monotonic()
 
     def finish(self, outputs: Any = None) -> OperationRecord:
@@ -172,7 +183,7 @@ class BatchHandle:
             self.flush()
             record = self._guarded(
                 lambda: self._store.finish(
-                    self.id, utcnow(), status=status, error=error, outputs=outputs, set_outputs=outputs is not None
+                    self.id, status=status, error=error, outputs=outputs, set_outputs=outputs is not None
                 )
             )
             self._close(OperationClosed(f"operation {self.id!r} is already {record.status}; the write was refused"))
@@ -184,7 +195,7 @@ class BatchHandle:
         try:
             return write()
         except OperationClosed as exc:
-            self._buffer = []
+            self._pending, self._buffer = None, []
             self._close(exc)
             raise
         except SQLAlchemyError as exc:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from .liveness import Process
 from .models import TERMINAL_STATUSES
 
 
@@ -36,6 +37,8 @@ class OperationRecord:
     idempotency_key: str | None
     last_polled_at: datetime | None
     row_number: int | None  # a run submitted by a batch: its 1-based input row
+    owner_process: str | None  # the owner's identity on its host (tracker.liveness)
+    poll_claimed_until: datetime | None
 
     @property
     def completed(self) -> int:
@@ -72,3 +75,11 @@ class ItemRecord:
 # because the garbage collector untracks those; buffered objects otherwise trigger full collections (measured:
 # +40% per-item cost in some deciles of a 100,000-item batch).
 NewItem = tuple[bool, str | None, int | None, str | None]
+
+
+@dataclass(frozen=True)
+class Writer:
+    """A process recording into an operation, as its operation_writers row names it."""
+
+    writer_id: str
+    process: Process

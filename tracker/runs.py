@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 from collections import deque
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import liveness
 from .db import short_reason
 from .errors import (
     DatabaseUnavailable,
@@ -64,7 +62,10 @@ POLLERS = 2  # concurrent background polls: leaves most of the shared rate to su
 # A get_run_status whose poll would wait longer than this for a rate-limit slot (many runs polled at once) does
 # not wait: the poll goes on in the background and the call answers at once from the table, saying so.
 FOREGROUND_QUEUE_S = 0.5
-MAX_QUEUED_POLLS = 4  # such background polls per process; past it a call answers from the table without one
+MAX_QUEUED_POLLS = 4
+# A claimed poll holds its run for this long, renewed while its GET is in flight: no other poll of the run goes out
+# until its answer is written, even when the GET outlasts the poll interval; a poller killed mid-GET frees it soon.
+POLL_CLAIM_S = 5.0  # such background polls per process; past it a call answers from the table without one
 ADOPT_EVERY_S = 5.0
 INTERRUPTED = (
     "unknown: interrupted during submit (the upstream may have received it and offers no lookup, "
@@ -163,8 +164,8 @@ class RunsService:
         self.store = RunStore(engine)
         self.operations = Store(engine)
         self._client = client
-        self.host = socket.gethostname()
-        self.pid = os.getpid()
+        self.process = liveness.current()
+        self.host, self.pid = self.process.host, self.process.pid
         self._tasks: set[asyncio.Task[Any]] = set()
         self._workers: dict[str, asyncio.Task[Any]] = {}
         self._queued: set[str] = set()  # runs whose poll waits for its rate-limit slot in the background
@@ -196,18 +197,17 @@ class RunsService:
             existing = await self._db(self.store.get_by_idempotency_key, idempotency_key)
             if existing is not None:
                 return await self._replay(existing, grid_id, inputs)
-        now = utcnow()
         values = {
             "id": new_operation_id("run", OPERATION_TYPE),
             "kind": "run",
             "operation_type": OPERATION_TYPE,
-            "started_at": now,
             "inputs": params,
             "grid_id": grid_id,
             "mode": mode,
             "idempotency_key": idempotency_key,
             "owner_host": self.host,
             "owner_pid": self.pid,
+            "owner_process": self.process.identity,
         }
         try:
             record = await self._db(self.store.create, values)
@@ -299,7 +299,7 @@ class RunsService:
             self._queued.add(record.id)  # before any await, so concurrent calls count it
         claimed = False
         try:
-            claimed = await self._db(self.store.claim_poll, record.id, utcnow(), self.settings.poll_interval_s)
+            claimed = await self._db(self.store.claim_poll, record.id, self.settings.poll_interval_s, POLL_CLAIM_S)
         finally:
             if booked and not claimed:
                 self._queued.discard(record.id)
@@ -323,23 +323,37 @@ class RunsService:
 
     async def _poll(self, record: RunRecord) -> dict[str, Any]:
         assert record.request_id is not None
+        renewal = self._spawn(self._hold_claim(record.id))
         try:
             answer = await self._upstream().run_status(record.request_id)
         except (UpstreamError, InvalidInput) as exc:
             error = str(exc)
-            updated = await self._db(self.store.note_poll, record.id, utcnow(), error) or record
+            updated = await self._db(self.store.note_poll, record.id, error) or record
             if updated.is_terminal:
                 return self._answer(updated)
             return self._answer(updated, stale=True, error=error)
+        finally:
+            renewal.cancel()
         if answer is None:
             updated = await self._finish(
                 record.id, FAILED, error=f"upstream no longer knows request_id {record.request_id} (HTTP 404)"
             )
         elif answer["status"] == "running":
-            updated = await self._db(self.store.note_poll, record.id, utcnow(), None) or record
+            updated = await self._db(self.store.note_poll, record.id, None) or record
         else:
             updated = await self._finish_from(record.id, answer)
         return self._answer(updated)
+
+    async def _hold_claim(self, run_id: str) -> None:
+        """While this process's GET of a run is in flight, keep its poll claim from expiring (a GET can outlast the
+        poll interval); a poller that dies stops renewing, and its claim frees the run within POLL_CLAIM_S."""
+        while True:
+            await asyncio.sleep(POLL_CLAIM_S / 2)
+            try:
+                if not await self._db(self.store.renew_poll_claim, run_id, POLL_CLAIM_S):
+                    return
+            except DatabaseUnavailable as exc:
+                log.warning("could not renew the poll claim of %s: %s", run_id, exc)
 
     async def _look_up(self, request_id: str) -> dict[str, Any]:
         if not self.settings.upstream_key:
@@ -396,7 +410,6 @@ class RunsService:
             "source_id": _optional_text(source_id, "source_id"),
             "concurrency": _concurrency(concurrency),
         }
-        now = utcnow()
         record = await self._db(
             self.operations.create_operation,
             {
@@ -404,12 +417,12 @@ class RunsService:
                 "kind": "batch",
                 "operation_type": OPERATION_TYPE,
                 "total": len(params["rows"]),
-                "started_at": now,
                 "inputs": params,
                 "grid_id": params["grid_id"],
                 "mode": params["mode"],
                 "owner_host": self.host,
                 "owner_pid": self.pid,
+                "owner_process": self.process.identity,
                 "resumable": True,
             },
         )
@@ -447,7 +460,7 @@ class RunsService:
             for child in await self._db(self.store.children, batch_id, True, False):
                 log.warning("batch %s row %s was interrupted during submit: marked failed", batch_id, child.row_number)
                 await self._finish(child.id, FAILED, error=INTERRUPTED)
-            await self._db(self.store.reconcile_batch, batch_id, utcnow())
+            await self._db(self.store.reconcile_batch, batch_id)
         written = await self._db(self.store.submitted_rows, batch_id)
         pending = deque(n for n in range(1, len(rows) + 1) if n not in written)
         if pending:
@@ -475,19 +488,18 @@ class RunsService:
             "id": new_operation_id("run", OPERATION_TYPE),
             "kind": "run",
             "operation_type": OPERATION_TYPE,
-            "started_at": utcnow(),
             "inputs": {"inputs": inputs, "output_columns": params["output_columns"], "source_id": params["source_id"]},
             "grid_id": params["grid_id"],
             "mode": params["mode"],
             "row_number": number,
             "owner_host": self.host,
             "owner_pid": self.pid,
+            "owner_process": self.process.identity,
             "resumable": True,  # its batch's resumer settles it, not the orphan reaper
         }
 
         async def write_row() -> None:
             nonlocal child
-            values["started_at"] = utcnow()
             child = await self._db(self.store.create_child, batch_id, values)
             if child is None:
                 raise _BatchStopped()
@@ -510,8 +522,10 @@ class RunsService:
             if child is None:  # failed before anything was sent (no key, bad base URL, upstream unreachable)
                 try:
                     await write_row()
-                except (_BatchStopped, DuplicateKey):
-                    return child is not None
+                except _BatchStopped:
+                    return False
+                except DuplicateKey:
+                    return True  # this row already has a run: never submit it again
             assert child is not None
             await self._finish(child.id, FAILED, error=error)
             return True
@@ -521,24 +535,15 @@ class RunsService:
 
     async def _await_runs(self, batch_id: str, total: int) -> None:
         """Every row has been submitted (or settled): wait until every run has ended (the poller drives them),
-        then end the batch. Its own counters decide, so runs purged by retention meanwhile do not matter."""
+        then end the batch. Ending it is one transaction under the batch's row lock that first counts ended runs
+        missing from its items, so no run is dropped by a batch that ends while answers are still arriving."""
         while True:
             batch = await self._db(self.operations.get, batch_id)
             if batch is None or batch.is_terminal:
                 return
-            done = batch.completed >= total
-            if not done and await self._db(self.store.running_children, batch_id) == 0:
-                await self._db(self.store.reconcile_batch, batch_id, utcnow())  # runs ended by someone unaware
-                counted = await self._db(self.operations.get, batch_id)
-                if counted is not None and counted.completed < total:
-                    log.error("batch %s: all runs ended, %d of %d rows counted", batch_id, counted.completed, total)
-                done = True  # nothing left to wait for
-            if done:
-                try:
-                    await self._db(self.operations.finish, batch_id, utcnow())
-                except OperationClosed:
-                    pass
-                return
+            if await self._db(self.store.running_children, batch_id) == 0:
+                if await self._db(self.store.finish_batch_if_done, batch_id, total) is not None:
+                    return
             await asyncio.sleep(min(1.0, self.settings.poll_interval_s / 2))
 
     @property
@@ -550,7 +555,7 @@ class RunsService:
         while True:
             await asyncio.sleep(self._heartbeat_every_s)
             try:
-                if not await self._db(self.store.heartbeat, operation_id, self.host, self.pid, utcnow()):
+                if not await self._db(self.store.heartbeat, operation_id, self.process):
                     return
             except DatabaseUnavailable as exc:
                 log.warning("heartbeat of %s failed: %s", operation_id, exc)
@@ -577,26 +582,25 @@ class RunsService:
         if not self.settings.upstream_key:
             return adopted
         for batch in await self._db(self.store.running_batches, OPERATION_TYPE):
-            if batch.id in self._workers or self._owner_alive(batch):
+            if batch.id in self._workers or await self._db(self._owner_alive, batch):
                 continue
-            if await self._db(self.store.claim_batch, batch, self.host, self.pid, utcnow()):
+            if await self._db(self.store.claim_batch, batch, self.process):
                 log.warning("resuming batch %s (its owner %s/%s is gone)", batch.id, batch.owner_host, batch.owner_pid)
                 self._start_worker(batch.id, resumed=True)
                 adopted.append(batch.id)
         return adopted
 
     def _owner_alive(self, batch: RunRecord) -> bool:
-        lease = timedelta(seconds=self.settings.heartbeat_lease_s)
-        if batch.heartbeat_at is not None and utcnow() - batch.heartbeat_at > lease:
+        """Whether the batch's owner still runs (in a worker thread: it reads the database's clock)."""
+        if self.store.lease_expired(batch, self.settings.heartbeat_lease_s):
             return False
         if batch.owner_host != self.host or batch.owner_pid is None:
             return True  # another machine: trust its heartbeat until the lease runs out
-        if batch.owner_pid == self.pid:
-            # Our pid but not our worker: another service in this process (its heartbeat is fresh), or an earlier
-            # process that had the same pid (a container restarted) or a worker that crashed (heartbeat quiet).
-            quiet = timedelta(seconds=3 * self._heartbeat_every_s)
-            return batch.heartbeat_at is not None and utcnow() - batch.heartbeat_at < quiet
-        return _pid_alive(batch.owner_pid)
+        if batch.owner_pid == self.pid and batch.owner_process in (None, self.process.identity):
+            # Our own process but not our worker: another service in this process (its heartbeat is fresh), or a
+            # worker here that crashed (heartbeat quiet).
+            return not self.store.lease_expired(batch, 3 * self._heartbeat_every_s)
+        return liveness.alive(batch.owner_pid, batch.owner_process)
 
     async def _adopt_loop(self) -> None:
         while True:
@@ -613,12 +617,12 @@ class RunsService:
 
         async def poll_one(record: RunRecord) -> None:
             async with slots:
-                if await self._db(self.store.claim_poll, record.id, utcnow(), self.settings.poll_interval_s):
+                if await self._db(self.store.claim_poll, record.id, self.settings.poll_interval_s, POLL_CLAIM_S):
                     await self._poll(record)
 
         while True:
             try:
-                due = await self._db(self.store.due_for_poll, utcnow(), self.settings.poll_interval_s, 4 * POLLERS)
+                due = await self._db(self.store.due_for_poll, self.settings.poll_interval_s, 4 * POLLERS)
                 if due:
                     await asyncio.gather(*(poll_one(r) for r in due))
                 else:
@@ -652,7 +656,7 @@ class RunsService:
 
     async def _apply_submission(self, record: RunRecord, answer: dict[str, Any]) -> RunRecord:
         if answer["status"] == "running":
-            updated = await self._db(self.store.mark_submitted, record.id, answer["request_id"], utcnow())
+            updated = await self._db(self.store.mark_submitted, record.id, answer["request_id"])
             return updated or record
         return await self._finish_from(record.id, answer)
 
@@ -663,7 +667,7 @@ class RunsService:
 
     async def _finish(self, run_id: str, status: str, outputs: Any = None, error: str | None = None) -> RunRecord:
         outputs, error = self._scrub(outputs), self._scrub(error)  # the upstream's text: no NUL, never the key
-        record = await self._db(self.store.finish, run_id, status, utcnow(), outputs, error)
+        record = await self._db(self.store.finish, run_id, status, None, outputs, error)
         if record is None:
             raise OperationNotFound(f"run {run_id!r} not found")
         return record
@@ -684,7 +688,7 @@ class RunsService:
     def _finish_now(self, run_id: str, status: str, error: str) -> None:
         """Blocking finish for cancellation paths, where awaiting again would be cancelled too."""
         try:
-            self.store.finish(run_id, status, utcnow(), None, error)
+            self.store.finish(run_id, status, None, None, error)
         except SQLAlchemyError as exc:
             log.warning("could not mark run %s interrupted: %s", run_id, short_reason(exc))
 
@@ -758,17 +762,3 @@ def _optional_str(value: Any) -> str | None:
 def _upstream_failure(answer: dict[str, Any]) -> str:
     error = answer.get("error")
     return f"upstream reported the run failed: {str(error)[:500]}" if error else "upstream reported the run failed"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child its parent has not reaped yet is a zombie: gone for our purposes
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True

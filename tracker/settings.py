@@ -58,6 +58,9 @@ class Settings:
     upstream_key: str = ""
     upstream_rate_per_s: float = 5.0
     poll_interval_s: float = 2.0
+    # Longest wait for a database server (PostgreSQL): connecting, each statement or commit, a lock. After it,
+    # DatabaseUnavailable, whether the server is slow, silent or partitioned away.
+    db_timeout_s: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -78,6 +81,10 @@ class Settings:
             values["upstream_rate_per_s"] = _positive_number(env["BITSCALE_RATE_LIMIT"], "BITSCALE_RATE_LIMIT")
         if env.get("TRACKER_POLL_INTERVAL"):
             values["poll_interval_s"] = parse_duration(env["TRACKER_POLL_INTERVAL"], "TRACKER_POLL_INTERVAL")
+        if env.get("TRACKER_DB_TIMEOUT"):
+            values["db_timeout_s"] = parse_duration(env["TRACKER_DB_TIMEOUT"], "TRACKER_DB_TIMEOUT")
+            if not values["db_timeout_s"] > 0:
+                raise InvalidInput("TRACKER_DB_TIMEOUT must be more than 0 (e.g. 10s)")
         settings = cls(**values)  # type: ignore[arg-type]
         extra = {k: v for k, v in overrides.items() if v is not None}
         if "db" in extra:

@@ -12,12 +12,14 @@ from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, s
 
 from ..db import engine_location, write_connection
 from ..errors import OperationCancelled, OperationClosed, OperationNotFound
-from ..models import CANCELLED, COMPLETED, FAILED, RUNNING, Operation, OperationItem
-from ..records import ItemRecord, NewItem, OperationRecord
+from ..models import CANCELLED, COMPLETED, FAILED, RUNNING, Operation, OperationItem, OperationWriter
+from ..records import ItemRecord, NewItem, OperationRecord, Writer
 from ..timeutil import elapsed_ms
+from .clock import db_now, engine_now
 
 _OPS = Operation.__table__
 _ITEMS = OperationItem.__table__
+_WRITERS = OperationWriter.__table__
 RECORD_FIELDS = [f.name for f in fields(OperationRecord)]
 RECORD_COLUMNS = [_OPS.c[name] for name in RECORD_FIELDS]
 # The status read path, built once: constructing a select per call cost more than SQLite's own lookup.
@@ -51,26 +53,65 @@ class Store:
 
     # -- writes -------------------------------------------------------------------------------------------------
 
-    def create_operation(self, values: dict[str, Any]) -> OperationRecord:
-        row = {
-            "status": RUNNING,
-            "total": 0,
-            "succeeded_count": 0,
-            "failed_count": 0,
-            "resumable": False,
-            **values,
-        }
-        row.setdefault("updated_at", row["started_at"])
-        row.setdefault("heartbeat_at", row["started_at"])
+    def create_operation(self, values: dict[str, Any], writer: Writer | None = None) -> OperationRecord:
+        """Insert a running operation (started_at defaults to the database's clock); with `writer`, register the
+        process that records into it in the same transaction."""
         with write_connection(self.engine) as conn:
+            now = db_now(conn)
+            row = {
+                "status": RUNNING,
+                "total": 0,
+                "succeeded_count": 0,
+                "failed_count": 0,
+                "resumable": False,
+                "started_at": now,
+                **values,
+            }
+            row.setdefault("updated_at", row["started_at"])
+            row.setdefault("heartbeat_at", row["started_at"])
             conn.execute(insert(_OPS).values(**row))
+            if writer is not None:
+                self._insert_writer(conn, row["id"], writer, now)
             return self._get(conn, row["id"])
 
-    def append_items(self, operation_id: str, items: Sequence[NewItem], now: datetime) -> None:
-        """Add items and bump the counters in one transaction; refused whole if the operation is terminal."""
+    def add_writer(self, operation_id: str, writer: Writer) -> OperationRecord:
+        """Register another process recording into a running operation (attach): while it lives (or, seen from
+        another host, heartbeats), the operation is not an orphan. Returns the operation as it is."""
+        with write_connection(self.engine) as conn:
+            record = self._get(conn, operation_id)
+            if record.status == RUNNING:
+                self._insert_writer(conn, operation_id, writer, db_now(conn))
+            return record
+
+    def append_items(self, operation_id: str, items: Sequence[NewItem], writer_id: str, group: int) -> bool:
+        """Apply group number `group` of one writer: add its items and bump the counters in one transaction,
+        refused whole if the operation is terminal. Idempotent: a group already applied (a retry after a lost
+        COMMIT reply) changes nothing and returns False; True when applied now."""
         succeeded = sum(1 for item in items if item[0])
         with write_connection(self.engine) as conn:
-            # The UPDATE comes first: it is the terminal guard, and on PostgreSQL it locks the row for the counters.
+            now = db_now(conn)
+            # The writer row first: its compare-and-set is the group's identity check, and on PostgreSQL its row
+            # lock makes a retry wait for a COMMIT of the same group still in flight, then see it.
+            claimed = conn.execute(
+                update(_WRITERS)
+                .where(
+                    _WRITERS.c.operation_id == operation_id,
+                    _WRITERS.c.writer_id == writer_id,
+                    _WRITERS.c.last_group < group,
+                )
+                .values(last_group=group, heartbeat_at=now)
+            )
+            if claimed.rowcount != 1:
+                last = conn.execute(
+                    select(_WRITERS.c.last_group).where(
+                        _WRITERS.c.operation_id == operation_id, _WRITERS.c.writer_id == writer_id
+                    )
+                ).scalar()
+                if last is not None and last >= group:
+                    return False
+                self._raise_not_running(conn, operation_id)
+                raise OperationClosed(f"operation {operation_id!r}: writer {writer_id} is not registered")
+            # The terminal guard, and on PostgreSQL the row lock for the counters.
             result = conn.execute(
                 update(_OPS)
                 .where(_OPS.c.id == operation_id, _OPS.c.status == RUNNING)
@@ -90,12 +131,31 @@ class Store:
                     _insert_items_sql(conn),
                     [(operation_id, *item) for item in items],
                 )
+            return True
+
+    def heartbeat(self, operation_id: str, writer_id: str) -> None:
+        """A quiet writer is still alive: refresh its row and the operation's heartbeat; refused once terminal."""
+        with write_connection(self.engine) as conn:
+            now = db_now(conn)
+            conn.execute(
+                update(_WRITERS)
+                .where(_WRITERS.c.operation_id == operation_id, _WRITERS.c.writer_id == writer_id)
+                .values(heartbeat_at=now)
+            )
+            result = conn.execute(
+                update(_OPS).where(_OPS.c.id == operation_id, _OPS.c.status == RUNNING).values(heartbeat_at=now)
+            )
+            if result.rowcount != 1:
+                self._raise_not_running(conn, operation_id)
 
     def update_running(self, operation_id: str, values: dict[str, Any]) -> OperationRecord:
-        """Change fields of a running operation (total, outputs, heartbeat...); refused once terminal."""
+        """Change fields of a running operation (total, outputs...); refused once terminal. updated_at is the
+        database's time."""
         with write_connection(self.engine) as conn:
             result = conn.execute(
-                update(_OPS).where(_OPS.c.id == operation_id, _OPS.c.status == RUNNING).values(**values)
+                update(_OPS)
+                .where(_OPS.c.id == operation_id, _OPS.c.status == RUNNING)
+                .values(**{"updated_at": db_now(conn), **values})
             )
             if result.rowcount != 1:
                 self._raise_not_running(conn, operation_id)
@@ -104,18 +164,20 @@ class Store:
     def finish(
         self,
         operation_id: str,
-        now: datetime,
+        now: datetime | None = None,
         status: str | None = None,
         error: str | None = None,
         outputs: Any = None,
         set_outputs: bool = False,
     ) -> OperationRecord:
-        """Move a running operation to a terminal state. status None applies the rule: failed when every
-        processed item failed (at least one failure, no success), else completed."""
+        """Move a running operation to a terminal state, exactly once whoever races on it (the row is locked, and
+        the guarded UPDATE's rowcount decides). status None applies the rule: failed when every processed item
+        failed (at least one failure, no success), else completed. now defaults to the database's clock."""
         with write_connection(self.engine) as conn:
             current = self._get_for_update(conn, operation_id)
             if current.status != RUNNING:
                 self._raise_not_running(conn, operation_id)
+            now = now or db_now(conn)
             if status is None:
                 status = FAILED if current.failed_count > 0 and current.succeeded_count == 0 else COMPLETED
             values: dict[str, Any] = {
@@ -127,11 +189,15 @@ class Store:
             }
             if set_outputs:
                 values["outputs"] = outputs
-            conn.execute(update(_OPS).where(_OPS.c.id == operation_id, _OPS.c.status == RUNNING).values(**values))
+            result = conn.execute(
+                update(_OPS).where(_OPS.c.id == operation_id, _OPS.c.status == RUNNING).values(**values)
+            )
+            if result.rowcount != 1:
+                self._raise_not_running(conn, operation_id)
             return self._get(conn, operation_id)
 
-    def cancel(self, operation_id: str, now: datetime, reason: str = "cancelled") -> OperationRecord:
-        return self.finish(operation_id, now, status=CANCELLED, error=reason)
+    def cancel(self, operation_id: str, reason: str = "cancelled") -> OperationRecord:
+        return self.finish(operation_id, status=CANCELLED, error=reason)
 
     # -- reads --------------------------------------------------------------------------------------------------
 
@@ -211,6 +277,23 @@ class Store:
         return counts.get(True, 0), counts.get(False, 0)
 
     # -- helpers ------------------------------------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """The database's clock (tracker.store.clock)."""
+        return engine_now(self.engine)
+
+    def _insert_writer(self, conn: Connection, operation_id: str, writer: Writer, now: datetime) -> None:
+        conn.execute(
+            insert(_WRITERS).values(
+                operation_id=operation_id,
+                writer_id=writer.writer_id,
+                host=writer.process.host,
+                pid=writer.process.pid,
+                process=writer.process.identity,
+                heartbeat_at=now,
+                last_group=0,
+            )
+        )
 
     def _get(self, conn: Connection, operation_id: str) -> OperationRecord:
         row = conn.execute(select(*RECORD_COLUMNS).where(_OPS.c.id == operation_id)).first()

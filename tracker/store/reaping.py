@@ -21,18 +21,30 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Engine, delete, func, select, update
 
 from ..db import engine_location
-from ..models import FAILED, RUNNING, TERMINAL_STATUSES, Operation, OperationItem
+from ..models import FAILED, RUNNING, TERMINAL_STATUSES, Operation, OperationItem, OperationWriter
 from ..timeutil import elapsed_ms
+from .clock import db_now, engine_now
 
 PURGE_CACHE_KIB = 32 * 1024  # a chunk deleting random-id rows dirties pages all over the indexes
 _OPS = Operation.__table__
 _ITEMS = OperationItem.__table__
+_WRITERS = OperationWriter.__table__
 
 
 @dataclass(frozen=True)
 class ChunkResult:
     operations: int  # operation rows deleted
     items: int  # item rows deleted
+
+
+@dataclass(frozen=True)
+class WriterSign:
+    """A process that registered to record into a running operation, and its last heartbeat."""
+
+    host: str
+    pid: int
+    process: str | None
+    heartbeat_at: datetime
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,8 @@ class RunningOperation:
     started_at: datetime
     heartbeat_at: datetime | None
     resumable: bool
+    owner_process: str | None = None
+    writers: tuple[WriterSign, ...] = ()
 
 
 def _expired(cutoff: datetime) -> ColumnElement[bool]:
@@ -111,6 +125,7 @@ class ReapingStore:
                 budget -= item_count
             if picked:
                 items = conn.execute(delete(_ITEMS).where(_ITEMS.c.operation_id.in_(picked))).rowcount
+                conn.execute(delete(_WRITERS).where(_WRITERS.c.operation_id.in_(picked)))
                 # By id alone: they were picked in this same transaction, and a terminal row never changes. (With
                 # the expiry test repeated here, SQLite would walk the whole expired range of its index instead.)
                 operations = conn.execute(delete(_OPS).where(_OPS.c.id.in_(picked))).rowcount
@@ -122,6 +137,7 @@ class ReapingStore:
             items = conn.execute(delete(_ITEMS).where(_ITEMS.c.seq.in_(some))).rowcount
             operations = 0
             if items < max_items:  # that was the last of its items: the row goes in the same transaction
+                conn.execute(delete(_WRITERS).where(_WRITERS.c.operation_id == large))
                 operations = conn.execute(delete(_OPS).where(_OPS.c.id == large)).rowcount
             return ChunkResult(operations, items)
 
@@ -168,20 +184,36 @@ class ReapingStore:
 
     # -- orphans ------------------------------------------------------------------------------------------------
 
-    def running_operations(self) -> list[RunningOperation]:
-        query = select(
+    def running_operations(self) -> tuple[list[RunningOperation], datetime]:
+        """Every running operation with its registered writers, and the database's time of the read (one
+        snapshot: what is judged stale is judged against the clock of the same moment)."""
+        operations = select(
             _OPS.c.id, _OPS.c.kind, _OPS.c.owner_host, _OPS.c.owner_pid, _OPS.c.started_at, _OPS.c.heartbeat_at,
-            _OPS.c.resumable,
+            _OPS.c.resumable, _OPS.c.owner_process,
         ).where(_OPS.c.status == RUNNING)
-        with self.engine.connect() as conn:
-            return [RunningOperation(*row[:6], bool(row[6])) for row in conn.execute(query)]
+        writers = (
+            select(_WRITERS.c.operation_id, _WRITERS.c.host, _WRITERS.c.pid, _WRITERS.c.process, _WRITERS.c.heartbeat_at)
+            .join(_OPS, _OPS.c.id == _WRITERS.c.operation_id)
+            .where(_OPS.c.status == RUNNING)
+        )
+        with self.engine.connect() as conn, conn.begin():
+            now = db_now(conn)
+            signs: dict[str, list[WriterSign]] = {}
+            for operation_id, *sign in conn.execute(writers):
+                signs.setdefault(operation_id, []).append(WriterSign(*sign))
+            running = [
+                RunningOperation(*row[:6], bool(row[6]), row[7], tuple(signs.get(row[0], ())))
+                for row in conn.execute(operations)
+            ]
+        return running, now
 
-    def mark_failed(self, orphans: Sequence[RunningOperation], error: str, now: datetime) -> int:
+    def mark_failed(self, orphans: Sequence[RunningOperation], error: str, now: datetime | None = None) -> int:
         """Mark these running operations failed, each only if it is still running, not resumable, and its
-        heartbeat is the one the caller judged by (a fresh heartbeat means someone is still recording).
-        Returns how many changed."""
+        heartbeat is the one the caller judged by (a fresh heartbeat means someone is still recording). One
+        transaction: callers pass a bounded chunk. Returns how many changed."""
         changed = 0
         with self._write() as conn:
+            now = now or db_now(conn)
             for orphan in orphans:
                 result = conn.execute(
                     update(_OPS)
@@ -201,6 +233,10 @@ class ReapingStore:
                 )
                 changed += result.rowcount
         return changed
+
+    def now(self) -> datetime:
+        """The database's clock (tracker.store.clock)."""
+        return engine_now(self.engine)
 
     # -- helpers ------------------------------------------------------------------------------------------------
 

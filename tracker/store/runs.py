@@ -7,6 +7,7 @@ whichever process finishes the run."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,10 +15,14 @@ from sqlalchemy import Connection, Engine, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..db import write_connection
+from ..liveness import Process
 from ..models import COMPLETED, FAILED, RUNNING, Operation, OperationItem
 from ..records import OperationRecord
 from ..timeutil import elapsed_ms
+from .clock import db_now, engine_now
 from .operations import RECORD_COLUMNS, record_from_row
+
+log = logging.getLogger(__name__)
 
 _OPS = Operation.__table__
 _ITEMS = OperationItem.__table__
@@ -48,21 +53,16 @@ class RunStore:
     def get_by_idempotency_key(self, key: str) -> RunRecord | None:
         return self._one(_OPS.c.idempotency_key == key)
 
-    def due_for_poll(self, now: datetime, interval_s: float, limit: int) -> list[RunRecord]:
-        """Running runs with a request_id whose last poll is older than the interval, least recently polled first."""
-        threshold = now - timedelta(seconds=interval_s)
-        query = (
-            select(*_COLUMNS)
-            .where(
-                _OPS.c.kind == "run",
-                _OPS.c.status == RUNNING,
-                _OPS.c.request_id.is_not(None),
-                or_(_OPS.c.last_polled_at.is_(None), _OPS.c.last_polled_at <= threshold),
-            )
-            .order_by(_OPS.c.last_polled_at)
-            .limit(limit)
-        )
+    def due_for_poll(self, interval_s: float, limit: int) -> list[RunRecord]:
+        """Running runs with a request_id whose last poll is older than the interval and that no poll in flight
+        holds, least recently polled first (by the database's clock)."""
         with self.engine.connect() as conn:
+            query = (
+                select(*_COLUMNS)
+                .where(_OPS.c.kind == "run", _OPS.c.status == RUNNING, *_pollable(db_now(conn), interval_s))
+                .order_by(_OPS.c.last_polled_at)
+                .limit(limit)
+            )
             return [_record(row) for row in conn.execute(query)]
 
     def running_batches(self, operation_type: str) -> list[RunRecord]:
@@ -100,7 +100,7 @@ class RunStore:
         """Insert a run; DuplicateKey when its idempotency_key or request_id is taken."""
         try:
             with write_connection(self.engine) as conn:
-                conn.execute(insert(_OPS).values(**_defaults(values)))
+                conn.execute(insert(_OPS).values(**_defaults(values, db_now(conn))))
                 return self._get(conn, values["id"])
         except IntegrityError:
             raise DuplicateKey() from None
@@ -114,14 +114,16 @@ class RunStore:
                 status = conn.execute(select(_OPS.c.status).where(_OPS.c.id == batch_id)).scalar()
                 if status != RUNNING:
                     return None
-                conn.execute(insert(_OPS).values(**_defaults({**values, "parent_id": batch_id})))
+                row = _defaults({**values, "parent_id": batch_id}, db_now(conn))
+                conn.execute(insert(_OPS).values(**row))
                 return self._get(conn, values["id"])
         except IntegrityError:
             raise DuplicateKey() from None
 
-    def mark_submitted(self, run_id: str, request_id: str, now: datetime) -> RunRecord | None:
+    def mark_submitted(self, run_id: str, request_id: str) -> RunRecord | None:
         """The upstream accepted the run: remember its request_id. From here on, any process may poll it."""
         with write_connection(self.engine) as conn:
+            now = db_now(conn)
             conn.execute(
                 update(_OPS)
                 .where(_OPS.c.id == run_id, _OPS.c.status == RUNNING)
@@ -129,41 +131,54 @@ class RunStore:
             )
             return self._get(conn, run_id)
 
-    def claim_poll(self, run_id: str, now: datetime, interval_s: float) -> bool:
-        """Take the right to poll this run now: true for one caller per interval across all processes."""
-        threshold = now - timedelta(seconds=interval_s)
+    def claim_poll(self, run_id: str, interval_s: float, hold_s: float) -> bool:
+        """Take the right to poll this run now: true for one caller across all processes, until its answer is
+        written (note_poll, finish) or hold_s passes, whichever comes first; then once per interval again."""
         with write_connection(self.engine) as conn:
+            now = db_now(conn)
             result = conn.execute(
                 update(_OPS)
-                .where(
-                    _OPS.c.id == run_id,
-                    _OPS.c.status == RUNNING,
-                    _OPS.c.request_id.is_not(None),
-                    or_(_OPS.c.last_polled_at.is_(None), _OPS.c.last_polled_at <= threshold),
-                )
-                .values(last_polled_at=now)
+                .where(_OPS.c.id == run_id, _OPS.c.status == RUNNING, *_pollable(now, interval_s))
+                .values(last_polled_at=now, poll_claimed_until=now + timedelta(seconds=hold_s))
             )
             return result.rowcount == 1
 
-    def note_poll(self, run_id: str, now: datetime, error: str | None) -> RunRecord | None:
-        """A poll found the run still running (error None) or could not reach the upstream (error kept, so
-        later answers say they are stale)."""
+    def renew_poll_claim(self, run_id: str, hold_s: float) -> bool:
+        """Extend a held poll claim (its GET is still in flight); False once the run ended or the claim was
+        released."""
         with write_connection(self.engine) as conn:
+            now = db_now(conn)
+            result = conn.execute(
+                update(_OPS)
+                .where(_OPS.c.id == run_id, _OPS.c.status == RUNNING, _OPS.c.poll_claimed_until.is_not(None))
+                .values(poll_claimed_until=now + timedelta(seconds=hold_s))
+            )
+            return result.rowcount == 1
+
+    def note_poll(self, run_id: str, error: str | None) -> RunRecord | None:
+        """A poll found the run still running (error None) or could not reach the upstream (error kept, so
+        later answers say they are stale). Releases the poll's claim."""
+        with write_connection(self.engine) as conn:
+            now = db_now(conn)
             conn.execute(
-                update(_OPS).where(_OPS.c.id == run_id, _OPS.c.status == RUNNING).values(error=error, updated_at=now)
+                update(_OPS)
+                .where(_OPS.c.id == run_id, _OPS.c.status == RUNNING)
+                .values(error=error, updated_at=now, last_polled_at=now, poll_claimed_until=None)
             )
             return self._get_or_none(conn, run_id)
 
     def finish(
-        self, run_id: str, status: str, now: datetime, outputs: Any = None, error: str | None = None
+        self, run_id: str, status: str, now: datetime | None = None, outputs: Any = None, error: str | None = None
     ) -> RunRecord | None:
         """End a running run and, in the same transaction, record it as an item of its batch (if the batch is
-        still running). Returns the record, or None if the run is unknown; an already-ended run is unchanged."""
+        still running). Exactly once whoever races on it: only the caller whose guarded UPDATE changed the row
+        counts it in its batch. Returns the record, or None if the run is unknown; an ended run is unchanged."""
         with write_connection(self.engine) as conn:
             current = self._get_or_none(conn, run_id)
             if current is None or current.is_terminal:
                 return current
-            conn.execute(
+            now = now or db_now(conn)
+            result = conn.execute(
                 update(_OPS)
                 .where(_OPS.c.id == run_id, _OPS.c.status == RUNNING)
                 .values(
@@ -173,10 +188,11 @@ class RunStore:
                     completed_at=now,
                     updated_at=now,
                     last_polled_at=now,
+                    poll_claimed_until=None,
                     execution_time_ms=max(0, elapsed_ms(current.started_at, now)),
                 )
             )
-            if current.parent_id is not None:
+            if result.rowcount == 1 and current.parent_id is not None:
                 self._append_to_batch(conn, current, status == COMPLETED, error, now)
             return self._get(conn, run_id)
 
@@ -192,47 +208,111 @@ class RunStore:
 
     # -- batch ownership ----------------------------------------------------------------------------------------
 
-    def claim_batch(self, batch: RunRecord, host: str, pid: int, now: datetime) -> bool:
+    def claim_batch(self, batch: RunRecord, owner: Process) -> bool:
         """Become the owner of a running batch, if its owner is still the one we judged dead (compare-and-set)."""
         owner_host = _OPS.c.owner_host.is_(None) if batch.owner_host is None else _OPS.c.owner_host == batch.owner_host
         owner_pid = _OPS.c.owner_pid.is_(None) if batch.owner_pid is None else _OPS.c.owner_pid == batch.owner_pid
         with write_connection(self.engine) as conn:
+            now = db_now(conn)
             result = conn.execute(
                 update(_OPS)
                 .where(_OPS.c.id == batch.id, _OPS.c.status == RUNNING, owner_host, owner_pid)
-                .values(owner_host=host, owner_pid=pid, heartbeat_at=now, updated_at=now)
+                .values(
+                    owner_host=owner.host,
+                    owner_pid=owner.pid,
+                    owner_process=owner.identity,
+                    heartbeat_at=now,
+                    updated_at=now,
+                )
             )
             return result.rowcount == 1
 
-    def heartbeat(self, batch_id: str, host: str, pid: int, now: datetime) -> bool:
+    def heartbeat(self, batch_id: str, owner: Process) -> bool:
         """Refresh our lease on a batch (or a run we are submitting); False when it ended or another process took
         it over."""
         with write_connection(self.engine) as conn:
             result = conn.execute(
                 update(_OPS)
-                .where(_OPS.c.id == batch_id, _OPS.c.status == RUNNING, _OPS.c.owner_host == host, _OPS.c.owner_pid == pid)
-                .values(heartbeat_at=now)
+                .where(
+                    _OPS.c.id == batch_id,
+                    _OPS.c.status == RUNNING,
+                    _OPS.c.owner_host == owner.host,
+                    _OPS.c.owner_pid == owner.pid,
+                )
+                .values(heartbeat_at=db_now(conn))
             )
             return result.rowcount == 1
 
-    def reconcile_batch(self, batch_id: str, now: datetime) -> int:
+    def lease_expired(self, record: RunRecord, lease_s: float) -> bool:
+        """Whether the record's heartbeat is older than lease_s by the database's clock."""
+        if record.heartbeat_at is None:
+            return True
+        return engine_now(self.engine) - record.heartbeat_at > timedelta(seconds=lease_s)
+
+    def reconcile_batch(self, batch_id: str) -> int:
         """Record ended runs of the batch that are missing from its items (ended by a process that did not know
-        the batch, e.g. an orphan reaper). Returns how many were added."""
+        the batch, e.g. an orphan reaper). Returns how many were added. The batch row is locked first, so two
+        reconcilers (or a reconciler and a run's finish) never count one run twice."""
         with write_connection(self.engine) as conn:
-            recorded = select(_ITEMS.c.row_number).where(
-                _ITEMS.c.operation_id == batch_id, _ITEMS.c.row_number.is_not(None)
-            )
-            missing = conn.execute(
-                select(*_COLUMNS).where(
-                    _OPS.c.parent_id == batch_id, _OPS.c.status != RUNNING, _OPS.c.row_number.not_in(recorded)
+            now = db_now(conn)
+            if not self._lock_running_batch(conn, batch_id):
+                return 0
+            return self._reconcile(conn, batch_id, now)
+
+    def finish_batch_if_done(self, batch_id: str, total: int) -> RunRecord | None:
+        """End the batch if every row is accounted for: all its runs have ended (those missing from its items are
+        recorded first) and no row is left to submit. One transaction under the batch's row lock, so a run that
+        finishes meanwhile is either counted before the batch ends or still running (and the batch waits).
+        Returns the ended batch, else None."""
+        with write_connection(self.engine) as conn:
+            now = db_now(conn)
+            batch = self._lock_running_batch(conn, batch_id)
+            if batch is None:
+                return None
+            running = conn.execute(
+                select(func.count()).where(_OPS.c.parent_id == batch_id, _OPS.c.status == RUNNING)
+            ).scalar()
+            if running:
+                return None
+            self._reconcile(conn, batch_id, now)
+            counted = self._get(conn, batch_id)
+            if counted.completed < total:
+                log.error("batch %s: all runs ended, %d of %d rows counted", batch_id, counted.completed, total)
+            status = FAILED if counted.failed_count > 0 and counted.succeeded_count == 0 else COMPLETED
+            result = conn.execute(
+                update(_OPS)
+                .where(_OPS.c.id == batch_id, _OPS.c.status == RUNNING)
+                .values(
+                    status=status,
+                    completed_at=now,
+                    updated_at=now,
+                    execution_time_ms=max(0, elapsed_ms(counted.started_at, now)),
                 )
-            ).all()
-            for row in missing:
-                run = _record(row)
-                self._append_to_batch(conn, run, run.status == COMPLETED, run.error or run.status, now)
-            return len(missing)
+            )
+            return self._get(conn, batch_id) if result.rowcount == 1 else None
 
     # -- helpers ------------------------------------------------------------------------------------------------
+
+    def _lock_running_batch(self, conn: Connection, batch_id: str) -> RunRecord | None:
+        query = select(*_COLUMNS).where(_OPS.c.id == batch_id, _OPS.c.status == RUNNING)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        return _record(row) if row is not None else None
+
+    def _reconcile(self, conn: Connection, batch_id: str, now: datetime) -> int:
+        recorded = select(_ITEMS.c.row_number).where(
+            _ITEMS.c.operation_id == batch_id, _ITEMS.c.row_number.is_not(None)
+        )
+        missing = conn.execute(
+            select(*_COLUMNS).where(
+                _OPS.c.parent_id == batch_id, _OPS.c.status != RUNNING, _OPS.c.row_number.not_in(recorded)
+            )
+        ).all()
+        for row in missing:
+            run = _record(row)
+            self._append_to_batch(conn, run, run.status == COMPLETED, run.error or run.status, now)
+        return len(missing)
 
     def _append_to_batch(self, conn: Connection, run: RunRecord, ok: bool, error: str | None, now: datetime) -> None:
         result = conn.execute(
@@ -271,8 +351,26 @@ class RunStore:
         return record
 
 
-def _defaults(values: dict[str, Any]) -> dict[str, Any]:
-    row = {"status": RUNNING, "total": 0, "succeeded_count": 0, "failed_count": 0, "resumable": False, **values}
+def _pollable(now: datetime, interval_s: float) -> list[Any]:
+    """A running run that may be polled now: submitted, its last poll older than the interval, and no poll in
+    flight holds it."""
+    return [
+        _OPS.c.request_id.is_not(None),
+        or_(_OPS.c.last_polled_at.is_(None), _OPS.c.last_polled_at <= now - timedelta(seconds=interval_s)),
+        or_(_OPS.c.poll_claimed_until.is_(None), _OPS.c.poll_claimed_until < now),
+    ]
+
+
+def _defaults(values: dict[str, Any], now: datetime) -> dict[str, Any]:
+    row = {
+        "status": RUNNING,
+        "total": 0,
+        "succeeded_count": 0,
+        "failed_count": 0,
+        "resumable": False,
+        "started_at": now,
+        **values,
+    }
     row.setdefault("updated_at", row["started_at"])
     row.setdefault("heartbeat_at", row["started_at"])
     return row
