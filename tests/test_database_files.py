@@ -174,7 +174,10 @@ def test_a_database_removed_while_recording_refuses_the_flush_and_keeps_the_item
         message = str(caught.value)
         assert f"database file {db} was removed or replaced while this process was using it" in message
         assert "\n" not in message and batch.durable_count == 3
-        assert not db.exists()  # nothing made a new, empty file in its place
+        tracker.engine.dispose()  # the next read needs a new connection: it must not make a new, empty file
+        with pytest.raises(DatabaseUnavailable, match="was removed or replaced while this process was using it"):
+            tracker.get(batch.id)
+        assert not db.exists()
         os.link(kept, db)
         assert batch.flush() == 2
         batch.finish()
