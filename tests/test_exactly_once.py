@@ -1,0 +1,243 @@
+"""Nothing counted twice, nothing lost, when processes race or a reply is lost: idempotent group writes (a COMMIT
+whose reply a real TCP proxy drops), exactly-once run finishes and reconciles on PostgreSQL's default isolation as
+on SQLite, poll claims that hold while a GET outlasts the poll interval, and orphan recovery in chunks."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import event, select, update
+
+from tracker import DatabaseUnavailable, Settings, Tracker
+from tracker.db import open_engine, write_connection
+from tracker.ratelimit import SharedRateLimiter, workspace_key
+from tracker.reaper import recover_orphans
+from tracker.runs import RunsService
+from tracker.store import Store
+from tracker.store.runs import RunStore
+from tracker.timeutil import utcnow
+from tracker.upstream import UpstreamClient
+
+from .reap_helpers import ITEMS, OPS, set_times
+from .tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.timeout(120)
+
+_names = itertools.count()
+
+
+def _counts(engine, operation_id: str) -> tuple[int, int, int]:
+    """(succeeded_count, failed_count, item rows) of one operation, read back from the database."""
+    with engine.connect() as conn:
+        succeeded, failed = conn.execute(
+            select(OPS.c.succeeded_count, OPS.c.failed_count).where(OPS.c.id == operation_id)
+        ).one()
+        rows = conn.execute(select(ITEMS.c.seq).where(ITEMS.c.operation_id == operation_id)).all()
+    return succeeded, failed, len(rows)
+
+
+# -- idempotent group writes ------------------------------------------------------------------------------------
+
+
+def test_a_commit_whose_reply_is_lost_is_applied_once(postgres_server) -> None:
+    """The proxy lets the flush's COMMIT reach PostgreSQL and drops the reply: the flush raises and keeps its
+    group; the retry must find it applied instead of writing it again (the old code wrote 400 rows for 300)."""
+    url = postgres_server.create_database(f"lost_commit_{next(_names)}")
+    Tracker(Settings.from_env({}, db=url)).close()  # migrated directly, not through the proxy
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    with TcpProxy("127.0.0.1", port) as proxy:
+        through = url.replace(f":{port}/", f":{proxy.port}/")
+        # No time-based flush or heartbeat may slip in: every write below is an explicit flush.
+        settings = Settings.from_env({}, db=through, flush_interval_s=3600.0, heartbeat_lease_s=3600.0)
+        with Tracker(settings) as tracker:
+            batch = tracker.start_batch("import", total=300)
+            for group in range(3):
+                for n in range(100):
+                    batch.record_success(f"item-{group}-{n}")
+                if group == 1:
+                    proxy.cut_after_commit()
+                    with pytest.raises(DatabaseUnavailable):
+                        batch.flush()
+                    assert proxy.commits_cut == 1
+                batch.flush()  # the retry (group 1) or the plain flush
+            assert batch.durable_count == 300
+            batch.finish()
+            assert _counts(tracker.engine, batch.id) == (300, 0, 300)
+            assert tracker.get(batch.id).status == "completed"
+
+
+def test_a_group_applied_twice_changes_nothing_the_second_time(backend_tracker: Tracker) -> None:
+    """The same check on both backends at the store: a group number already applied for its writer is skipped."""
+    batch = backend_tracker.start_batch("import", total=4)
+    store: Store = backend_tracker.store
+    items = [(True, "a", None, None), (False, "b", 2, "bad")]
+    assert store.append_items(batch.id, items, batch.writer_id, 1) is True
+    assert store.append_items(batch.id, items, batch.writer_id, 1) is False  # the retry after a lost reply
+    assert _counts(backend_tracker.engine, batch.id) == (1, 1, 2)
+    assert store.append_items(batch.id, items, batch.writer_id, 2) is True  # the next group goes in
+    assert _counts(backend_tracker.engine, batch.id) == (2, 2, 4)
+
+
+# -- exactly-once run finishes ----------------------------------------------------------------------------------
+
+
+def _batch_with_runs(engine, runs: int) -> tuple[str, list[str]]:
+    store = Store(engine)
+    batch = store.create_operation(
+        {"id": f"batch_race_{next(_names)}", "kind": "batch", "operation_type": "grid_run", "total": runs,
+         "started_at": utcnow(), "resumable": True}
+    )
+    run_store = RunStore(engine)
+    ids = []
+    for n in range(1, runs + 1):
+        child = run_store.create_child(
+            batch.id,
+            {"id": f"run_race_{next(_names)}", "kind": "run", "operation_type": "grid_run", "started_at": utcnow(),
+             "row_number": n, "resumable": True},
+        )
+        ids.append(child.id)
+    return batch.id, ids
+
+
+def _race(*calls: Any) -> None:
+    barrier = threading.Barrier(len(calls))
+    errors: list[BaseException] = []
+
+    def run(call: Any) -> None:
+        barrier.wait()
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+
+
+def test_a_run_finished_by_two_pollers_at_once_is_counted_once(backend_settings: Settings) -> None:
+    """Two processes polling one run to its end at the same moment: one end, one item in its batch. On
+    PostgreSQL's READ COMMITTED the old read-then-update counted it twice in most trials."""
+    engine = open_engine(backend_settings)
+    run_store = RunStore(engine)
+    trials = 40
+    batch_id, runs = _batch_with_runs(engine, trials)
+    for run_id in runs:
+        _race(*(lambda: run_store.finish(run_id, "completed", utcnow(), {"out": {"value": 1}}) for _ in range(2)))
+    assert _counts(engine, batch_id) == (trials, 0, trials)
+    engine.dispose()
+
+
+def test_two_reconcilers_count_an_uncounted_run_once(backend_settings: Settings) -> None:
+    """Runs ended by a process that did not know their batch (an orphan reaper) are counted by whichever batch
+    worker reconciles first; two at once must not both count them."""
+    engine = open_engine(backend_settings)
+    run_store = RunStore(engine)
+    batch_id, runs = _batch_with_runs(engine, 10)
+    with write_connection(engine) as conn:  # ended without being counted in the batch
+        conn.execute(update(OPS).where(OPS.c.id.in_(runs)).values(status="failed", error="interrupted"))
+    _race(*(lambda: run_store.reconcile_batch(batch_id) for _ in range(3)))
+    assert _counts(engine, batch_id) == (0, 10, 10)
+    engine.dispose()
+
+
+def test_a_batch_ends_only_with_every_run_counted(backend_settings: Settings) -> None:
+    """The batch's end races with its last runs' ends: whichever order, the batch that ends has counted them."""
+    engine = open_engine(backend_settings)
+    run_store = RunStore(engine)
+    for _ in range(10):
+        batch_id, (first, last) = _batch_with_runs(engine, 2)
+        run_store.finish(first, "completed", None, {"v": 1})
+        _race(
+            lambda: run_store.finish(last, "completed", None, {"v": 2}),
+            lambda: run_store.finish_batch_if_done(batch_id, 2),
+        )
+        run_store.finish_batch_if_done(batch_id, 2)  # the worker's next look, if the race left it running
+        batch = run_store.get(batch_id)
+        assert batch.status == "completed" and _counts(engine, batch_id) == (2, 0, 2)
+    engine.dispose()
+
+
+# -- poll claims ----------------------------------------------------------------------------------------------
+
+
+def test_a_claimed_poll_holds_while_its_get_outlasts_the_poll_interval(settings: Settings) -> None:
+    """A status GET that takes longer than the poll interval: a second get_run_status meanwhile must not poll
+    the same run again (the old claim lapsed after the interval, and the run was polled twice)."""
+    settings = Settings.from_env(
+        {"BITSCALE_API_KEY": "k", "BITSCALE_API_BASE": "http://127.0.0.1:9/api"}, db=settings.db, poll_interval_s=0.2
+    )
+    gets = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal gets
+        if request.method == "POST":
+            return httpx.Response(200, json={"mode": "async", "status": "running", "request_id": "r-1"})
+        gets += 1
+        await asyncio.sleep(1.5)  # outlasts the poll interval several times over
+        return httpx.Response(200, json={"mode": "async", "status": "running", "grid_id": "g"})
+
+    async def scenario() -> tuple[dict, dict]:
+        engine = open_engine(settings)
+        limiter = SharedRateLimiter(engine, workspace_key(settings.upstream_base, "k"), 50.0)
+        client = UpstreamClient(settings.upstream_base, "k", limiter, transport=httpx.MockTransport(handler))
+        runs = RunsService(settings, engine, client)
+        try:
+            await runs.run_grid("g", {"email": "a@x.io"}, mode="async")
+            await asyncio.sleep(0.3)
+            slow = asyncio.create_task(runs.get_run_status("r-1"))
+            await asyncio.sleep(0.6)  # past the poll interval, while the first GET is still in flight
+            second = await runs.get_run_status("r-1")
+            return await slow, second
+        finally:
+            await runs.aclose()
+            engine.dispose()
+
+    first, second = asyncio.run(scenario())
+    assert first["status"] == second["status"] == "running"
+    assert gets == 1
+
+
+# -- orphan recovery in chunks -----------------------------------------------------------------------------------
+
+
+def test_orphan_recovery_works_in_short_transactions(tracker: Tracker) -> None:
+    """2,500 orphans are failed in transactions of at most 500 (the old code held the write lock for one
+    transaction over all of them: ~8 s for 40,000)."""
+    ids = []
+    with write_connection(tracker.engine) as conn:
+        now = utcnow()
+        rows = [
+            {"id": f"batch_orphan_{n:05d}", "kind": "batch", "operation_type": "import", "status": "running",
+             "total": 0, "succeeded_count": 0, "failed_count": 0, "started_at": now, "updated_at": now,
+             "heartbeat_at": now, "owner_host": "gone-host", "owner_pid": 1, "resumable": False}
+            for n in range(2500)
+        ]
+        conn.execute(OPS.insert(), rows)
+        ids = [row["id"] for row in rows]
+    for operation_id in ids[:1]:
+        set_times(tracker.engine, operation_id, heartbeat_at=now)
+    commits = 0
+
+    def count(_conn: Any) -> None:
+        nonlocal commits
+        commits += 1
+
+    event.listen(tracker.engine, "commit", count)
+    try:
+        later = now.replace(year=now.year + 1)
+        assert recover_orphans(tracker.engine, lease_s=60, now=later) == 2500
+    finally:
+        event.remove(tracker.engine, "commit", count)
+    assert commits >= 5
+    with tracker.engine.connect() as conn:
+        statuses = {s for (s,) in conn.execute(select(OPS.c.status).where(OPS.c.id.in_(ids)))}
+    assert statuses == {"failed"}
