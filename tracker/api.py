@@ -61,9 +61,11 @@ def _new_writer() -> Writer:
 class Tracker:
     """Durable operation status over one database. Safe to share between threads; open one per process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, create: bool = True) -> None:
+        """create=False: a SQLite file that does not exist is DatabaseUnavailable, not a new database (for readers
+        such as the operator commands)."""
         self.settings = settings
-        self.engine = open_engine(settings)
+        self.engine = open_engine(settings, create=create)
         self.store = Store(self.engine)
         self._flusher = Flusher(settings.flush_interval_s, heartbeat_every_s=max(1.0, settings.heartbeat_lease_s / 4))
         self._closed = threading.Event()

@@ -10,10 +10,9 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
-from ..db import open_engine
 from ..errors import InvalidInput
 from ..records import ItemRecord, OperationRecord
-from ..settings import Settings, parse_duration
+from ..settings import parse_duration
 from ..timeutil import iso
 
 
@@ -51,11 +50,6 @@ def int_range(low: int, high: int):  # noqa: ANN201 - an argparse type factory
         return value
 
     return parse
-
-
-def require_existing(settings: Settings) -> None:
-    """Operator commands never create a database: a mistyped --db is an error, not a new empty file."""
-    open_engine(settings, migrate=False, create=False).dispose()
 
 
 def print_json(value: Any) -> None:

@@ -27,7 +27,6 @@ from ._operator import (
     operation_detail,
     operation_summary,
     print_json,
-    require_existing,
 )
 
 MAX_PAGE = 1000
@@ -77,8 +76,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _open(settings: Settings) -> Tracker:
-    require_existing(settings)
-    return Tracker(settings)
+    return Tracker(settings, create=False)
 
 
 def _get(tracker: Tracker, operation_id: str) -> OperationRecord:
