@@ -241,3 +241,37 @@ def test_orphan_recovery_works_in_short_transactions(tracker: Tracker) -> None:
     with tracker.engine.connect() as conn:
         statuses = {s for (s,) in conn.execute(select(OPS.c.status).where(OPS.c.id.in_(ids)))}
     assert statuses == {"failed"}
+
+
+def test_a_run_stopped_before_its_slot_came_is_not_called_unknown(settings: Settings) -> None:
+    """A server stopped while a run waits for its rate-limit slot (booked far ahead by a 429) never sent it: the
+    run says it was not submitted, not 'unknown: the upstream may have received it'."""
+    settings = Settings.from_env(
+        {"BITSCALE_API_KEY": "k", "BITSCALE_API_BASE": "http://127.0.0.1:9/api"}, db=settings.db
+    )
+    posts = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal posts
+        posts += 1
+        return httpx.Response(200, json={"mode": "sync", "status": "completed", "outputs": {}})
+
+    async def scenario() -> str:
+        engine = open_engine(settings)
+        limiter = SharedRateLimiter(engine, workspace_key(settings.upstream_base, "k"), 5.0)
+        await limiter.defer(60)  # the upstream said Retry-After: 60
+        client = UpstreamClient(settings.upstream_base, "k", limiter, transport=httpx.MockTransport(handler))
+        runs = RunsService(settings, engine, client)
+        call = asyncio.create_task(runs.run_grid("g", {"email": "a@x.io"}, mode="sync"))
+        await asyncio.sleep(0.5)
+        await runs.aclose()
+        call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
+        with engine.connect() as conn:
+            error = conn.execute(select(OPS.c.error).where(OPS.c.kind == "run")).scalar_one()
+        engine.dispose()
+        return error
+
+    error = asyncio.run(scenario())
+    assert posts == 0
+    assert error.startswith("not submitted") and "unknown" not in error

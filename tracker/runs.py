@@ -43,8 +43,8 @@ from .models import COMPLETED, FAILED, RUNNING
 from .ratelimit import SharedRateLimiter, workspace_key
 from .settings import Settings
 from .store import Store
-from .store.runs import DuplicateKey, RunRecord, RunStore
-from .timeutil import iso, utcnow
+from .store.runs import FIRST_SEEN, DuplicateKey, RunRecord, RunStore
+from .timeutil import iso
 from .upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ INTERRUPTED = (
     "so it was not resubmitted)"
 )
 
+NOT_SENT = "not submitted: the server stopped before the run was sent upstream (nothing was billed); run it again"
 NO_UPSTREAM = "no upstream configured (BITSCALE_API_KEY is not set): this is the status last recorded"
 
 T = TypeVar("T")
@@ -232,9 +233,16 @@ class RunsService:
             heartbeat.cancel()
 
     async def _send_single(self, record: RunRecord, params: dict[str, Any]) -> RunRecord:
+        sent = False
+
+        async def leaving() -> None:  # the POST leaves now (its rate-limit slot came)
+            nonlocal sent
+            sent = True
+
         try:
             answer = await self._upstream().submit_run(
-                record.grid_id or "", params["inputs"], record.mode or "sync", params["output_columns"], params["source_id"]
+                record.grid_id or "", params["inputs"], record.mode or "sync", params["output_columns"],
+                params["source_id"], on_send=leaving,
             )
         except UpstreamOutcomeUnknown as exc:
             await self._finish(record.id, FAILED, error=f"unknown: {exc}")
@@ -250,7 +258,8 @@ class RunsService:
             await self._finish(record.id, FAILED, error=str(exc))
             raise
         except asyncio.CancelledError:
-            self._finish_now(record.id, FAILED, error=INTERRUPTED)
+            # Stopped while waiting for its rate-limit slot, it was never sent: say so, not "unknown".
+            self._finish_now(record.id, FAILED, error=INTERRUPTED if sent else NOT_SENT)
             raise
         return await self._apply_submission(record, answer)
 
@@ -370,21 +379,20 @@ class RunsService:
             ) from None
         if answer is None:
             raise OperationNotFound("tracker has no record of it and the upstream does not know it")
-        now = utcnow()
         terminal = answer["status"] != "running"
         values = {
             "id": new_operation_id("run", OPERATION_TYPE),
             "kind": "run",
             "operation_type": OPERATION_TYPE,
             "status": {"running": RUNNING, "completed": COMPLETED}.get(answer["status"], FAILED),
-            "started_at": now,  # first seen now: it was started elsewhere
-            "completed_at": now if terminal else None,
+            # started_at (first seen now: it was started elsewhere) and last_polled_at are the database's now
+            "completed_at": FIRST_SEEN if terminal else None,
             "request_id": request_id,
             "grid_id": _optional_str(answer.get("grid_id")),
             "mode": answer.get("mode") if answer.get("mode") in MODES else None,
             "outputs": answer.get("outputs") if answer["status"] == "completed" else None,
             "error": _upstream_failure(answer) if answer["status"] == "failed" else None,
-            "last_polled_at": now,
+            "last_polled_at": FIRST_SEEN,
             "resumable": True,
         }
         return self._answer(await self._db(self.store.store_found, self._scrub(values)))

@@ -34,6 +34,10 @@ _COLUMNS = RECORD_COLUMNS
 _record = record_from_row
 
 
+# A value for a timestamp column of create(): the database's time of the insert.
+FIRST_SEEN = object()
+
+
 class DuplicateKey(Exception):
     """An insert hit a unique key (idempotency_key, request_id, or a batch's row_number)."""
 
@@ -371,6 +375,7 @@ def _defaults(values: dict[str, Any], now: datetime) -> dict[str, Any]:
         "started_at": now,
         **values,
     }
+    row = {name: now if value is FIRST_SEEN else value for name, value in row.items()}
     row.setdefault("updated_at", row["started_at"])
     row.setdefault("heartbeat_at", row["started_at"])
     return row
