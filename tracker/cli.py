@@ -10,7 +10,7 @@ import sys
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from .db import short_reason
+from .db import describe, short_reason
 from .errors import TrackerError
 from .settings import Settings
 
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
     )
     # httpcore's DEBUG log prints every header, so an upstream echoing X-API-KEY would put the key in the log.
     logging.getLogger("httpcore").setLevel(max(logging.INFO, logging.getLogger().level))
+    settings: Settings | None = None
     try:
         settings = Settings.from_env(db=args.db)
         return int(args.run(args, settings) or 0)
@@ -55,7 +56,8 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
         print(f"tracker: {exc}", file=sys.stderr)
         return 1
     except SQLAlchemyError as exc:
-        print(f"tracker: database error: {short_reason(exc)}", file=sys.stderr)
+        where = f"database {describe(settings.db)}" if settings is not None else "database error"
+        print(f"tracker: {where}: {short_reason(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -9,7 +9,7 @@ import stat
 import time
 import urllib.parse
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -33,6 +33,7 @@ BUSY_TIMEOUT_S = 30.0
 # 2 ms of its release, and other writers (the purge) need to leave only a few ms between their transactions.
 WRITE_LOCK_POLL_S = (0.0002, 0.002)
 _PG_MIGRATION_LOCK = 0x7472_6163  # "trac": advisory lock key that serialises migrations on PostgreSQL
+MIGRATION_TIMEOUT_S = 600.0  # on PostgreSQL, instead of TRACKER_DB_TIMEOUT, for each statement of a migration
 
 
 def migrations_dir() -> Path:
@@ -277,7 +278,9 @@ def open_engine(settings: Settings, migrate: bool = True, create: bool = True) -
             )
             _install_sqlite_hooks(engine, str(path), identity)
         elif backend == "postgresql":
-            engine = create_engine(url, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"})
+            from .postgres import create_bounded_engine  # psycopg is optional: imported only for PostgreSQL
+
+            engine = create_bounded_engine(url, settings.db_timeout_s)
         else:
             raise DatabaseUnavailable(f"unsupported database {describe(settings.db)}: use a file path, sqlite:// or postgresql+psycopg://")
     except ImportError as exc:
@@ -335,8 +338,13 @@ def upgrade_to_head(engine: Engine, revision: str = "head") -> None:
         raise DatabaseUnavailable(
             f"database schema revision {current!r} is newer than this tracker knows: upgrade tracker"
         )
-    with write_connection(engine) as conn:
+    with write_connection(engine) as conn, ExitStack() as stack:
         if engine.dialect.name == "postgresql":
+            from .postgres import long_statements
+
+            # An index built on a big table may outlast TRACKER_DB_TIMEOUT, and so may waiting for another
+            # process's migration (the lock below).
+            stack.enter_context(long_statements(conn, MIGRATION_TIMEOUT_S))
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
