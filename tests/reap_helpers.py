@@ -19,15 +19,15 @@ WRITERS = OperationWriter.__table__
 
 def set_times(engine: Engine, operation_id: str, **values: Any) -> None:
     """Overwrite columns (completed_at, started_at, heartbeat_at, owner_host...) of one operation. Moving it to
-    another host moves its registered writers there too (the process that started it there registered itself),
-    with the operation's heartbeat."""
+    another host or process (owner_host, owner_pid) moves its registered writers too (the process that started it
+    registered itself), with the operation's heartbeat."""
     with write_connection(engine) as conn:
         assert conn.execute(update(OPS).where(OPS.c.id == operation_id).values(**values)).rowcount == 1
-        if "owner_host" in values:
-            writer = {"host": values["owner_host"]}
+        moved = {name: values[f"owner_{name}"] for name in ("host", "pid") if f"owner_{name}" in values}
+        if moved:
             if values.get("heartbeat_at") is not None:
-                writer["heartbeat_at"] = values["heartbeat_at"]
-            conn.execute(update(WRITERS).where(WRITERS.c.operation_id == operation_id).values(**writer))
+                moved["heartbeat_at"] = values["heartbeat_at"]
+            conn.execute(update(WRITERS).where(WRITERS.c.operation_id == operation_id).values(**moved))
 
 
 def finished_ago(engine: Engine, operation_id: str, completed_at: datetime) -> None:

@@ -69,7 +69,7 @@ def seed(settings_: Settings) -> dict[str, Any]:
             {"id": "run_grid_run_seeded0123456789abcdef", "kind": "run", "operation_type": "grid_run",
              "started_at": now, "grid_id": "g1", "mode": "async", "inputs": {"inputs": {"email": "a@x.io"}}}
         )
-        runs.mark_submitted(run.id, "11111111-2222-3333-4444-555555555555", now)
+        runs.mark_submitted(run.id, "11111111-2222-3333-4444-555555555555")
         runs.finish(run.id, "completed", utcnow(), {"enriched": {"value": "v", "name": "Enriched"}}, None)
         last = tracker.list(limit=2)[-1]
         ids = {"done": done.id, "running": running.id, "cancelled": cancelled.id, "failed": failed.id, "run": run.id}

@@ -33,9 +33,8 @@ def _seed(db: Path) -> tuple[str, str, str]:
         orphan.record_success("half-done")
         orphan.flush()
         orphan._close(RuntimeError("simulated owner death"))  # this handle stops flushing and heartbeating
-        set_times(tracker.engine, orphan.id, heartbeat_at=utcnow() - timedelta(minutes=5))  # its last sign of life
-        with tracker.engine.begin() as conn:
-            conn.exec_driver_sql("UPDATE operations SET owner_pid = ? WHERE id = ?", (_dead_pid(), orphan.id))
+        # its last sign of life, from a process that is gone
+        set_times(tracker.engine, orphan.id, heartbeat_at=utcnow() - timedelta(minutes=5), owner_pid=_dead_pid())
     return expired.id, fresh.id, orphan.id
 
 

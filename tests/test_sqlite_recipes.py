@@ -12,15 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
 
 from tracker import Settings, Tracker
-from tracker.db import write_connection
 from tracker.reaper import find_orphans, purge
 from tracker.timeutil import iso, utcnow
 
 from .conftest import REPO
-from .reap_helpers import OPS, finished_ago
+from .reap_helpers import finished_ago, set_times
 
 SQLITE3 = shutil.which("sqlite3")
 pytestmark = pytest.mark.skipif(SQLITE3 is None, reason="the sqlite3 shell is not installed (apt-get install sqlite3)")
@@ -79,9 +77,9 @@ def test_recipes_through_the_sqlite3_shell(tracker: Tracker, settings: Settings)
 
     stale = tracker.start_batch("import", total=50)
     fresh = tracker.start_batch("update", total=10)
-    with write_connection(engine) as conn:
-        conn.execute(update(OPS).where(OPS.c.id == stale.id).values(
-            started_at=now - timedelta(minutes=20), heartbeat_at=now - timedelta(minutes=5)))
+    # Owned by a process on another host that went quiet 5 minutes ago: an orphan by its heartbeat.
+    set_times(engine, stale.id, started_at=now - timedelta(minutes=20), heartbeat_at=now - timedelta(minutes=5),
+              owner_host="another-host")
 
     # What tracker itself says, to compare with what the shell says.
     expected_purge = purge(engine, 3600, dry_run=True)
