@@ -107,15 +107,22 @@ class BatchHandle:
         with self._lock:
             if self._closed is not None:
                 raise self._closed
-            # A due flush goes first, without this item: if it fails, this call's item was never part of a group
-            # (the caller may retry it), and the buffered ones stay for the next flush.
-            if self._buffer and (
-                len(self._buffer) >= MAX_BUFFER or time.monotonic() - self._oldest >= self._flush_after_s
+            # A retry or a time-due flush goes first, without this item: if it fails, this call's item was never
+            # part of a group (the caller may retry it), and the buffered ones stay for the next flush.
+            if self._pending is not None or (
+                self._buffer and time.monotonic() - self._oldest >= self._flush_after_s
             ):
                 self.flush()
             if not self._buffer:
                 self._oldest = time.monotonic()
             self._buffer.append(item)
+            if len(self._buffer) >= MAX_BUFFER:
+                try:
+                    self.flush()
+                except DatabaseUnavailable as exc:
+                    # This item is in the group now, which may even have committed (a lost reply): it is accepted,
+                    # and the group is retried as it is by the next record (which raises if it still fails).
+                    log.warning("flush of %s failed, will retry: %s", self.id, exc)
 
     def flush(self) -> int:
         """Write buffered items now; returns how many. Raises OperationCancelled/OperationClosed when the
@@ -128,8 +135,10 @@ class BatchHandle:
             while self._pending is not None or self._buffer:
                 if self._pending is None:
                     self._groups += 1
-                    self._pending, self._buffer = (self._groups, self._buffer), []
-                group, items = self._pending
+                    group, items = self._groups, self._buffer
+                    self._buffer = []
+                else:
+                    group, items = self._pending
                 try:
                     self._store.append_items(self.id, items, self.writer_id, group)
                 except OperationClosed as exc:
@@ -137,6 +146,7 @@ class BatchHandle:
                     self._close(exc)
                     raise
                 except SQLAlchemyError as exc:
+                    self._pending = (group, items)
                     raise DatabaseUnavailable(
                         f"could not record items of {self.id} in {self._store.location}: {short_reason(exc)}"
                     ) from None
