@@ -222,6 +222,22 @@ def test_a_statement_without_answer_closes_the_connection_and_it_leaves_the_pool
             engine.dispose()
 
 
+def test_a_broken_pooled_connection_is_replaced_on_checkout(pg_database: tuple[int, str]) -> None:
+    """The checkout ping (in place of pool_pre_ping) still hides a server restart: the caller never sees it."""
+    port, name = pg_database
+    with TcpProxy("127.0.0.1", port) as proxy:
+        engine = open_engine(Settings.from_env({"TRACKER_DB_TIMEOUT": "2s"}, db=_url(proxy.port, name)), migrate=False)
+        try:
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT 1")).scalar() == 1
+            assert proxy.cut_all() == 1  # the pooled connection dies, as when the server restarts
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT 2")).scalar() == 2
+            assert proxy.connections == 2
+        finally:
+            engine.dispose()
+
+
 def test_the_server_side_timeouts_follow_the_one_setting(pg_database: tuple[int, str]) -> None:
     port, name = pg_database
     engine = open_engine(Settings.from_env({"TRACKER_DB_TIMEOUT": "7s"}, db=_url(port, name)), migrate=False)
