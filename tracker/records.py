@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from .liveness import Process
-from .models import TERMINAL_STATUSES
+from .models import COMPLETED, FAILED, TERMINAL_STATUSES
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,12 @@ class OperationRecord:
         if self.total > 0:
             return min(100.0, round(100.0 * self.completed / self.total, 2))
         return 100.0 if self.is_terminal else 0.0
+
+    @property
+    def natural_end(self) -> str:
+        """The state finishing it now gives: failed when every processed item failed (at least one failure and no
+        success), otherwise completed."""
+        return FAILED if self.failed_count > 0 and self.succeeded_count == 0 else COMPLETED
 
     @property
     def is_terminal(self) -> bool:

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, s
 
 from ..db import engine_location, write_connection
 from ..errors import OperationCancelled, OperationClosed, OperationNotFound
-from ..models import CANCELLED, COMPLETED, FAILED, RUNNING, Operation, OperationItem, OperationWriter
+from ..models import CANCELLED, RUNNING, Operation, OperationItem, OperationWriter
 from ..records import ItemRecord, NewItem, OperationRecord, Writer
 from ..timeutil import elapsed_ms
 from .clock import db_now, engine_now
@@ -34,6 +34,22 @@ _FIRST_ITEMS = (
 
 def record_from_row(row: Any) -> OperationRecord:
     return OperationRecord(**{name: row._mapping[name] for name in RECORD_FIELDS})
+
+
+def new_operation_row(values: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """A new running operation's row: counters at zero, started (and last seen) now unless values say."""
+    row = {
+        "status": RUNNING,
+        "total": 0,
+        "succeeded_count": 0,
+        "failed_count": 0,
+        "resumable": False,
+        "started_at": now,
+        **values,
+    }
+    row.setdefault("updated_at", row["started_at"])
+    row.setdefault("heartbeat_at", row["started_at"])
+    return row
 
 
 def _insert_items_sql(conn: Connection) -> str:
@@ -58,17 +74,7 @@ class Store:
         process that records into it in the same transaction."""
         with write_connection(self.engine) as conn:
             now = db_now(conn)
-            row = {
-                "status": RUNNING,
-                "total": 0,
-                "succeeded_count": 0,
-                "failed_count": 0,
-                "resumable": False,
-                "started_at": now,
-                **values,
-            }
-            row.setdefault("updated_at", row["started_at"])
-            row.setdefault("heartbeat_at", row["started_at"])
+            row = new_operation_row(values, now)
             conn.execute(insert(_OPS).values(**row))
             if writer is not None:
                 self._insert_writer(conn, row["id"], writer, now)
@@ -179,7 +185,7 @@ class Store:
                 self._raise_not_running(conn, operation_id)
             now = now or db_now(conn)
             if status is None:
-                status = FAILED if current.failed_count > 0 and current.succeeded_count == 0 else COMPLETED
+                status = current.natural_end
             values: dict[str, Any] = {
                 "status": status,
                 "completed_at": now,

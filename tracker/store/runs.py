@@ -20,7 +20,7 @@ from ..models import COMPLETED, FAILED, RUNNING, Operation, OperationItem
 from ..records import OperationRecord
 from ..timeutil import elapsed_ms
 from .clock import db_now, engine_now
-from .operations import RECORD_COLUMNS, record_from_row
+from .operations import RECORD_COLUMNS, new_operation_row, record_from_row
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ class RunStore:
             counted = self._get(conn, batch_id)
             if counted.completed < total:
                 log.error("batch %s: all runs ended, %d of %d rows counted", batch_id, counted.completed, total)
-            status = FAILED if counted.failed_count > 0 and counted.succeeded_count == 0 else COMPLETED
+            status = counted.natural_end
             result = conn.execute(
                 update(_OPS)
                 .where(_OPS.c.id == batch_id, _OPS.c.status == RUNNING)
@@ -366,19 +366,7 @@ def _pollable(now: datetime, interval_s: float) -> list[Any]:
 
 
 def _defaults(values: dict[str, Any], now: datetime) -> dict[str, Any]:
-    row = {
-        "status": RUNNING,
-        "total": 0,
-        "succeeded_count": 0,
-        "failed_count": 0,
-        "resumable": False,
-        "started_at": now,
-        **values,
-    }
-    row = {name: now if value is FIRST_SEEN else value for name, value in row.items()}
-    row.setdefault("updated_at", row["started_at"])
-    row.setdefault("heartbeat_at", row["started_at"])
-    return row
+    return new_operation_row({name: now if value is FIRST_SEEN else value for name, value in values.items()}, now)
 
 
 __all__ = ["DuplicateKey", "RunRecord", "RunStore"]
