@@ -129,7 +129,7 @@ def owner(plan: dict[str, Any], log: Log) -> None:
             path = handoff / f"offer-{key}-to-{spec['attacher']}.json"
             path.with_suffix(".tmp").write_text(json.dumps(offer))
             path.with_suffix(".tmp").rename(path)
-        acked, stopped = record_items(handle, log, own, f"{key}-own", rng, (0.05, 0.4), (2, 8))
+        acked, stopped = record_items(handle, log, own, f"{key}-own", rng, (0.05, 0.5), (1, 4))
         log.emit(event="recorded", batch=handle.id, key=key, role="owner", acked=acked, stopped=stopped)
         if stopped is not None or kind == "handoff":
             continue  # a handoff batch is the attacher's to finish; this process goes on, then exits
@@ -164,8 +164,9 @@ def attacher(plan: dict[str, Any], log: Log) -> None:
         log.emit(event="attached", batch=offer["batch"], key=offer["key"], role="attacher")
         rng = random.Random(offer["seed"])
         # A handoff is recorded slowly: pauses longer than the 2 s an owner's host waits for a dead owner's
-        # heartbeat to go quiet, so this live process must be what keeps the batch alive.
-        pause = (0.5, 3.0) if offer["finish"] else (0.05, 0.4)
+        # heartbeat to go quiet, so this live process must be what keeps the batch alive. A shared batch's owner
+        # sits idle (alive, recording nothing) while this records its share.
+        pause = (0.5, 3.0) if offer["finish"] else (0.3, 1.5)
         acked, stopped = record_items(handle, log, offer["share"], f"{offer['key']}-att", rng, pause, (2, 5))
         log.emit(event="recorded", batch=offer["batch"], key=offer["key"], role="attacher", acked=acked, stopped=stopped)
         if offer["finish"] and stopped is None:

@@ -45,6 +45,7 @@ LOSSY_HOST = "hostB"
 CUT_PROBABILITY = 0.004  # per forwarded chunk, either way: a cut every few seconds for a busy process
 RETENTION_S = 150.0  # short enough that a purge judged by a skewed clock would show within the run
 BATCH_ROWS = (30, 25, 25)  # run_grid_batch sizes, started on hosts A, C, B
+RECORDER_BATCHES = 18  # six per host: solo ones, ones shared with another host's attacher, one handed off to it
 MAX_KILLS = 6
 PHASE_DEADLINE_S = 150.0  # everything must be over by then (a run with the fixes takes about a minute)
 GRID = "g-multihost"
@@ -178,16 +179,18 @@ class Simulation:
                 "out": str(self.logs / f"recorder-owner-{name}.jsonl"),
                 "batches": [
                     {"key": f"{key}1", "kind": "solo", "own": 30},
-                    {"key": f"{key}2", "kind": "shared", "own": 25, "share": 15, "attacher": attacher_host},
+                    {"key": f"{key}2", "kind": "shared", "own": 20, "share": 12, "attacher": attacher_host},
                     {"key": f"{key}3", "kind": "solo", "own": 30},
-                    {"key": f"{key}4", "kind": "handoff", "own": 10, "share": 20, "attacher": attacher_host},
+                    {"key": f"{key}4", "kind": "shared", "own": 20, "share": 12, "attacher": attacher_host},
+                    {"key": f"{key}5", "kind": "solo", "own": 30},
+                    {"key": f"{key}6", "kind": "handoff", "own": 10, "share": 20, "attacher": attacher_host},
                 ],
             }
             attacher_plan = {
                 "host": name,
                 "handoff_dir": str(self.handoff),
                 "out": str(self.logs / f"recorder-attacher-{name}.jsonl"),
-                "offers": 2,
+                "offers": sum(1 for b in owner_plan["batches"] if b["kind"] != "solo"),
                 "wait_s": PHASE_DEADLINE_S,
             }
             for role, plan in (("owner", owner_plan), ("attacher", attacher_plan)):
@@ -475,7 +478,7 @@ def _check(sim: Simulation, conn, upstream: dict[str, Any], final_status: dict[s
 
     # every batch terminal
     running = sorted(op_id for op_id, op in batches.items() if op["status"] == "running")
-    checks["every batch terminal"] = (not running and bool(run_batches) and len(recorder_batches) >= 12, {
+    checks["every batch terminal"] = (not running and bool(run_batches) and len(recorder_batches) >= RECORDER_BATCHES, {
         "still_running": [(b, batches[b]["operation_type"], batches[b]["succeeded"] + batches[b]["failed"], batches[b]["total"]) for b in running],
         "run_batches": len(run_batches), "recorder_batches": len(recorder_batches),
     })
