@@ -476,12 +476,20 @@ def _check(sim: Simulation, conn, upstream: dict[str, Any], final_status: dict[s
             acked[event["batch"]] += event["acked"]
     checks: dict[str, tuple[bool, Any]] = {}
 
-    # every batch terminal
+    # every batch terminal (those purged meanwhile are the purge check's business)
     running = sorted(op_id for op_id, op in batches.items() if op["status"] == "running")
-    checks["every batch terminal"] = (not running and bool(run_batches) and len(recorder_batches) >= RECORDER_BATCHES, {
-        "still_running": [(b, batches[b]["operation_type"], batches[b]["succeeded"] + batches[b]["failed"], batches[b]["total"]) for b in running],
-        "run_batches": len(run_batches), "recorder_batches": len(recorder_batches),
-    })
+    started = {e["batch"] for e in events if e["event"] == "started"}
+    checks["every batch terminal"] = (
+        not running and len(sim.run_batches) == len(BATCH_ROWS) and len(started) == RECORDER_BATCHES,
+        {
+            "still_running": [
+                {"batch": b, "type": batches[b]["operation_type"], "owner_host": batches[b]["owner_host"],
+                 "completed": batches[b]["succeeded"] + batches[b]["failed"], "total": batches[b]["total"]}
+                for b in running
+            ],
+            "run_batches_started": len(sim.run_batches), "recorder_batches_started": len(started),
+        },
+    )
 
     # exact counts: completed == total, item rows == counters (and == the MCP answer)
     wrong = []
