@@ -443,6 +443,19 @@ def _final_status_over_mcp(sim: Simulation) -> dict[str, Any]:
     return answers
 
 
+def _busiest_window(times: list[float]) -> list[float]:
+    """The arrivals of the busiest one-second window, as offsets from its first (to see which one crowded it)."""
+    ordered = sorted(times)
+    best: list[float] = []
+    start = 0
+    for end, t in enumerate(ordered):
+        while ordered[start] <= t - 1.0:
+            start += 1
+        if end - start + 1 > len(best):
+            best = ordered[start : end + 1]
+    return [round(t - best[0], 3) for t in best]
+
+
 def _check(sim: Simulation, conn, upstream: dict[str, Any], final_status: dict[str, Any]):  # noqa: ANN001
     ops = {
         row[0]: dict(zip(
@@ -571,8 +584,10 @@ def _check(sim: Simulation, conn, upstream: dict[str, Any], final_status: dict[s
 
     span = (max(arrivals) - min(arrivals)) if len(arrivals) > 1 else 0.0
     interrupted = sum(1 for o in ops.values() if o["kind"] == "run" and (o["error"] or "").startswith("unknown: interrupted"))
-    rows_expected = [input_key(GRID, {"email": f"b{n}-r{r}@multihost.example", "company": f"co-{r % 5}"})
-                     for n, size in enumerate(BATCH_ROWS, start=1) for r in range(1, size + 1)]
+    rows_expected = [
+        input_key(GRID, row)
+        for op in run_batches.values() for row in ((op["inputs"] or {}).get("rows") or [])
+    ]
     backwards = [
         {"id": o["id"], "owner_host": o["owner_host"], "execution_time_ms": o["execution_time_ms"]}
         for o in ops.values() if o["execution_time_ms"] is not None and o["execution_time_ms"] < 0
@@ -588,12 +603,14 @@ def _check(sim: Simulation, conn, upstream: dict[str, Any], final_status: dict[s
         "recorder_write_retries": sum(e.get("retries", 0) for e in events if e["event"] == "exit"),
         "recorder_start_replies_lost": len(lost_starts),
         "runs_interrupted_during_submit": interrupted,
+        "run_errors": dict(Counter((o["error"] or "")[:60] for o in ops.values() if o["kind"] == "run" and o["error"])),
         "rows_never_submitted": sum(1 for key in rows_expected if per_input.get(key, 0) == 0),
         "takeovers": sim.takeovers,
         "upstream": {
             "requests": upstream["requests"], "posts": upstream["posts"], "gets": upstream["gets"],
             "http_429": upstream["rate_limited"], "max_per_second": busiest,
             "mean_per_second": round((len(arrivals) - 1) / span, 2) if span > 0 else None,
+            "busiest_window_offsets_s": _busiest_window(arrivals),
         },
         # not asserted: durations computed across two hosts' clocks
         "negative_execution_time_ms": backwards[:10],
