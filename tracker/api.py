@@ -172,14 +172,15 @@ class Tracker:
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Flush every open handle and release the database. Called at exit too."""
+        """Flush and detach every open handle (this process records no more: its writers stop keeping their
+        operations alive) and release the database. Called at exit too."""
         if self._closed.is_set():
             return
         self._closed.set()
         self._flusher.stop()
         for handle in self._flusher.handles():
             try:
-                handle.flush()
+                handle.detach()
             except Exception as exc:  # noqa: BLE001 - best effort at shutdown
                 log.warning("final flush of %s failed: %s", handle.id, exc)
         self.engine.dispose()

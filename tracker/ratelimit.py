@@ -48,14 +48,15 @@ class SharedRateLimiter:
     async def acquire(self) -> None:
         """Return when this caller may send one request."""
         while True:
-            slot, now = await self._db(self._store.claim, self.workspace, self.interval_s)
-            due = time.monotonic() + (slot - now)
-            delay = due - time.monotonic()
+            claim = await self._db(self._store.claim, self.workspace, self.interval_s)
+            delay = claim.due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             # A 429 that arrived while we waited invalidates slots claimed before it; a slot we reach too late
-            # (a busy event loop or CPU) would crowd the next ones into the same second: take a fresh one.
-            if slot >= self._deferred_until and time.monotonic() - due <= self.late_tolerance_s:
+            # (a busy event loop or CPU, a slow commit of the claim) would crowd the next ones into the same
+            # second: take a fresh one.
+            late = time.monotonic() - claim.due + claim.uncertainty_s
+            if claim.slot >= self._deferred_until and late <= self.late_tolerance_s:
                 return
 
     async def defer(self, seconds: float) -> None:

@@ -319,7 +319,8 @@ def recover_orphans(
     store = store or ReapingStore(engine)
     if orphans is None:
         orphans = find_orphans(engine, lease_s, now=now, store=store)
-    doomed = [o.operation for o in orphans if not o.resumable]
+    # In id order: two reapers marking overlapping sets lock the rows in the same order (no deadlock).
+    doomed = sorted((o.operation for o in orphans if not o.resumable), key=lambda op: op.id)
     if dry_run or not doomed:
         return len(doomed)
     changed = 0

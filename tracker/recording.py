@@ -18,7 +18,14 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from .db import short_reason
-from .errors import DatabaseUnavailable, InvalidInput, OperationCancelled, OperationClosed, TrackerError
+from .errors import (
+    DatabaseUnavailable,
+    InvalidInput,
+    OperationCancelled,
+    OperationClosed,
+    OperationNotFound,
+    TrackerError,
+)
 from .records import NewItem, OperationRecord, Writer
 from .store import Store
 
@@ -141,7 +148,7 @@ class BatchHandle:
                     group, items = self._pending
                 try:
                     self._store.append_items(self.id, items, self.writer_id, group)
-                except OperationClosed as exc:
+                except (OperationClosed, OperationNotFound) as exc:  # ended, or purged: it takes nothing more
                     self._pending, self._buffer = None, []
                     self._close(exc)
                     raise
@@ -204,12 +211,25 @@ class BatchHandle:
             raise self._closed
         try:
             return write()
-        except OperationClosed as exc:
+        except (OperationClosed, OperationNotFound) as exc:
             self._pending, self._buffer = None, []
             self._close(exc)
             raise
         except SQLAlchemyError as exc:
             raise DatabaseUnavailable(f"could not update {self.id} in {self._store.location}: {short_reason(exc)}") from None
+
+    def detach(self) -> None:
+        """Flush, then stop recording into the operation without ending it (another writer will): this process
+        no longer keeps it alive, so once every other writer is gone it is an orphan. Later records raise."""
+        with self._lock:
+            if self._closed is not None:
+                return
+            self.flush()
+            try:
+                self._store.remove_writer(self.id, self.writer_id)
+            except SQLAlchemyError as exc:
+                raise DatabaseUnavailable(f"could not detach from {self.id} in {self._store.location}: {short_reason(exc)}") from None
+            self._close(OperationClosed(f"this handle detached from operation {self.id!r}; the write was refused"))
 
     def _close(self, reason: TrackerError) -> None:
         self._closed = reason
@@ -274,7 +294,7 @@ class Flusher:
                         handle.flush()
                     elif now - handle._last_write >= self._heartbeat_every_s:
                         handle.heartbeat()
-                except OperationClosed:
+                except (OperationClosed, OperationNotFound):
                     pass  # the handle remembers; its owner's next record raises
                 except TrackerError as exc:
                     log.warning("background flush of %s failed, will retry: %s", handle.id, exc)

@@ -8,7 +8,7 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, or_, select, update
 
 from ..db import engine_location, write_connection
 from ..errors import OperationCancelled, OperationClosed, OperationNotFound
@@ -60,6 +60,10 @@ def _insert_items_sql(conn: Connection) -> str:
     )
 
 
+class _AlreadyApplied(Exception):
+    """Raised inside a group's transaction to roll it back: the group was applied by an earlier attempt."""
+
+
 class Store:
     """The operation table and its items, over one engine (SQLite or PostgreSQL)."""
 
@@ -84,9 +88,15 @@ class Store:
         """Register another process recording into a running operation (attach): while it lives (or, seen from
         another host, heartbeats), the operation is not an orphan. Returns the operation as it is."""
         with write_connection(self.engine) as conn:
+            now = db_now(conn)
+            # A sign of life on the operation too: a reaper that judged it an orphan a moment ago (its mark is
+            # guarded by the heartbeat it judged by) then leaves it alone.
+            conn.execute(
+                update(_OPS).where(_OPS.c.id == operation_id, _OPS.c.status == RUNNING).values(heartbeat_at=now)
+            )
             record = self._get(conn, operation_id)
             if record.status == RUNNING:
-                self._insert_writer(conn, operation_id, writer, db_now(conn))
+                self._insert_writer(conn, operation_id, writer, now)
             return record
 
     def append_items(self, operation_id: str, items: Sequence[NewItem], writer_id: str, group: int) -> bool:
@@ -94,65 +104,73 @@ class Store:
         refused whole if the operation is terminal. Idempotent: a group already applied (a retry after a lost
         COMMIT reply) changes nothing and returns False; True when applied now."""
         succeeded = sum(1 for item in items if item[0])
-        with write_connection(self.engine) as conn:
-            now = db_now(conn)
-            # The writer row first: its compare-and-set is the group's identity check, and on PostgreSQL its row
-            # lock makes a retry wait for a COMMIT of the same group still in flight, then see it.
-            claimed = conn.execute(
-                update(_WRITERS)
-                .where(
-                    _WRITERS.c.operation_id == operation_id,
-                    _WRITERS.c.writer_id == writer_id,
-                    _WRITERS.c.last_group < group,
-                )
-                .values(last_group=group, heartbeat_at=now)
-            )
-            if claimed.rowcount != 1:
-                last = conn.execute(
-                    select(_WRITERS.c.last_group).where(
-                        _WRITERS.c.operation_id == operation_id, _WRITERS.c.writer_id == writer_id
+        try:
+            with write_connection(self.engine) as conn:
+                now = db_now(conn)
+                # The operation row first, as on every write path (one lock order: no deadlock with a purge or a
+                # finish): the terminal guard, and the counters.
+                result = conn.execute(
+                    update(_OPS)
+                    .where(_OPS.c.id == operation_id, _OPS.c.status == RUNNING)
+                    .values(
+                        succeeded_count=_OPS.c.succeeded_count + succeeded,
+                        failed_count=_OPS.c.failed_count + (len(items) - succeeded),
+                        updated_at=now,
+                        heartbeat_at=now,
                     )
-                ).scalar()
-                if last is not None and last >= group:
-                    return False
-                self._raise_not_running(conn, operation_id)
-                raise OperationClosed(f"operation {operation_id!r}: writer {writer_id} is not registered")
-            # The terminal guard, and on PostgreSQL the row lock for the counters.
-            result = conn.execute(
-                update(_OPS)
-                .where(_OPS.c.id == operation_id, _OPS.c.status == RUNNING)
-                .values(
-                    succeeded_count=_OPS.c.succeeded_count + succeeded,
-                    failed_count=_OPS.c.failed_count + (len(items) - succeeded),
-                    updated_at=now,
-                    heartbeat_at=now,
                 )
-            )
-            if result.rowcount != 1:
-                self._raise_not_running(conn, operation_id)
-            if items:
-                # The hot path: plain DBAPI executemany of tuples; SQLAlchemy's per-row parameter processing
-                # cost as much as SQLite's own insert here.
-                conn.exec_driver_sql(
-                    _insert_items_sql(conn),
-                    [(operation_id, *item) for item in items],
+                if result.rowcount != 1:
+                    if self._group_applied(conn, operation_id, writer_id, group):
+                        return False  # applied before the operation ended; this is the retry of a lost reply
+                    self._raise_not_running(conn, operation_id)
+                # The group's identity check. On PostgreSQL a COMMIT of the same group still in flight holds the
+                # operation row, so the UPDATE above waited for it and this sees it.
+                claimed = conn.execute(
+                    update(_WRITERS)
+                    .where(
+                        _WRITERS.c.operation_id == operation_id,
+                        _WRITERS.c.writer_id == writer_id,
+                        _WRITERS.c.last_group < group,
+                    )
+                    .values(last_group=group, heartbeat_at=now)
                 )
-            return True
+                if claimed.rowcount != 1:
+                    if self._group_applied(conn, operation_id, writer_id, group):
+                        raise _AlreadyApplied()  # rolls the counter bump back
+                    raise OperationClosed(f"operation {operation_id!r}: this writer is not registered")
+                if items:
+                    # The hot path: plain DBAPI executemany of tuples; SQLAlchemy's per-row parameter processing
+                    # cost as much as SQLite's own insert here.
+                    conn.exec_driver_sql(
+                        _insert_items_sql(conn),
+                        [(operation_id, *item) for item in items],
+                    )
+                return True
+        except _AlreadyApplied:
+            return False
 
     def heartbeat(self, operation_id: str, writer_id: str) -> None:
-        """A quiet writer is still alive: refresh its row and the operation's heartbeat; refused once terminal."""
+        """A quiet writer is still alive: refresh the operation's heartbeat and its writer row; refused once
+        terminal."""
         with write_connection(self.engine) as conn:
             now = db_now(conn)
-            conn.execute(
-                update(_WRITERS)
-                .where(_WRITERS.c.operation_id == operation_id, _WRITERS.c.writer_id == writer_id)
-                .values(heartbeat_at=now)
-            )
             result = conn.execute(
                 update(_OPS).where(_OPS.c.id == operation_id, _OPS.c.status == RUNNING).values(heartbeat_at=now)
             )
             if result.rowcount != 1:
                 self._raise_not_running(conn, operation_id)
+            conn.execute(
+                update(_WRITERS)
+                .where(_WRITERS.c.operation_id == operation_id, _WRITERS.c.writer_id == writer_id)
+                .values(heartbeat_at=now)
+            )
+
+    def remove_writer(self, operation_id: str, writer_id: str) -> None:
+        """This writer records no more (detach): it no longer keeps the operation alive."""
+        with write_connection(self.engine) as conn:
+            conn.execute(
+                delete(_WRITERS).where(_WRITERS.c.operation_id == operation_id, _WRITERS.c.writer_id == writer_id)
+            )
 
     def update_running(self, operation_id: str, values: dict[str, Any]) -> OperationRecord:
         """Change fields of a running operation (total, outputs...); refused once terminal. updated_at is the
@@ -287,6 +305,14 @@ class Store:
     def now(self) -> datetime:
         """The database's clock (tracker.store.clock)."""
         return engine_now(self.engine)
+
+    def _group_applied(self, conn: Connection, operation_id: str, writer_id: str, group: int) -> bool:
+        last = conn.execute(
+            select(_WRITERS.c.last_group).where(
+                _WRITERS.c.operation_id == operation_id, _WRITERS.c.writer_id == writer_id
+            )
+        ).scalar()
+        return last is not None and last >= group
 
     def _insert_writer(self, conn: Connection, operation_id: str, writer: Writer, now: datetime) -> None:
         conn.execute(

@@ -7,6 +7,9 @@ SQLite host whose clock was stepped back): it is treated as stale and re-based t
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -17,6 +20,13 @@ from .clock import db_now
 _SLOTS = UpstreamRateLimit.__table__
 
 
+@dataclass(frozen=True)
+class Claim:
+    slot: float  # epoch seconds, the database's clock
+    due: float  # the same moment on this process's time.monotonic()
+    uncertainty_s: float  # how much later than `due` the slot may really be
+
+
 class RateLimitStore:
     """Claims request slots in short write transactions, so every process on the database shares one schedule."""
 
@@ -24,25 +34,28 @@ class RateLimitStore:
         self.engine = engine
         self.max_ahead_s = max_ahead_s
 
-    def claim(self, workspace: str, interval: float) -> tuple[float, float]:
-        """Take the next free slot (>= now) and move the shared next slot `interval` seconds past it.
-        Returns (slot, now): the claimed slot and the database's time, both epoch seconds; the caller waits
-        slot - now on its own monotonic clock."""
+    def claim(self, workspace: str, interval: float) -> Claim:
+        """Take the next free slot (>= now) and move the shared next slot `interval` seconds past it."""
         for attempt in range(2):
             try:
                 with write_connection(self.engine) as conn:
-                    now = _epoch(conn)
                     current = conn.execute(
                         select(_SLOTS.c.next_slot_at).where(_SLOTS.c.workspace == workspace).with_for_update()
                     ).scalar()
+                    asked = time.monotonic()
+                    now = _epoch(conn)  # after the row lock: a wait for it must not make the slot look earlier
+                    read = time.monotonic()
                     if current is None:
                         conn.execute(insert(_SLOTS).values(workspace=workspace, next_slot_at=now + interval))
-                        return now, now
-                    slot = self._start(float(current), now)
-                    conn.execute(
-                        update(_SLOTS).where(_SLOTS.c.workspace == workspace).values(next_slot_at=slot + interval)
-                    )
-                    return slot, now
+                        slot = now
+                    else:
+                        slot = self._start(float(current), now)
+                        conn.execute(
+                            update(_SLOTS).where(_SLOTS.c.workspace == workspace).values(next_slot_at=slot + interval)
+                        )
+                # Mapped onto this process's monotonic clock at the end of the clock read, so never early; the read's
+                # own duration is how late it may be.
+                return Claim(slot, read + (slot - now), read - asked)
             except IntegrityError:
                 if attempt:
                     raise  # pragma: no cover - lost the creation race twice
@@ -53,11 +66,11 @@ class RateLimitStore:
         """Nobody sends before now + seconds (after a 429 with Retry-After); never moves the slot backwards, except
         a stale one. Returns that time (epoch seconds, the database's clock)."""
         with write_connection(self.engine) as conn:
-            now = _epoch(conn)
-            until = now + max(0.0, seconds)
             current = conn.execute(
                 select(_SLOTS.c.next_slot_at).where(_SLOTS.c.workspace == workspace).with_for_update()
             ).scalar()
+            now = _epoch(conn)
+            until = now + max(0.0, seconds)
             if current is None:
                 conn.execute(insert(_SLOTS).values(workspace=workspace, next_slot_at=until))
             elif self._start(float(current), now) < until:
