@@ -19,7 +19,6 @@ import os
 import random
 import re
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -37,8 +36,7 @@ from .conftest import PYTHON, REPO, FakeUpstreamProcess
 from .hosts import Host, ServerGone, StdioServer, host_tool_problems
 from .postgres_server import find_bindir
 
-sys.path.insert(0, str(REPO / "scripts"))
-from fake_upstream import busiest_second, input_key  # noqa: E402
+from fake_upstream import busiest_second, input_key  # noqa: E402,I001 - scripts/, put on sys.path by conftest
 
 HOSTS = [("hostA", 0.0), ("hostB", 40.0), ("hostC", -55.0)]
 LOSSY_HOST = "hostB"
@@ -113,8 +111,10 @@ class Simulation:
 
     def start_server(self, name: str) -> None:
         slot = self.slots[name]
-        server = StdioServer(slot.host, self.logs, SERVER_ENV)
-        with self.lock:
+        with self.lock:  # under the lock: shutdown() stops every server started before it, and none starts after
+            if self.stop.is_set():
+                return
+            server = StdioServer(slot.host, self.logs, SERVER_ENV)
             slot.current, slot.ready = server, False
             slot.history.append(server)
 
@@ -160,7 +160,7 @@ class Simulation:
         server.kill()
         self.kills.append({"at_s": round(time.monotonic() - self.started, 1), "host": name, "pid": server.pid})
         delay = self.rng.uniform(0.3, 2.0)
-        threading.Timer(delay, lambda: None if self.stop.is_set() else self.start_server(name)).start()
+        threading.Timer(delay, self.start_server, args=(name,)).start()
 
     def _running_batch_owners(self) -> list[tuple[str, int]]:
         with self.lock:
@@ -304,7 +304,8 @@ class Simulation:
         return all(process.poll() is not None for _n, _r, process, _o in self.recorders)
 
     def shutdown(self) -> None:
-        self.stop.set()
+        with self.lock:
+            self.stop.set()
         for slot in self.slots.values():
             for server in slot.history:
                 server.stop(timeout_s=10)
