@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import time
 from typing import Any
 
 import httpx
@@ -15,10 +16,12 @@ from sqlalchemy import event, select, update
 
 from tracker import DatabaseUnavailable, Settings, Tracker
 from tracker.db import open_engine, write_connection
+from tracker.errors import OperationClosed, OperationNotFound
 from tracker.ratelimit import SharedRateLimiter, workspace_key
-from tracker.reaper import recover_orphans
+from tracker.reaper import find_orphans, purge, recover_orphans
 from tracker.runs import RunsService
 from tracker.store import Store
+from tracker.store.reaping import ReapingStore
 from tracker.store.runs import RunStore
 from tracker.timeutil import utcnow
 from tracker.upstream import UpstreamClient
@@ -275,3 +278,124 @@ def test_a_run_stopped_before_its_slot_came_is_not_called_unknown(settings: Sett
     error = asyncio.run(scenario())
     assert posts == 0
     assert error.startswith("not submitted") and "unknown" not in error
+
+
+# -- review findings: lock order, claim tokens, writers that come and go ------------------------------------------
+
+
+def test_flushes_racing_a_cancel_and_a_purge_never_deadlock(postgres_server) -> None:
+    """Every write path locks the operation row before its writer rows: flushes of two writers, a cancel from a
+    third process and a purge with retention 0 from a fourth, raced over many batches, end without a deadlock
+    (the first version locked the writer row first and deadlocked with the purge)."""
+    url = postgres_server.create_database(f"lock_order_{next(_names)}")
+    settings = Settings.from_env({}, db=url, flush_interval_s=3600.0, heartbeat_lease_s=3600.0)
+    trackers = [Tracker(settings) for _ in range(4)]
+    starter, attacher, canceller, reaper = trackers
+    failures: list[str] = []
+
+    def record(handle: Any, tag: str) -> None:
+        for n in range(100_000):
+            try:
+                handle.record_success(f"{tag}{n}")
+                handle.flush()
+            except (OperationClosed, OperationNotFound):
+                return
+            except Exception as exc:  # noqa: BLE001 - a deadlock or anything else is the failure
+                failures.append(str(exc)[:120])
+                return
+
+    try:
+        for _ in range(40):
+            batch = starter.start_batch("import")
+            other = attacher.attach(batch.id)
+            writers = [threading.Thread(target=record, args=(h, t)) for h, t in ((batch, "a"), (other, "b"))]
+            for thread in writers:
+                thread.start()
+            stop = threading.Event()
+
+            def purging() -> None:
+                while not stop.is_set():
+                    try:
+                        purge(reaper.engine, 0.0)
+                    except Exception as exc:  # noqa: BLE001
+                        failures.append(str(exc)[:120])
+                        return
+
+            purger = threading.Thread(target=purging)
+            purger.start()
+            canceller.cancel(batch.id)
+            for thread in writers:
+                thread.join(timeout=60)
+            stop.set()
+            purger.join(timeout=60)
+    finally:
+        for opened in trackers:
+            opened.close()
+    assert failures == []
+
+
+def test_a_poll_claim_is_released_and_renewed_only_by_its_holder(backend_settings: Settings) -> None:
+    """A claim that lapsed (its holder's renewal was late) and was taken by another poller is not renewed or
+    released by the first holder, so a third poller cannot claim while the second's GET is in flight."""
+    engine = open_engine(backend_settings)
+    run_store = RunStore(engine)
+    _, (run_id,) = _batch_with_runs(engine, 1)
+    with write_connection(engine) as conn:
+        conn.execute(update(OPS).where(OPS.c.id == run_id).values(request_id=f"r-{run_id}"))
+    first = run_store.claim_poll(run_id, 0.0, hold_s=0.2)
+    assert first is not None and run_store.claim_poll(run_id, 0.0, hold_s=5) is None
+    time.sleep(0.3)  # the first holder's claim lapses
+    second = run_store.claim_poll(run_id, 0.0, hold_s=5)
+    assert second is not None
+    assert run_store.renew_poll_claim(run_id, first, 5) is False
+    run_store.note_poll(run_id, None, first)  # the first GET's answer arrives: it releases nothing of the second's
+    assert run_store.claim_poll(run_id, 0.0, hold_s=5) is None
+    assert run_store.renew_poll_claim(run_id, second, 5) is True
+    run_store.note_poll(run_id, None, second)
+    assert run_store.claim_poll(run_id, 0.0, hold_s=5) is not None
+    engine.dispose()
+
+
+def test_attaching_just_after_a_reaper_judged_the_batch_keeps_it(backend_tracker: Tracker) -> None:
+    """The reaper judged the batch an orphan (its starter gone elsewhere); a worker attaches before the mark: the
+    mark is refused, since attaching is a sign of life."""
+    batch = backend_tracker.start_batch("import")
+    past = utcnow().replace(year=2000)
+    set_times(backend_tracker.engine, batch.id, owner_host="gone-host", owner_pid=1, heartbeat_at=past)
+    judged = [o.operation for o in find_orphans(backend_tracker.engine, 60)]
+    assert [o.id for o in judged] == [batch.id]
+    worker = backend_tracker.attach(batch.id)
+    assert ReapingStore(backend_tracker.engine).mark_failed(judged, "interrupted: owner process exited") == 0
+    worker.record_success("a")
+    worker.finish()
+    assert backend_tracker.get(batch.id).status == "completed"
+
+
+def test_a_detached_writer_no_longer_keeps_the_batch_alive(tracker: Tracker) -> None:
+    """A live process that attached, recorded its share and detached does not pin the batch: once the starter is
+    gone too, the batch is an orphan. Tracker.close() detaches the same way."""
+    batch = tracker.start_batch("import")
+    worker = tracker.attach(batch.id)
+    worker.record_success("its share")
+    worker.detach()
+    with pytest.raises(Exception):
+        worker.record_success("after detaching")
+    set_times(tracker.engine, batch.id, owner_host="gone-host", owner_pid=1)  # the starter's process is gone
+    later = utcnow().replace(year=utcnow().year + 1)
+    assert recover_orphans(tracker.engine, lease_s=60, now=later) == 1
+    assert _counts(tracker.engine, batch.id) == (1, 0, 1)
+
+
+def test_a_handle_whose_operation_was_purged_closes_instead_of_retrying(tracker: Tracker) -> None:
+    """Its pending group can never land: the handle closes with OperationNotFound, and the flusher stops."""
+    batch = tracker.start_batch("import")
+    other = tracker.attach(batch.id)
+    other.record_success("x")
+    batch.cancel()
+    with write_connection(tracker.engine) as conn:
+        conn.execute(OPS.delete().where(OPS.c.id == batch.id))
+    with pytest.raises(OperationNotFound):
+        other.flush()
+    assert other.closed
+    with pytest.raises(OperationNotFound):
+        other.record_success("y")

@@ -116,6 +116,7 @@ class Operation(Base):
     owner_process: Mapped[str | None] = mapped_column(String(64))
     # A poll in flight holds its run until its answer is written or this time (the database's clock) passes.
     poll_claimed_until: Mapped[datetime | None] = mapped_column(UTCTimestamp())
+    poll_claim: Mapped[str | None] = mapped_column(String(32))  # the holder's token: only it renews or releases
 
     __table_args__ = (
         CheckConstraint("kind IN ('run', 'batch')", name="kind"),

@@ -39,6 +39,7 @@ class OperationRecord:
     row_number: int | None  # a run submitted by a batch: its 1-based input row
     owner_process: str | None  # the owner's identity on its host (tracker.liveness)
     poll_claimed_until: datetime | None
+    poll_claim: str | None
 
     @property
     def completed(self) -> int:

@@ -306,23 +306,23 @@ class RunsService:
             return self._answer(record, stale=record.error is not None, queued_s=queue_s)
         if booked:
             self._queued.add(record.id)  # before any await, so concurrent calls count it
-        claimed = False
+        claim: str | None = None
         try:
-            claimed = await self._db(self.store.claim_poll, record.id, self.settings.poll_interval_s, POLL_CLAIM_S)
+            claim = await self._db(self.store.claim_poll, record.id, self.settings.poll_interval_s, POLL_CLAIM_S)
         finally:
-            if booked and not claimed:
+            if booked and claim is None:
                 self._queued.discard(record.id)
-        if not claimed:
+        if claim is None:
             fresh = await self._db(self.store.get, record.id) or record
             return self._answer(fresh, stale=fresh.status == RUNNING and fresh.error is not None)
         if not booked:
-            return await self._poll(record)
-        self._spawn(self._queued_poll(record))
+            return await self._poll(record, claim)
+        self._spawn(self._queued_poll(record, claim))
         return self._answer(record, stale=record.error is not None, queued_s=queue_s)
 
-    async def _queued_poll(self, record: RunRecord) -> None:
+    async def _queued_poll(self, record: RunRecord, claim: str) -> None:
         try:
-            await self._poll(record)
+            await self._poll(record, claim)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - nobody awaits it: say what failed; the poll loop retries later
@@ -330,14 +330,15 @@ class RunsService:
         finally:
             self._queued.discard(record.id)
 
-    async def _poll(self, record: RunRecord) -> dict[str, Any]:
+    async def _poll(self, record: RunRecord, claim: str) -> dict[str, Any]:
+        """One GET of a run whose poll claim we hold, and its answer written (which releases the claim)."""
         assert record.request_id is not None
-        renewal = self._spawn(self._hold_claim(record.id))
+        renewal = self._spawn(self._hold_claim(record.id, claim))
         try:
             answer = await self._upstream().run_status(record.request_id)
         except (UpstreamError, InvalidInput) as exc:
             error = str(exc)
-            updated = await self._db(self.store.note_poll, record.id, error) or record
+            updated = await self._db(self.store.note_poll, record.id, error, claim) or record
             if updated.is_terminal:
                 return self._answer(updated)
             return self._answer(updated, stale=True, error=error)
@@ -348,18 +349,18 @@ class RunsService:
                 record.id, FAILED, error=f"upstream no longer knows request_id {record.request_id} (HTTP 404)"
             )
         elif answer["status"] == "running":
-            updated = await self._db(self.store.note_poll, record.id, None) or record
+            updated = await self._db(self.store.note_poll, record.id, None, claim) or record
         else:
             updated = await self._finish_from(record.id, answer)
         return self._answer(updated)
 
-    async def _hold_claim(self, run_id: str) -> None:
+    async def _hold_claim(self, run_id: str, claim: str) -> None:
         """While this process's GET of a run is in flight, keep its poll claim from expiring (a GET can outlast the
         poll interval); a poller that dies stops renewing, and its claim frees the run within POLL_CLAIM_S."""
         while True:
             await asyncio.sleep(POLL_CLAIM_S / 2)
             try:
-                if not await self._db(self.store.renew_poll_claim, run_id, POLL_CLAIM_S):
+                if not await self._db(self.store.renew_poll_claim, run_id, claim, POLL_CLAIM_S):
                     return
             except DatabaseUnavailable as exc:
                 log.warning("could not renew the poll claim of %s: %s", run_id, exc)
@@ -625,8 +626,9 @@ class RunsService:
 
         async def poll_one(record: RunRecord) -> None:
             async with slots:
-                if await self._db(self.store.claim_poll, record.id, self.settings.poll_interval_s, POLL_CLAIM_S):
-                    await self._poll(record)
+                claim = await self._db(self.store.claim_poll, record.id, self.settings.poll_interval_s, POLL_CLAIM_S)
+                if claim is not None:
+                    await self._poll(record, claim)
 
         while True:
             try:

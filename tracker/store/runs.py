@@ -8,6 +8,7 @@ whichever process finishes the run."""
 from __future__ import annotations
 
 import logging
+import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -135,40 +136,48 @@ class RunStore:
             )
             return self._get(conn, run_id)
 
-    def claim_poll(self, run_id: str, interval_s: float, hold_s: float) -> bool:
-        """Take the right to poll this run now: true for one caller across all processes, until its answer is
-        written (note_poll, finish) or hold_s passes, whichever comes first; then once per interval again."""
+    def claim_poll(self, run_id: str, interval_s: float, hold_s: float) -> str | None:
+        """Take the right to poll this run now: a token for one caller across all processes, valid until its
+        answer is written (note_poll, finish) or hold_s passes unrenewed; then once per interval again. None when
+        another caller holds it or the run was polled within the interval."""
+        token = secrets.token_hex(16)
         with write_connection(self.engine) as conn:
             now = db_now(conn)
             result = conn.execute(
                 update(_OPS)
                 .where(_OPS.c.id == run_id, _OPS.c.status == RUNNING, *_pollable(now, interval_s))
-                .values(last_polled_at=now, poll_claimed_until=now + timedelta(seconds=hold_s))
+                .values(last_polled_at=now, poll_claimed_until=now + timedelta(seconds=hold_s), poll_claim=token)
             )
-            return result.rowcount == 1
+            return token if result.rowcount == 1 else None
 
-    def renew_poll_claim(self, run_id: str, hold_s: float) -> bool:
-        """Extend a held poll claim (its GET is still in flight); False once the run ended or the claim was
-        released."""
+    def renew_poll_claim(self, run_id: str, token: str, hold_s: float) -> bool:
+        """Extend our poll claim (its GET is still in flight); False once the run ended or the claim is no longer
+        ours (it lapsed and another caller took it)."""
         with write_connection(self.engine) as conn:
             now = db_now(conn)
             result = conn.execute(
                 update(_OPS)
-                .where(_OPS.c.id == run_id, _OPS.c.status == RUNNING, _OPS.c.poll_claimed_until.is_not(None))
+                .where(_OPS.c.id == run_id, _OPS.c.status == RUNNING, _OPS.c.poll_claim == token)
                 .values(poll_claimed_until=now + timedelta(seconds=hold_s))
             )
             return result.rowcount == 1
 
-    def note_poll(self, run_id: str, error: str | None) -> RunRecord | None:
+    def note_poll(self, run_id: str, error: str | None, token: str | None = None) -> RunRecord | None:
         """A poll found the run still running (error None) or could not reach the upstream (error kept, so
-        later answers say they are stale). Releases the poll's claim."""
+        later answers say they are stale). Releases the poll's claim if it is still ours."""
         with write_connection(self.engine) as conn:
             now = db_now(conn)
             conn.execute(
                 update(_OPS)
                 .where(_OPS.c.id == run_id, _OPS.c.status == RUNNING)
-                .values(error=error, updated_at=now, last_polled_at=now, poll_claimed_until=None)
+                .values(error=error, updated_at=now, last_polled_at=now)
             )
+            if token is not None:
+                conn.execute(
+                    update(_OPS)
+                    .where(_OPS.c.id == run_id, _OPS.c.poll_claim == token)
+                    .values(poll_claimed_until=None, poll_claim=None)
+                )
             return self._get_or_none(conn, run_id)
 
     def finish(
@@ -193,6 +202,7 @@ class RunStore:
                     updated_at=now,
                     last_polled_at=now,
                     poll_claimed_until=None,
+                    poll_claim=None,
                     execution_time_ms=max(0, elapsed_ms(current.started_at, now)),
                 )
             )
