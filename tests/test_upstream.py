@@ -163,6 +163,9 @@ def test_retry_after_parsing() -> None:
     assert retry_after_seconds("soon") == 1.0
     assert retry_after_seconds("99999") == 120.0  # bounded
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past
+    # A date is measured from the response's Date, not our clock (which may be years off):
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:30 GMT", date="Wed, 21 Oct 2015 07:28:00 GMT") == 30.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:30 GMT", date="garbage") == 0.0
 
 
 def test_429_honours_retry_after_and_pushes_the_shared_slot(settings: Settings, fake_upstream: FakeUpstreamProcess) -> None:

@@ -49,17 +49,24 @@ def check_base_url(base_url: str) -> str:
     return base_url.strip().rstrip("/")
 
 
-def retry_after_seconds(value: str | None, default: float = 1.0) -> float:
-    """Retry-After as delta-seconds or an HTTP date; capped so a bad header cannot stall us for hours."""
+def retry_after_seconds(value: str | None, default: float = 1.0, date: str | None = None) -> float:
+    """Retry-After as delta-seconds or an HTTP date; capped so a bad header cannot stall us for hours. A date is
+    measured from the response's own Date header when it has one, not from our clock: a host whose clock is
+    behind would otherwise make every process on the database wait (the wait is shared)."""
     if not value:
         return default
     try:
         seconds = float(value)
     except ValueError:
         try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+            until = email.utils.parsedate_to_datetime(value).timestamp()
         except (TypeError, ValueError):
             return default
+        try:
+            sent = email.utils.parsedate_to_datetime(date).timestamp() if date else time.time()
+        except (TypeError, ValueError):
+            sent = time.time()
+        seconds = until - sent
     return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
 
 
@@ -203,7 +210,7 @@ class UpstreamClient:
             code = response.status_code
             if code == 429:
                 rate_limited += 1
-                wait = retry_after_seconds(response.headers.get("retry-after"))
+                wait = retry_after_seconds(response.headers.get("retry-after"), date=response.headers.get("date"))
                 if rate_limited > self._max_rate_limited:
                     raise self._error(what, response, "still rate limited after retries")
                 log.info("upstream 429 on %s: everyone waits %.2fs", what, wait)
