@@ -40,7 +40,8 @@ from fake_upstream import busiest_second, input_key  # noqa: E402,I001 - scripts
 
 HOSTS = [("hostA", 0.0), ("hostB", 40.0), ("hostC", -55.0)]
 LOSSY_HOST = "hostB"
-CUT_PROBABILITY = 0.004  # per forwarded chunk, either way: a cut every few seconds for a busy process
+CUT_PROBABILITY = 0.0015  # per forwarded chunk, either way: a few cuts a minute for a busy process
+COMMIT_CUT_EVERY_S = (4.0, 8.0)  # and this often, a COMMIT the server applies whose reply never arrives
 RETENTION_S = 150.0  # short enough that a purge judged by a skewed clock would show within the run
 BATCH_ROWS = (30, 25, 25)  # run_grid_batch sizes, started on hosts A, C, B
 RECORDER_BATCHES = 18  # six per host: solo ones, ones shared with another host's attacher, one handed off to it
@@ -66,6 +67,32 @@ def _psycopg_url(url: str) -> str:
 
 def _with_port(url: str, port: int) -> str:
     return re.sub(r"@127\.0\.0\.1:\d+/", f"@127.0.0.1:{port}/", url)
+
+
+class LossyLink:
+    """The lossy host's link to the database: chunks lost at random, and every few seconds a COMMIT whose reply is
+    lost (the server applied it, the client sees its connection die)."""
+
+    def __init__(self, proxy, rng: random.Random, seed: int) -> None:  # noqa: ANN001
+        self.proxy, self.rng, self.seed = proxy, rng, seed
+        self.rounds = 0
+        self.next_commit_cut = time.monotonic() + rng.uniform(*COMMIT_CUT_EVERY_S)
+        self.waiting_since: float | None = None
+        self.commits_before = 0
+        proxy.lossy(CUT_PROBABILITY, seed=seed)
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self.waiting_since is not None:
+            if self.proxy.commits_cut > self.commits_before or now - self.waiting_since > 3:
+                self.rounds += 1
+                self.proxy.lossy(CUT_PROBABILITY, seed=self.seed + self.rounds)
+                self.waiting_since = None
+                self.next_commit_cut = now + self.rng.uniform(*COMMIT_CUT_EVERY_S)
+        elif now >= self.next_commit_cut:
+            self.commits_before = self.proxy.commits_cut
+            self.proxy.cut_after_commit(1)
+            self.waiting_since = now
 
 
 @dataclass
@@ -359,7 +386,7 @@ def test_three_hosts_with_skewed_clocks_kills_and_a_lossy_network(request, tmp_p
             assert probe["waits_ok"], f"{host.name}: time.sleep/Event.wait do not last what they should: {probes}"
         assert len({p["hostname"] for p in probes.values()}) == len(hosts)
 
-        proxy.lossy(CUT_PROBABILITY, seed=seed)
+        link = LossyLink(proxy, random.Random(seed + 1), seed)
         for host in hosts:
             sim.start_server(host.name)
         sim.start_recorders()
@@ -375,6 +402,7 @@ def test_three_hosts_with_skewed_clocks_kills_and_a_lossy_network(request, tmp_p
         while time.monotonic() < phase_deadline:
             batches_done = sim.watch(watcher)
             sim.supervise()
+            link.tick()
             runs_running = any(sim.first_terminal.get(b) is None for b in sim.run_batches)
             if runs_running and len(sim.kills) < MAX_KILLS and time.monotonic() >= next_kill:
                 sim.kill_one()
@@ -392,7 +420,7 @@ def test_three_hosts_with_skewed_clocks_kills_and_a_lossy_network(request, tmp_p
         final_status = _final_status_over_mcp(sim)
     finally:
         sim.shutdown()
-        figures["proxy"] = {"connections": proxy.connections, "cuts": proxy.cuts}
+        figures["proxy"] = {"connections": proxy.connections, "cuts": proxy.cuts, "commit_replies_lost": proxy.commits_cut}
         proxy.stop()
         upstream = fake.call("/_fake/stats?times=1")
         fake.stop()
