@@ -74,6 +74,26 @@ def test_a_commit_whose_reply_is_lost_is_applied_once(postgres_server) -> None:
             assert tracker.get(batch.id).status == "completed"
 
 
+def test_a_start_whose_commit_reply_is_lost_goes_on_with_the_operation_it_made(postgres_server) -> None:
+    """start_batch's COMMIT reaches PostgreSQL and its reply is lost: the operation exists, so the call returns it
+    (raising would make a caller that retries start a second operation: a batch tool answering an error for a
+    batch that runs)."""
+    url = postgres_server.create_database(f"lost_create_{next(_names)}")
+    Tracker(Settings.from_env({}, db=url)).close()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    with TcpProxy("127.0.0.1", port) as proxy:
+        through = url.replace(f":{port}/", f":{proxy.port}/")
+        with Tracker(Settings.from_env({}, db=through, flush_interval_s=3600.0, heartbeat_lease_s=3600.0)) as tracker:
+            tracker.get("warm-up")  # the pool's connection is open before the cut is armed
+            proxy.cut_after_commit()
+            batch = tracker.start_batch("import", total=1)
+            assert proxy.commits_cut == 1
+            batch.record_success("a")
+            batch.finish()
+            assert [r.id for r in tracker.list()] == [batch.id]
+            assert _counts(tracker.engine, batch.id) == (1, 0, 1)
+
+
 def test_a_group_applied_twice_changes_nothing_the_second_time(backend_tracker: Tracker) -> None:
     """The same check on both backends at the store: a group number already applied for its writer is skipped."""
     batch = backend_tracker.start_batch("import", total=4)
@@ -399,3 +419,87 @@ def test_a_handle_whose_operation_was_purged_closes_instead_of_retrying(tracker:
     assert other.closed
     with pytest.raises(OperationNotFound):
         other.record_success("y")
+
+
+def test_a_post_made_late_by_a_slow_row_write_waits_for_a_fresh_slot(settings: Settings) -> None:
+    """A batch row is written right before its POST leaves; when that write is slow (a far or lossy database), the
+    POST would leave past its slot and crowd the next request into the same second: it takes a fresh slot."""
+    settings = Settings.from_env({"BITSCALE_API_KEY": "k", "BITSCALE_API_BASE": "http://127.0.0.1:9/api"}, db=settings.db)
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"mode": "async", "status": "running", "request_id": "r-1"})
+
+    class Counting(SharedRateLimiter):
+        claims = 0
+
+        async def acquire(self):  # noqa: ANN201
+            Counting.claims += 1
+            return await super().acquire()
+
+    async def scenario() -> None:
+        engine = open_engine(settings)
+        limiter = Counting(engine, workspace_key(settings.upstream_base, "k"), 5.0)
+        client = UpstreamClient(settings.upstream_base, "k", limiter, transport=httpx.MockTransport(handler))
+
+        async def slow_row_write() -> None:
+            await asyncio.sleep(0.3)  # longer than the slot's tolerance
+
+        async def quick_row_write() -> None:
+            pass
+
+        try:
+            await client.submit_run("g", {"n": "1"}, "async", on_send=quick_row_write)
+            assert Counting.claims == 1
+            await client.submit_run("g", {"n": "2"}, "async", on_send=slow_row_write)
+            assert Counting.claims == 3
+        finally:
+            await client.aclose()
+            engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_a_database_error_in_the_first_adoption_pass_leaves_the_loops_running(settings: Settings) -> None:
+    """RunsService.start() on a database that fails for a moment: the poll and adopt loops still run (a server
+    that hit it once used to poll and resume nothing for the rest of its life)."""
+    from sqlalchemy.exc import OperationalError
+
+    settings = Settings.from_env(
+        {"BITSCALE_API_KEY": "k", "BITSCALE_API_BASE": "http://127.0.0.1:9/api"}, db=settings.db, poll_interval_s=0.2
+    )
+    gets = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal gets
+        if request.method == "POST":
+            return httpx.Response(200, json={"mode": "async", "status": "running", "request_id": "r-9"})
+        gets += 1
+        return httpx.Response(200, json={"mode": "async", "status": "completed", "grid_id": "g", "outputs": {}})
+
+    async def scenario() -> str:
+        engine = open_engine(settings)
+        limiter = SharedRateLimiter(engine, workspace_key(settings.upstream_base, "k"), 50.0)
+        client = UpstreamClient(settings.upstream_base, "k", limiter, transport=httpx.MockTransport(handler))
+        runs = RunsService(settings, engine, client)
+        real = runs.store.running_batches
+
+        def failing_once(operation_type: str):  # noqa: ANN202
+            runs.store.running_batches = real
+            raise OperationalError("SELECT", {}, Exception("server closed the connection unexpectedly"))
+
+        runs.store.running_batches = failing_once
+        try:
+            await runs.run_grid("g", {"email": "a@x.io"}, mode="async")
+            await runs.start()  # must not raise, must start the loops
+            for _ in range(100):  # only the background poll loop polls it: nobody calls get_run_status
+                record = await asyncio.to_thread(runs.store.get_by_request_id, "r-9")
+                if record.status == "completed":
+                    break
+                await asyncio.sleep(0.1)
+            return record.status
+        finally:
+            await runs.aclose()
+            engine.dispose()
+
+    assert asyncio.run(scenario()) == "completed"
+    assert gets >= 1

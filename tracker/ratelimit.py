@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .db import short_reason
 from .errors import DatabaseUnavailable, InvalidInput
-from .store.ratelimit import RateLimitStore
+from .store.ratelimit import Claim, RateLimitStore
 from .upstream import MAX_RETRY_AFTER_S
 
 SPACING_MARGIN = 1.1
@@ -45,8 +45,8 @@ class SharedRateLimiter:
         self.late_tolerance_s = (SPACING_MARGIN - 1.0) * rate_per_s * self.interval_s / 2
         self._deferred_until = 0.0  # this process's view of the latest Retry-After (database epoch seconds)
 
-    async def acquire(self) -> None:
-        """Return when this caller may send one request."""
+    async def acquire(self) -> Claim:
+        """Return when this caller may send one request; the claim is a ticket for on_time()."""
         while True:
             claim = await self._db(self._store.claim, self.workspace, self.interval_s)
             delay = claim.due - time.monotonic()
@@ -55,9 +55,13 @@ class SharedRateLimiter:
             # A 429 that arrived while we waited invalidates slots claimed before it; a slot we reach too late
             # (a busy event loop or CPU, a slow commit of the claim) would crowd the next ones into the same
             # second: take a fresh one.
-            late = time.monotonic() - claim.due + claim.uncertainty_s
-            if claim.slot >= self._deferred_until and late <= self.late_tolerance_s:
-                return
+            if claim.slot >= self._deferred_until and self.on_time(claim):
+                return claim
+
+    def on_time(self, claim: Claim) -> bool:
+        """Whether a request sent now is still within the slot of this claim (not so late that it would crowd
+        the next slots into one second)."""
+        return time.monotonic() - claim.due + claim.uncertainty_s <= self.late_tolerance_s
 
     async def defer(self, seconds: float) -> None:
         """The upstream said 429 Retry-After `seconds`: nobody on this database sends before then."""

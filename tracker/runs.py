@@ -67,6 +67,7 @@ MAX_QUEUED_POLLS = 4
 # until its answer is written, even when the GET outlasts the poll interval; a poller killed mid-GET frees it soon.
 POLL_CLAIM_S = 5.0  # such background polls per process; past it a call answers from the table without one
 ADOPT_EVERY_S = 5.0
+WORKER_RETRY_S = 1.0  # a batch worker that hit a database error picks its batch up again after this pause
 INTERRUPTED = (
     "unknown: interrupted during submit (the upstream may have received it and offers no lookup, "
     "so it was not resubmitted)"
@@ -450,14 +451,23 @@ class RunsService:
         task.add_done_callback(lambda _t: self._workers.pop(batch_id, None))
 
     async def _batch_worker(self, batch_id: str, resumed: bool) -> None:
-        try:
-            await self._run_batch(batch_id, resumed)
-        except asyncio.CancelledError:
-            raise
-        except OperationClosed:
-            pass  # cancelled or ended elsewhere
-        except Exception:  # noqa: BLE001 - the adopt loop restarts it (it still names this process as owner)
-            log.exception("batch %s worker stopped; it will be resumed", batch_id)
+        while True:
+            try:
+                await self._run_batch(batch_id, resumed)
+                return
+            except asyncio.CancelledError:
+                raise
+            except OperationClosed:
+                return  # cancelled or ended elsewhere
+            except DatabaseUnavailable as exc:
+                # A passing database error (a cut connection, a timeout): pick the batch up again from the table
+                # after a pause, as an adopter would, instead of leaving it idle until the lease runs out.
+                log.warning("batch %s worker hit a database error, resuming it in %gs: %s", batch_id, WORKER_RETRY_S, exc)
+                await asyncio.sleep(WORKER_RETRY_S)
+                resumed = True
+            except Exception:  # noqa: BLE001 - the adopt loop restarts it (it still names this process as owner)
+                log.exception("batch %s worker stopped; it will be resumed", batch_id)
+                return
 
     async def _run_batch(self, batch_id: str, resumed: bool) -> None:
         batch = await self._db(self.store.get, batch_id)
@@ -581,9 +591,13 @@ class RunsService:
         if not self.settings.upstream_key:
             log.info("remote runs: BITSCALE_API_KEY is not set; no polling, no batch resumption in this server")
             return
-        await self.adopt_orphans()
+        # The loops first: a database error in the first adoption pass must not leave this server without them.
         self._spawn(self._poll_loop())
         self._spawn(self._adopt_loop())
+        try:
+            await self.adopt_orphans()
+        except TrackerError as exc:
+            log.warning("could not look for orphaned batches yet (the adopt loop retries): %s", exc)
 
     async def adopt_orphans(self) -> list[str]:
         """Take over running batches whose owner process is gone; returns their ids. Never without an API key."""

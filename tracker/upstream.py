@@ -32,7 +32,8 @@ RUN_STATUSES = ("running", "completed", "failed")
 
 
 class Limiter(Protocol):
-    async def acquire(self) -> None: ...
+    async def acquire(self) -> Any: ...  # returns a ticket for on_time()
+    def on_time(self, ticket: Any) -> bool: ...  # still within the slot the ticket was granted for
     async def defer(self, seconds: float) -> None: ...
     async def queue_s(self) -> float: ...
 
@@ -178,11 +179,14 @@ class UpstreamClient:
         http = self._http()
         await anyio.sleep(0)
         while True:
-            if self._limiter is not None:
-                await self._limiter.acquire()
+            ticket = await self._limiter.acquire() if self._limiter is not None else None
             if on_send is not None:
                 await on_send()
                 on_send = None
+                # Writing the row took long (a slow database): sent now, it would crowd the next slot's request
+                # into the same second. Wait for a fresh slot; the row already says "maybe submitted".
+                if self._limiter is not None and not self._limiter.on_time(ticket):
+                    await self._limiter.acquire()
             try:
                 self.requests_sent += 1
                 response = await http.request(

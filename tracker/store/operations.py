@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy.exc import DBAPIError
 
 from ..db import engine_location, write_connection
 from ..errors import OperationCancelled, OperationClosed, OperationNotFound
@@ -76,13 +77,26 @@ class Store:
     def create_operation(self, values: dict[str, Any], writer: Writer | None = None) -> OperationRecord:
         """Insert a running operation (started_at defaults to the database's clock); with `writer`, register the
         process that records into it in the same transaction."""
-        with write_connection(self.engine) as conn:
-            now = db_now(conn)
-            row = new_operation_row(values, now)
-            conn.execute(insert(_OPS).values(**row))
-            if writer is not None:
-                self._insert_writer(conn, row["id"], writer, now)
-            return self._get(conn, row["id"])
+        try:
+            with write_connection(self.engine) as conn:
+                now = db_now(conn)
+                row = new_operation_row(values, now)
+                conn.execute(insert(_OPS).values(**row))
+                if writer is not None:
+                    self._insert_writer(conn, row["id"], writer, now)
+                return self._get(conn, row["id"])
+        except DBAPIError as exc:
+            return self.found_after_lost_reply(exc, values["id"])
+
+    def found_after_lost_reply(self, exc: DBAPIError, operation_id: str) -> OperationRecord:
+        """An insert whose connection broke may still have committed (its reply was lost): if the row is there, it
+        did, and the caller goes on with it instead of failing (and a retry creating a second operation). Else the
+        error stands."""
+        if exc.connection_invalidated:
+            found = self.get(operation_id)
+            if found is not None:
+                return found
+        raise exc
 
     def add_writer(self, operation_id: str, writer: Writer) -> OperationRecord:
         """Register another process recording into a running operation (attach): while it lives (or, seen from

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ..db import write_connection
 from ..liveness import Process
@@ -21,7 +21,7 @@ from ..models import COMPLETED, FAILED, RUNNING, Operation, OperationItem
 from ..records import OperationRecord
 from ..timeutil import elapsed_ms
 from .clock import db_now, engine_now
-from .operations import RECORD_COLUMNS, new_operation_row, record_from_row
+from .operations import RECORD_COLUMNS, Store, new_operation_row, record_from_row
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class DuplicateKey(Exception):
 class RunStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._operations = Store(engine)
 
     # -- reads --------------------------------------------------------------------------------------------------
 
@@ -109,6 +110,8 @@ class RunStore:
                 return self._get(conn, values["id"])
         except IntegrityError:
             raise DuplicateKey() from None
+        except DBAPIError as exc:
+            return self._operations.found_after_lost_reply(exc, values["id"])
 
     def create_child(self, batch_id: str, values: dict[str, Any]) -> RunRecord | None:
         """Insert the run for one input row of a batch, only while the batch is running (a cancel stops new
@@ -124,6 +127,8 @@ class RunStore:
                 return self._get(conn, values["id"])
         except IntegrityError:
             raise DuplicateKey() from None
+        except DBAPIError as exc:
+            return self._operations.found_after_lost_reply(exc, values["id"])
 
     def mark_submitted(self, run_id: str, request_id: str) -> RunRecord | None:
         """The upstream accepted the run: remember its request_id. From here on, any process may poll it."""
