@@ -503,3 +503,60 @@ def test_a_database_error_in_the_first_adoption_pass_leaves_the_loops_running(se
 
     assert asyncio.run(scenario()) == "completed"
     assert gets >= 1
+
+
+def test_passing_database_errors_around_a_rows_post_lose_no_row(settings: Settings) -> None:
+    """A database error while writing a row's run (before its POST) puts the row back in the queue; one while
+    recording the upstream's answer (after it) is retried: every row ends completed, none 'unknown' (the worker
+    used to stop, failing the rows in flight as 'unknown: interrupted during submit')."""
+    from sqlalchemy.exc import OperationalError
+
+    settings = Settings.from_env(
+        {"BITSCALE_API_KEY": "k", "BITSCALE_API_BASE": "http://127.0.0.1:9/api"}, db=settings.db, poll_interval_s=0.2
+    )
+    posts = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal posts
+        if request.method == "POST":
+            posts += 1
+            return httpx.Response(200, json={"mode": "async", "status": "running", "request_id": f"r-{posts}"})
+        return httpx.Response(200, json={"mode": "async", "status": "completed", "grid_id": "g", "outputs": {}})
+
+    def fail_once(real):  # noqa: ANN001, ANN202
+        state = {"calls": 0}
+
+        def wrapper(*args):  # noqa: ANN002, ANN202
+            state["calls"] += 1
+            if state["calls"] == 2:
+                raise OperationalError("INSERT", {}, Exception("server closed the connection unexpectedly"))
+            return real(*args)
+
+        return wrapper
+
+    async def scenario() -> tuple[Any, list[Any]]:
+        engine = open_engine(settings)
+        limiter = SharedRateLimiter(engine, workspace_key(settings.upstream_base, "k"), 50.0)
+        client = UpstreamClient(settings.upstream_base, "k", limiter, transport=httpx.MockTransport(handler))
+        runs = RunsService(settings, engine, client)
+        runs.store.create_child = fail_once(runs.store.create_child)
+        runs.store.mark_submitted = fail_once(runs.store.mark_submitted)
+        try:
+            await runs.start()
+            started = await runs.run_grid_batch("g", [{"n": str(n)} for n in range(5)], concurrency=1)
+            batch_id = started["batch_operation_id"]
+            for _ in range(150):
+                batch = await asyncio.to_thread(runs.store.get, batch_id)
+                if batch.is_terminal:
+                    break
+                await asyncio.sleep(0.1)
+            children = await asyncio.to_thread(runs.store.children, batch_id)
+            return batch, children
+        finally:
+            await runs.aclose()
+            engine.dispose()
+
+    batch, children = asyncio.run(scenario())
+    assert (batch.status, batch.succeeded_count, batch.failed_count) == ("completed", 5, 0)
+    assert sorted(c.row_number for c in children) == [1, 2, 3, 4, 5]
+    assert all(c.status == "completed" for c in children) and posts == 5

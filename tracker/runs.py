@@ -67,7 +67,8 @@ MAX_QUEUED_POLLS = 4
 # until its answer is written, even when the GET outlasts the poll interval; a poller killed mid-GET frees it soon.
 POLL_CLAIM_S = 5.0  # such background polls per process; past it a call answers from the table without one
 ADOPT_EVERY_S = 5.0
-WORKER_RETRY_S = 1.0  # a batch worker that hit a database error picks its batch up again after this pause
+WORKER_RETRY_S = 1.0
+PERSIST_ATTEMPTS = 6  # tries to record an upstream answer through database errors (about 10 s of pauses)  # a batch worker that hit a database error picks its batch up again after this pause
 INTERRUPTED = (
     "unknown: interrupted during submit (the upstream may have received it and offers no lookup, "
     "so it was not resubmitted)"
@@ -154,6 +155,10 @@ def _concurrency(value: Any) -> int:
 
 class _BatchStopped(Exception):
     """The batch is no longer running (cancelled): submit nothing more."""
+
+
+class _RowNotWritten(Exception):
+    """A batch row's run could not be written (a database error) before its POST: nothing was sent."""
 
 
 class RunsService:
@@ -262,7 +267,7 @@ class RunsService:
             # Stopped while waiting for its rate-limit slot, it was never sent: say so, not "unknown".
             self._finish_now(record.id, FAILED, error=INTERRUPTED if sent else NOT_SENT)
             raise
-        return await self._apply_submission(record, answer)
+        return await self._persist(lambda: self._apply_submission(record, answer))
 
     async def _replay(self, existing: RunRecord, grid_id: str, inputs: dict[str, str]) -> dict[str, Any]:
         recorded = existing.inputs.get("inputs") if isinstance(existing.inputs, dict) else None
@@ -490,8 +495,13 @@ class RunsService:
             async def submitter() -> None:
                 while pending:
                     number = pending.popleft()
-                    if not await self._submit_row(batch_id, params, number, rows[number - 1]):
-                        pending.clear()
+                    try:
+                        if not await self._submit_row(batch_id, params, number, rows[number - 1]):
+                            pending.clear()
+                    except _RowNotWritten as exc:  # a passing database error before anything was sent
+                        log.warning("batch %s row %d: %s; trying it again later", batch_id, number, exc)
+                        pending.append(number)
+                        await asyncio.sleep(WORKER_RETRY_S)
 
             async with asyncio.TaskGroup() as group:
                 for _ in range(min(params.get("concurrency", 1), max(1, len(pending)))):
@@ -519,7 +529,10 @@ class RunsService:
 
         async def write_row() -> None:
             nonlocal child
-            child = await self._db(self.store.create_child, batch_id, values)
+            try:
+                child = await self._db(self.store.create_child, batch_id, values)
+            except DatabaseUnavailable as exc:
+                raise _RowNotWritten(str(exc)) from None  # nothing was sent: the row can be tried again later
             if child is None:
                 raise _BatchStopped()
 
@@ -546,10 +559,10 @@ class RunsService:
                 except DuplicateKey:
                     return True  # this row already has a run: never submit it again
             assert child is not None
-            await self._finish(child.id, FAILED, error=error)
+            await self._persist(lambda: self._finish(child.id, FAILED, error=error))
             return True
         assert child is not None
-        await self._apply_submission(child, answer)
+        await self._persist(lambda: self._apply_submission(child, answer))
         return True
 
     async def _await_runs(self, batch_id: str, total: int) -> None:
@@ -670,6 +683,19 @@ class RunsService:
             await self._client.aclose()
 
     # -- helpers ------------------------------------------------------------------------------------------------
+
+    async def _persist(self, write: Callable[[], Any]) -> Any:
+        """Write what the upstream answered, through a passing database error: the answer (a request_id, outputs)
+        exists only in memory, and losing it would leave a run that was sent but can never be polled."""
+        for attempt in range(PERSIST_ATTEMPTS):
+            try:
+                return await write()
+            except DatabaseUnavailable as exc:
+                if attempt == PERSIST_ATTEMPTS - 1:
+                    raise
+                log.warning("could not record an upstream answer, retrying: %s", exc)
+                await asyncio.sleep(min(4.0, 0.25 * 2**attempt))
+        raise AssertionError("unreachable")
 
     def _upstream(self) -> UpstreamClient:
         if self._client is None:
