@@ -94,6 +94,29 @@ def test_a_start_whose_commit_reply_is_lost_goes_on_with_the_operation_it_made(p
             assert _counts(tracker.engine, batch.id) == (1, 0, 1)
 
 
+def test_a_finish_whose_commit_reply_is_lost_is_given_back_on_retry(postgres_server) -> None:
+    """finish()'s COMMIT is applied and its reply lost: it raises, and the retry gets the end it made, not
+    'already completed' (the simulation's recorder on the lossy host saw that)."""
+    url = postgres_server.create_database(f"lost_finish_{next(_names)}")
+    Tracker(Settings.from_env({}, db=url)).close()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    with TcpProxy("127.0.0.1", port) as proxy:
+        through = url.replace(f":{port}/", f":{proxy.port}/")
+        with Tracker(Settings.from_env({}, db=through, flush_interval_s=3600.0, heartbeat_lease_s=3600.0)) as tracker:
+            batch = tracker.start_batch("import", total=2)
+            batch.record_success("a")
+            batch.flush()
+            other = tracker.attach(batch.id)
+            proxy.cut_after_commit()
+            with pytest.raises(DatabaseUnavailable):
+                batch.finish()
+            assert proxy.commits_cut == 1
+            record = batch.finish()  # the retry
+            assert (record.status, record.completed) == ("completed", 1)
+            with pytest.raises(OperationClosed):  # another writer's finish is still refused
+                other.finish()
+
+
 def test_a_group_applied_twice_changes_nothing_the_second_time(backend_tracker: Tracker) -> None:
     """The same check on both backends at the store: a group number already applied for its writer is skipped."""
     batch = backend_tracker.start_batch("import", total=4)

@@ -117,6 +117,8 @@ class Operation(Base):
     # A poll in flight holds its run until its answer is written or this time (the database's clock) passes.
     poll_claimed_until: Mapped[datetime | None] = mapped_column(UTCTimestamp())
     poll_claim: Mapped[str | None] = mapped_column(String(32))  # the holder's token: only it renews or releases
+    # The writer whose finish ended it: that writer's retry after a lost COMMIT reply gets the end, not an error.
+    ended_by: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (
         CheckConstraint("kind IN ('run', 'batch')", name="kind"),

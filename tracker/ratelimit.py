@@ -1,9 +1,11 @@
 """One upstream rate limit shared by every tracker process on a database.
 
 Each request claims the next free slot of its workspace in a short write transaction (store/ratelimit.py) and
-then waits, outside any transaction, until that slot. Slots are spaced 1/rate apart, plus a small margin: an
-upstream that counts requests in a sliding one-second window sees slot 1 and slot rate+1 arrive with a few
-milliseconds of jitter, and exact spacing would trip it about half the time. A 429 moves the shared next slot
+then waits, outside any transaction, until that slot. Slots are spaced 1/rate apart, plus a margin of 20%: an
+upstream that counts requests in a sliding one-second window sees slot 1 and slot rate+1 arrive with jitter
+(exact spacing would trip it about half the time), and on a loaded machine a request can reach the upstream
+100 ms or more after it left its slot (measured in the multi-host simulation: 135 ms with 10% margin, which let 6
+requests into one second). A 429 moves the shared next slot
 past its Retry-After, so every process backs off, not only the one that was refused."""
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from .errors import DatabaseUnavailable, InvalidInput
 from .store.ratelimit import Claim, RateLimitStore
 from .upstream import MAX_RETRY_AFTER_S
 
-SPACING_MARGIN = 1.1
+SPACING_MARGIN = 1.2
 MAX_QUEUED_CLAIMS = 256  # requests that may legitimately wait for slots at once, across processes
 
 
@@ -41,8 +43,9 @@ class SharedRateLimiter:
         self.rate_per_s = rate_per_s
         self.interval_s = SPACING_MARGIN / rate_per_s
         self._store = RateLimitStore(engine, max_ahead_s=MAX_RETRY_AFTER_S + MAX_QUEUED_CLAIMS * self.interval_s)
-        # Half of the slack the margin leaves in a window of `rate` requests.
-        self.late_tolerance_s = (SPACING_MARGIN - 1.0) * rate_per_s * self.interval_s / 2
+        # A quarter of the slack the margin leaves in a window of `rate` requests: the rest is for what happens
+        # after the check (the request leaving, the network, the upstream's own clock).
+        self.late_tolerance_s = (SPACING_MARGIN - 1.0) * rate_per_s * self.interval_s / 4
         self._deferred_until = 0.0  # this process's view of the latest Retry-After (database epoch seconds)
 
     async def acquire(self) -> Claim:

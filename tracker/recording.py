@@ -200,7 +200,8 @@ class BatchHandle:
             self.flush()
             record = self._guarded(
                 lambda: self._store.finish(
-                    self.id, status=status, error=error, outputs=outputs, set_outputs=outputs is not None
+                    self.id, status=status, error=error, outputs=outputs, set_outputs=outputs is not None,
+                    by=self.writer_id,
                 )
             )
             self._close(OperationClosed(f"operation {self.id!r} is already {record.status}; the write was refused"))

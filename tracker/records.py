@@ -40,6 +40,7 @@ class OperationRecord:
     owner_process: str | None  # the owner's identity on its host (tracker.liveness)
     poll_claimed_until: datetime | None
     poll_claim: str | None
+    ended_by: str | None
 
     @property
     def completed(self) -> int:

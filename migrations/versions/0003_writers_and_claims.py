@@ -21,6 +21,7 @@ def upgrade() -> None:
     op.add_column("operations", sa.Column("owner_process", sa.String(64), nullable=True))
     op.add_column("operations", sa.Column("poll_claimed_until", UTCTimestamp(), nullable=True))
     op.add_column("operations", sa.Column("poll_claim", sa.String(32), nullable=True))
+    op.add_column("operations", sa.Column("ended_by", sa.String(32), nullable=True))
     op.create_table(
         "operation_writers",
         sa.Column(
@@ -41,6 +42,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("operation_writers")
+    op.drop_column("operations", "ended_by")
     op.drop_column("operations", "poll_claim")
     op.drop_column("operations", "poll_claimed_until")
     op.drop_column("operations", "owner_process")

@@ -207,13 +207,18 @@ class Store:
         error: str | None = None,
         outputs: Any = None,
         set_outputs: bool = False,
+        by: str | None = None,
     ) -> OperationRecord:
         """Move a running operation to a terminal state, exactly once whoever races on it (the row is locked, and
         the guarded UPDATE's rowcount decides). status None applies the rule: failed when every processed item
-        failed (at least one failure, no success), else completed. now defaults to the database's clock."""
+        failed (at least one failure, no success), else completed. now defaults to the database's clock.
+        `by` (a writer id) is recorded: the same writer finishing again (a retry after a lost COMMIT reply) gets
+        the end it made back instead of OperationClosed."""
         with write_connection(self.engine) as conn:
             current = self._get_for_update(conn, operation_id)
             if current.status != RUNNING:
+                if by is not None and current.ended_by == by:
+                    return current
                 self._raise_not_running(conn, operation_id)
             now = now or db_now(conn)
             if status is None:
@@ -224,6 +229,7 @@ class Store:
                 "updated_at": now,
                 "execution_time_ms": max(0, elapsed_ms(current.started_at, now)),
                 "error": error if error is not None else current.error,
+                "ended_by": by,
             }
             if set_outputs:
                 values["outputs"] = outputs
