@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import threading
 import time
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -32,6 +33,20 @@ from .tcp_proxy import TcpProxy
 pytestmark = pytest.mark.timeout(120)
 
 _names = itertools.count()
+
+
+@asynccontextmanager
+async def _mock_service(settings: Settings, handler: Any, rate_per_s: float = 50.0):
+    """A RunsService on the test's database whose upstream is an httpx.MockTransport handler (key "k")."""
+    engine = open_engine(settings)
+    limiter = SharedRateLimiter(engine, workspace_key(settings.upstream_base, "k"), rate_per_s)
+    client = UpstreamClient(settings.upstream_base, "k", limiter, transport=httpx.MockTransport(handler))
+    runs = RunsService(settings, engine, client)
+    try:
+        yield runs
+    finally:
+        await runs.aclose()
+        engine.dispose()
 
 
 def _counts(engine, operation_id: str) -> tuple[int, int, int]:
@@ -232,20 +247,13 @@ def test_a_claimed_poll_holds_while_its_get_outlasts_the_poll_interval(settings:
         return httpx.Response(200, json={"mode": "async", "status": "running", "grid_id": "g"})
 
     async def scenario() -> tuple[dict, dict]:
-        engine = open_engine(settings)
-        limiter = SharedRateLimiter(engine, workspace_key(settings.upstream_base, "k"), 50.0)
-        client = UpstreamClient(settings.upstream_base, "k", limiter, transport=httpx.MockTransport(handler))
-        runs = RunsService(settings, engine, client)
-        try:
+        async with _mock_service(settings, handler) as runs:
             await runs.run_grid("g", {"email": "a@x.io"}, mode="async")
             await asyncio.sleep(0.3)
             slow = asyncio.create_task(runs.get_run_status("r-1"))
             await asyncio.sleep(0.6)  # past the poll interval, while the first GET is still in flight
             second = await runs.get_run_status("r-1")
             return await slow, second
-        finally:
-            await runs.aclose()
-            engine.dispose()
 
     first, second = asyncio.run(scenario())
     assert first["status"] == second["status"] == "running"
@@ -500,18 +508,14 @@ def test_a_database_error_in_the_first_adoption_pass_leaves_the_loops_running(se
         return httpx.Response(200, json={"mode": "async", "status": "completed", "grid_id": "g", "outputs": {}})
 
     async def scenario() -> str:
-        engine = open_engine(settings)
-        limiter = SharedRateLimiter(engine, workspace_key(settings.upstream_base, "k"), 50.0)
-        client = UpstreamClient(settings.upstream_base, "k", limiter, transport=httpx.MockTransport(handler))
-        runs = RunsService(settings, engine, client)
-        real = runs.store.running_batches
+        async with _mock_service(settings, handler) as runs:
+            real = runs.store.running_batches
 
-        def failing_once(operation_type: str):  # noqa: ANN202
-            runs.store.running_batches = real
-            raise OperationalError("SELECT", {}, Exception("server closed the connection unexpectedly"))
+            def failing_once(operation_type: str):  # noqa: ANN202
+                runs.store.running_batches = real
+                raise OperationalError("SELECT", {}, Exception("server closed the connection unexpectedly"))
 
-        runs.store.running_batches = failing_once
-        try:
+            runs.store.running_batches = failing_once
             await runs.run_grid("g", {"email": "a@x.io"}, mode="async")
             await runs.start()  # must not raise, must start the loops
             for _ in range(100):  # only the background poll loop polls it: nobody calls get_run_status
@@ -520,9 +524,6 @@ def test_a_database_error_in_the_first_adoption_pass_leaves_the_loops_running(se
                     break
                 await asyncio.sleep(0.1)
             return record.status
-        finally:
-            await runs.aclose()
-            engine.dispose()
 
     assert asyncio.run(scenario()) == "completed"
     assert gets >= 1
@@ -558,13 +559,9 @@ def test_passing_database_errors_around_a_rows_post_lose_no_row(settings: Settin
         return wrapper
 
     async def scenario() -> tuple[Any, list[Any]]:
-        engine = open_engine(settings)
-        limiter = SharedRateLimiter(engine, workspace_key(settings.upstream_base, "k"), 50.0)
-        client = UpstreamClient(settings.upstream_base, "k", limiter, transport=httpx.MockTransport(handler))
-        runs = RunsService(settings, engine, client)
-        runs.store.create_child = fail_once(runs.store.create_child)
-        runs.store.mark_submitted = fail_once(runs.store.mark_submitted)
-        try:
+        async with _mock_service(settings, handler) as runs:
+            runs.store.create_child = fail_once(runs.store.create_child)
+            runs.store.mark_submitted = fail_once(runs.store.mark_submitted)
             await runs.start()
             started = await runs.run_grid_batch("g", [{"n": str(n)} for n in range(5)], concurrency=1)
             batch_id = started["batch_operation_id"]
@@ -575,9 +572,6 @@ def test_passing_database_errors_around_a_rows_post_lose_no_row(settings: Settin
                 await asyncio.sleep(0.1)
             children = await asyncio.to_thread(runs.store.children, batch_id)
             return batch, children
-        finally:
-            await runs.aclose()
-            engine.dispose()
 
     batch, children = asyncio.run(scenario())
     assert (batch.status, batch.succeeded_count, batch.failed_count) == ("completed", 5, 0)
