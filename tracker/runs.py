@@ -62,13 +62,13 @@ POLLERS = 2  # concurrent background polls: leaves most of the shared rate to su
 # A get_run_status whose poll would wait longer than this for a rate-limit slot (many runs polled at once) does
 # not wait: the poll goes on in the background and the call answers at once from the table, saying so.
 FOREGROUND_QUEUE_S = 0.5
-MAX_QUEUED_POLLS = 4
+MAX_QUEUED_POLLS = 4  # such background polls per process; past it a call answers from the table without one
 # A claimed poll holds its run for this long, renewed while its GET is in flight: no other poll of the run goes out
 # until its answer is written, even when the GET outlasts the poll interval; a poller killed mid-GET frees it soon.
-POLL_CLAIM_S = 5.0  # such background polls per process; past it a call answers from the table without one
+POLL_CLAIM_S = 5.0
 ADOPT_EVERY_S = 5.0
-WORKER_RETRY_S = 1.0
-PERSIST_ATTEMPTS = 6  # tries to record an upstream answer through database errors (about 10 s of pauses)  # a batch worker that hit a database error picks its batch up again after this pause
+WORKER_RETRY_S = 1.0  # a batch worker (or row) that hit a database error is tried again after this pause
+PERSIST_ATTEMPTS = 6  # tries to record an upstream answer through database errors (about 10 s of pauses)
 INTERRUPTED = (
     "unknown: interrupted during submit (the upstream may have received it and offers no lookup, "
     "so it was not resubmitted)"
