@@ -21,6 +21,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -617,8 +618,12 @@ class RunsService:
         adopted: list[str] = []
         if not self.settings.upstream_key:
             return adopted
-        for batch in await self._db(self.store.running_batches, OPERATION_TYPE):
-            if batch.id in self._workers or await self._db(self._owner_alive, batch):
+        batches = await self._db(self.store.running_batches, OPERATION_TYPE)
+        if not batches:
+            return adopted
+        now = await self._db(self.operations.now)  # leases are judged by the database's clock, once per pass
+        for batch in batches:
+            if batch.id in self._workers or self._owner_alive(batch, now):
                 continue
             if await self._db(self.store.claim_batch, batch, self.process):
                 log.warning("resuming batch %s (its owner %s/%s is gone)", batch.id, batch.owner_host, batch.owner_pid)
@@ -626,16 +631,17 @@ class RunsService:
                 adopted.append(batch.id)
         return adopted
 
-    def _owner_alive(self, batch: RunRecord) -> bool:
-        """Whether the batch's owner still runs (in a worker thread: it reads the database's clock)."""
-        if self.store.lease_expired(batch, self.settings.heartbeat_lease_s):
+    def _owner_alive(self, batch: RunRecord, now: datetime) -> bool:
+        """Whether the batch's owner still runs; now is the database's time."""
+        quiet_s = (now - batch.heartbeat_at).total_seconds() if batch.heartbeat_at is not None else float("inf")
+        if quiet_s > self.settings.heartbeat_lease_s:
             return False
         if batch.owner_host != self.host or batch.owner_pid is None:
             return True  # another machine: trust its heartbeat until the lease runs out
         if batch.owner_pid == self.pid and batch.owner_process in (None, self.process.identity):
             # Our own process but not our worker: another service in this process (its heartbeat is fresh), or a
             # worker here that crashed (heartbeat quiet).
-            return not self.store.lease_expired(batch, 3 * self._heartbeat_every_s)
+            return quiet_s <= 3 * self._heartbeat_every_s
         return liveness.alive(batch.owner_pid, batch.owner_process)
 
     async def _adopt_loop(self) -> None:

@@ -20,7 +20,7 @@ from ..liveness import Process
 from ..models import COMPLETED, FAILED, RUNNING, Operation, OperationItem
 from ..records import OperationRecord
 from ..timeutil import elapsed_ms
-from .clock import db_now, engine_now
+from .clock import db_now
 from .operations import RECORD_COLUMNS, Store, new_operation_row, record_from_row
 
 log = logging.getLogger(__name__)
@@ -261,12 +261,6 @@ class RunStore:
                 .values(heartbeat_at=db_now(conn))
             )
             return result.rowcount == 1
-
-    def lease_expired(self, record: RunRecord, lease_s: float) -> bool:
-        """Whether the record's heartbeat is older than lease_s by the database's clock."""
-        if record.heartbeat_at is None:
-            return True
-        return engine_now(self.engine) - record.heartbeat_at > timedelta(seconds=lease_s)
 
     def reconcile_batch(self, batch_id: str) -> int:
         """Record ended runs of the batch that are missing from its items (ended by a process that did not know
