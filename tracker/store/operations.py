@@ -53,6 +53,26 @@ def new_operation_row(values: dict[str, Any], now: datetime) -> dict[str, Any]:
     return row
 
 
+def end_running(
+    conn: Connection, current: OperationRecord, now: datetime, status: str | None = None, **values: Any
+) -> bool:
+    """The terminal transition: `current` (read in this transaction) to `status` (default its natural end) at
+    `now`, with `values` besides, guarded by status = 'running'. True when this call ended it: the rowcount decides
+    whoever races on it, on PostgreSQL's READ COMMITTED as on SQLite."""
+    result = conn.execute(
+        update(_OPS)
+        .where(_OPS.c.id == current.id, _OPS.c.status == RUNNING)
+        .values(
+            status=status or current.natural_end,
+            completed_at=now,
+            updated_at=now,
+            execution_time_ms=max(0, elapsed_ms(current.started_at, now)),
+            **values,
+        )
+    )
+    return result.rowcount == 1
+
+
 def _insert_items_sql(conn: Connection) -> str:
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     return (
@@ -220,23 +240,10 @@ class Store:
                 if by is not None and current.ended_by == by:
                     return current
                 self._raise_not_running(conn, operation_id)
-            now = now or db_now(conn)
-            if status is None:
-                status = current.natural_end
-            values: dict[str, Any] = {
-                "status": status,
-                "completed_at": now,
-                "updated_at": now,
-                "execution_time_ms": max(0, elapsed_ms(current.started_at, now)),
-                "error": error if error is not None else current.error,
-                "ended_by": by,
-            }
+            values: dict[str, Any] = {"error": error if error is not None else current.error, "ended_by": by}
             if set_outputs:
                 values["outputs"] = outputs
-            result = conn.execute(
-                update(_OPS).where(_OPS.c.id == operation_id, _OPS.c.status == RUNNING).values(**values)
-            )
-            if result.rowcount != 1:
+            if not end_running(conn, current, now or db_now(conn), status, **values):
                 self._raise_not_running(conn, operation_id)
             return self._get(conn, operation_id)
 

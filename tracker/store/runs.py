@@ -19,9 +19,8 @@ from ..db import write_connection
 from ..liveness import Process
 from ..models import COMPLETED, FAILED, RUNNING, Operation, OperationItem
 from ..records import OperationRecord
-from ..timeutil import elapsed_ms
 from .clock import db_now
-from .operations import RECORD_COLUMNS, Store, new_operation_row, record_from_row
+from .operations import RECORD_COLUMNS, Store, end_running, new_operation_row, record_from_row
 
 log = logging.getLogger(__name__)
 
@@ -196,22 +195,11 @@ class RunStore:
             if current is None or current.is_terminal:
                 return current
             now = now or db_now(conn)
-            result = conn.execute(
-                update(_OPS)
-                .where(_OPS.c.id == run_id, _OPS.c.status == RUNNING)
-                .values(
-                    status=status,
-                    outputs=outputs,
-                    error=error,
-                    completed_at=now,
-                    updated_at=now,
-                    last_polled_at=now,
-                    poll_claimed_until=None,
-                    poll_claim=None,
-                    execution_time_ms=max(0, elapsed_ms(current.started_at, now)),
-                )
+            ended = end_running(
+                conn, current, now, status,
+                outputs=outputs, error=error, last_polled_at=now, poll_claimed_until=None, poll_claim=None,
             )
-            if result.rowcount == 1 and current.parent_id is not None:
+            if ended and current.parent_id is not None:
                 self._append_to_batch(conn, current, status == COMPLETED, error, now)
             return self._get(conn, run_id)
 
@@ -291,18 +279,7 @@ class RunStore:
             counted = self._get(conn, batch_id)
             if counted.completed < total:
                 log.error("batch %s: all runs ended, %d of %d rows counted", batch_id, counted.completed, total)
-            status = counted.natural_end
-            result = conn.execute(
-                update(_OPS)
-                .where(_OPS.c.id == batch_id, _OPS.c.status == RUNNING)
-                .values(
-                    status=status,
-                    completed_at=now,
-                    updated_at=now,
-                    execution_time_ms=max(0, elapsed_ms(counted.started_at, now)),
-                )
-            )
-            return self._get(conn, batch_id) if result.rowcount == 1 else None
+            return self._get(conn, batch_id) if end_running(conn, counted, now) else None
 
     # -- helpers ------------------------------------------------------------------------------------------------
 
