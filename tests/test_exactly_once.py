@@ -35,6 +35,13 @@ pytestmark = pytest.mark.timeout(120)
 _names = itertools.count()
 
 
+def _mock_settings(settings: Settings, **overrides: Any) -> Settings:
+    """The test's database with an upstream configured (key "k"); requests go to _mock_service's handler."""
+    return Settings.from_env(
+        {"BITSCALE_API_KEY": "k", "BITSCALE_API_BASE": "http://127.0.0.1:9/api"}, db=settings.db, **overrides
+    )
+
+
 @asynccontextmanager
 async def _mock_service(settings: Settings, handler: Any, rate_per_s: float = 50.0):
     """A RunsService on the test's database whose upstream is an httpx.MockTransport handler (key "k")."""
@@ -233,9 +240,7 @@ def test_a_batch_ends_only_with_every_run_counted(backend_settings: Settings) ->
 def test_a_claimed_poll_holds_while_its_get_outlasts_the_poll_interval(settings: Settings) -> None:
     """A status GET that takes longer than the poll interval: a second get_run_status meanwhile must not poll
     the same run again (the old claim lapsed after the interval, and the run was polled twice)."""
-    settings = Settings.from_env(
-        {"BITSCALE_API_KEY": "k", "BITSCALE_API_BASE": "http://127.0.0.1:9/api"}, db=settings.db, poll_interval_s=0.2
-    )
+    settings = _mock_settings(settings, poll_interval_s=0.2)
     gets = 0
 
     async def handler(request: httpx.Request) -> httpx.Response:
@@ -300,9 +305,7 @@ def test_orphan_recovery_works_in_short_transactions(tracker: Tracker) -> None:
 def test_a_run_stopped_before_its_slot_came_is_not_called_unknown(settings: Settings) -> None:
     """A server stopped while a run waits for its rate-limit slot (booked far ahead by a 429) never sent it: the
     run says it was not submitted, not 'unknown: the upstream may have received it'."""
-    settings = Settings.from_env(
-        {"BITSCALE_API_KEY": "k", "BITSCALE_API_BASE": "http://127.0.0.1:9/api"}, db=settings.db
-    )
+    settings = _mock_settings(settings)
     posts = 0
 
     async def handler(request: httpx.Request) -> httpx.Response:
@@ -455,7 +458,7 @@ def test_a_handle_whose_operation_was_purged_closes_instead_of_retrying(tracker:
 def test_a_post_made_late_by_a_slow_row_write_waits_for_a_fresh_slot(settings: Settings) -> None:
     """A batch row is written right before its POST leaves; when that write is slow (a far or lossy database), the
     POST would leave past its slot and crowd the next request into the same second: it takes a fresh slot."""
-    settings = Settings.from_env({"BITSCALE_API_KEY": "k", "BITSCALE_API_BASE": "http://127.0.0.1:9/api"}, db=settings.db)
+    settings = _mock_settings(settings)
 
     async def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"mode": "async", "status": "running", "request_id": "r-1"})
@@ -495,9 +498,7 @@ def test_a_database_error_in_the_first_adoption_pass_leaves_the_loops_running(se
     that hit it once used to poll and resume nothing for the rest of its life)."""
     from sqlalchemy.exc import OperationalError
 
-    settings = Settings.from_env(
-        {"BITSCALE_API_KEY": "k", "BITSCALE_API_BASE": "http://127.0.0.1:9/api"}, db=settings.db, poll_interval_s=0.2
-    )
+    settings = _mock_settings(settings, poll_interval_s=0.2)
     gets = 0
 
     async def handler(request: httpx.Request) -> httpx.Response:
@@ -535,9 +536,7 @@ def test_passing_database_errors_around_a_rows_post_lose_no_row(settings: Settin
     used to stop, failing the rows in flight as 'unknown: interrupted during submit')."""
     from sqlalchemy.exc import OperationalError
 
-    settings = Settings.from_env(
-        {"BITSCALE_API_KEY": "k", "BITSCALE_API_BASE": "http://127.0.0.1:9/api"}, db=settings.db, poll_interval_s=0.2
-    )
+    settings = _mock_settings(settings, poll_interval_s=0.2)
     posts = 0
 
     async def handler(request: httpx.Request) -> httpx.Response:
