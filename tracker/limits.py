@@ -1,0 +1,35 @@
+"""Every bound tracker enforces, in one place: the argument checks, the tools' JSON schemas and the messages all
+read them from here, so a schema never says one number while a check enforces another.
+
+Widths follow the columns that store the values (models.py and the migrations): a value the check accepts is one
+every backend can store."""
+
+from __future__ import annotations
+
+# -- identifiers ---------------------------------------------------------------------------------------------------
+ID_CHARS = 128  # any id an argument names: operation ids, request_id, grid_id, source_id, labels, column ids
+KEY_CHARS = 256  # idempotency_key (its column's width)
+OPERATION_TYPE_CHARS = 64
+CURSOR_CHARS = 1024
+
+# -- recording -----------------------------------------------------------------------------------------------------
+ITEM_ID_CHARS = 1024
+ERROR_CHARS = 4000  # a failure's stored error text; longer text is cut here
+INT32 = 2**31 - 1  # row_number and total are INTEGER columns: 32 bits on PostgreSQL
+MAX_SEQ = 2**63  # item sequence numbers (BIGINT) an after_seq may name
+
+# -- pages ---------------------------------------------------------------------------------------------------------
+LIST_LIMIT = 100  # list_operations / Tracker.list: at most this many a page
+LIST_LIMIT_DEFAULT = 20
+ITEMS_LIMIT = 1000  # get_operation_items / Tracker.items
+ITEMS_LIMIT_DEFAULT = 100
+
+# -- remote runs ---------------------------------------------------------------------------------------------------
+BATCH_ROWS = 10_000  # rows of one run_grid_batch
+BATCH_CONCURRENCY = 16
+BATCH_CONCURRENCY_DEFAULT = 4
+INPUT_COLUMNS = 200  # entries of one inputs object
+INPUT_VALUE_CHARS = 10_000
+UPSTREAM_ERROR_CHARS = 500  # an upstream's own failure text, as stored
+UPSTREAM_EXCERPT_CHARS = 200  # a body excerpt quoted in an UpstreamError
+MAX_RETRY_AFTER_S = 120.0  # a Retry-After longer than this is taken as this
