@@ -17,7 +17,7 @@ from bench_common import mcp_session, percentile
 from fake_upstream import FakeUpstreamProcess, busiest_second
 from tracker import Settings
 from tracker.db import open_engine
-from tracker.runs import RunsService
+from tracker.remote import RunsService
 
 KEY = "bench-key-0123456789"
 RATE_LIMIT = 5  # the upstream's documented limit (CONTRACTS.md), and tracker's default BITSCALE_RATE_LIMIT

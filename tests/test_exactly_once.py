@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -18,14 +19,14 @@ from sqlalchemy import event, select, update
 from tracker import DatabaseUnavailable, Settings, Tracker
 from tracker.db import open_engine, write_connection
 from tracker.errors import OperationClosed, OperationNotFound
-from tracker.ratelimit import SharedRateLimiter, workspace_key
+from tracker.remote.ratelimit import SharedRateLimiter, workspace_key
 from tracker.reaper import find_orphans, purge, recover_orphans
-from tracker.runs import RunsService
+from tracker.remote import RunRequest, RunsService
 from tracker.store import Store
 from tracker.store.reaping import ReapingStore
 from tracker.store.runs import RunStore
 from tracker.timeutil import utcnow
-from tracker.upstream import UpstreamClient
+from tracker.remote.http import HttpUpstream
 
 from .reap_helpers import ITEMS, OPS, set_times
 from .tcp_proxy import TcpProxy
@@ -47,7 +48,7 @@ async def _mock_service(settings: Settings, handler: Any, rate_per_s: float = 50
     """A RunsService on the test's database whose upstream is an httpx.MockTransport handler (key "k")."""
     engine = open_engine(settings)
     limiter = SharedRateLimiter(engine, workspace_key(settings.upstream_base, "k"), rate_per_s)
-    client = UpstreamClient(settings.upstream_base, "k", limiter, transport=httpx.MockTransport(handler))
+    client = HttpUpstream(settings.upstream_base, "k", limiter, transport=httpx.MockTransport(handler))
     runs = RunsService(settings, engine, client)
     try:
         yield runs
@@ -317,7 +318,7 @@ def test_a_run_stopped_before_its_slot_came_is_not_called_unknown(settings: Sett
         engine = open_engine(settings)
         limiter = SharedRateLimiter(engine, workspace_key(settings.upstream_base, "k"), 5.0)
         await limiter.defer(60)  # the upstream said Retry-After: 60
-        client = UpstreamClient(settings.upstream_base, "k", limiter, transport=httpx.MockTransport(handler))
+        client = HttpUpstream(settings.upstream_base, "k", limiter, transport=httpx.MockTransport(handler))
         runs = RunsService(settings, engine, client)
         call = asyncio.create_task(runs.run_grid("g", {"email": "a@x.io"}, mode="sync"))
         await asyncio.sleep(0.5)
@@ -461,7 +462,7 @@ def test_a_post_made_late_by_a_slow_row_write_waits_for_a_fresh_slot(settings: S
     settings = _mock_settings(settings)
 
     async def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"mode": "async", "status": "running", "request_id": "r-1"})
+        return httpx.Response(200, json={"mode": "async", "status": "running", "request_id": "r-" + json.loads(request.content)["inputs"]["n"]})
 
     class Counting(SharedRateLimiter):
         claims = 0
@@ -473,21 +474,26 @@ def test_a_post_made_late_by_a_slow_row_write_waits_for_a_fresh_slot(settings: S
     async def scenario() -> None:
         engine = open_engine(settings)
         limiter = Counting(engine, workspace_key(settings.upstream_base, "k"), 5.0)
-        client = UpstreamClient(settings.upstream_base, "k", limiter, transport=httpx.MockTransport(handler))
+        client = HttpUpstream(settings.upstream_base, "k", limiter, transport=httpx.MockTransport(handler))
 
-        async def slow_row_write() -> None:
-            await asyncio.sleep(0.3)  # longer than the slot's tolerance
+        runs = RunsService(settings, engine, client)
+        batch = runs.operations.create_operation(
+            {"id": "batch_grid_run_late", "kind": "batch", "operation_type": "grid_run", "total": 2, "inputs": {}}
+        )
+        quick_write = runs.store.create_child
 
-        async def quick_row_write() -> None:
-            pass
+        def slow_write(*args):  # noqa: ANN001, ANN202
+            time.sleep(0.3)  # longer than the slot's tolerance
+            return quick_write(*args)
 
         try:
-            await client.submit_run("g", {"n": "1"}, "async", on_send=quick_row_write)
+            assert await runs.submitter.submit_row(batch.id, RunRequest("g", {"n": "1"}, "async"), 1)
             assert Counting.claims == 1
-            await client.submit_run("g", {"n": "2"}, "async", on_send=slow_row_write)
+            runs.store.create_child = slow_write
+            assert await runs.submitter.submit_row(batch.id, RunRequest("g", {"n": "2"}, "async"), 2)
             assert Counting.claims == 3
         finally:
-            await client.aclose()
+            await runs.aclose()
             engine.dispose()
 
     asyncio.run(scenario())

@@ -20,11 +20,13 @@ import pytest
 from tracker import Settings
 from tracker.db import open_engine
 from tracker.ids import new_operation_id
-from tracker.runs import INTERRUPTED, OPERATION_TYPE, RunsService
+from tracker.remote import OPERATION_TYPE, RunsService
+from tracker.remote.answers import INTERRUPTED
 from tracker.store import Store
 from tracker.store.runs import RunStore
 from tracker.timeutil import utcnow
-from tracker.upstream import UpstreamClient
+from tracker.remote import RunRequest
+from tracker.remote.http import HttpUpstream
 
 from .conftest import PYTHON, FakeUpstreamProcess
 from .run_session import answer, tracker_session
@@ -71,9 +73,9 @@ def test_a_crashed_batch_resumes_without_resubmitting(upstream_settings: Setting
         )
 
     async def submit_elsewhere(numbers: list[int]) -> list[str]:
-        client = UpstreamClient(fake_upstream.base_url, fake_upstream.key)
+        client = HttpUpstream(fake_upstream.base_url, fake_upstream.key)
         try:
-            return [(await client.submit_run("g1", rows[n - 1], mode="async"))["request_id"] for n in numbers]
+            return [(await client.submit_run(RunRequest("g1", rows[n - 1], mode="async")))["request_id"] for n in numbers]
         finally:
             await client.aclose()
 
@@ -124,7 +126,7 @@ def test_a_live_owner_keeps_its_batch(upstream_settings: Settings, fake_upstream
         try:
             started = await first.run_grid_batch("g1", [{"n": "1"}, {"n": "2"}])
             await asyncio.sleep(2.0)  # past several heartbeats
-            return await second.adopt_orphans(), started["batch_operation_id"] in first._workers
+            return await second.adopt_orphans(), started["batch_operation_id"] in first.batches.workers
         finally:
             await second.aclose()
             await first.aclose()
@@ -203,7 +205,7 @@ def test_a_server_without_an_api_key_leaves_runs_and_batches_alone(
         runs = RunsService(upstream_settings, engine)
         run = await runs.run_grid("g1", {"n": "1"}, mode="async")
         batch = await runs.run_grid_batch("g1", [{"n": "2"}, {"n": "3"}])
-        for task in list(runs._tasks):  # a crash before the batch worker ran: nothing marked, nothing sent
+        for task in list(runs.context.tasks):  # a crash before the batch worker ran: nothing marked, nothing sent
             task.cancel()
         return run, batch
 

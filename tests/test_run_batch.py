@@ -13,7 +13,9 @@ import pytest
 
 from tracker import InvalidInput, Settings
 from tracker.db import open_engine
-from tracker.runs import INTERRUPTED, MAX_BATCH_ROWS, RunsService
+from tracker.limits import BATCH_ROWS as MAX_BATCH_ROWS
+from tracker.remote import RunsService
+from tracker.remote.answers import INTERRUPTED
 from tracker.store import Store
 from tracker.timeutil import utcnow
 
@@ -149,7 +151,7 @@ def test_cancel_stops_new_submissions(upstream_settings: Settings, fake_upstream
             await asyncio.to_thread(runs.operations.cancel, batch_id, utcnow())
             posts_at_cancel = fake_upstream.stats()["posts"]
             await asyncio.sleep(1.5)  # several slots' worth at 5/s
-            worker_gone = batch_id not in runs._workers
+            worker_gone = batch_id not in runs.batches.workers
             children = await asyncio.to_thread(runs.store.children, batch_id)
             return posts_at_cancel, fake_upstream.stats()["posts"], worker_gone, children, batch_id
         finally:

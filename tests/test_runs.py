@@ -15,11 +15,13 @@ import pytest
 from tracker import InvalidInput, OperationNotFound, Settings, UpstreamError
 from tracker.db import open_engine
 from tracker.errors import UpstreamOutcomeUnknown
-from tracker.ratelimit import SharedRateLimiter, workspace_key
+from tracker.remote.ratelimit import SharedRateLimiter, workspace_key
 from tracker.reaper import find_orphans, recover_orphans
-from tracker.runs import MAX_QUEUED_POLLS, RunsService
+from tracker.remote import RunsService
+from tracker.remote.poll import MAX_QUEUED_POLLS
 from tracker.timeutil import iso, utcnow
-from tracker.upstream import UpstreamClient
+from tracker.remote import RunRequest
+from tracker.remote.http import HttpUpstream
 
 from .conftest import FakeUpstreamProcess
 
@@ -32,7 +34,7 @@ async def running_service(settings: Settings, start: bool = False, **client_opti
         limiter = SharedRateLimiter(
             engine, workspace_key(settings.upstream_base, settings.upstream_key), settings.upstream_rate_per_s
         )
-        client = UpstreamClient(settings.upstream_base, settings.upstream_key, limiter, **client_options)
+        client = HttpUpstream(settings.upstream_base, settings.upstream_key, limiter, **client_options)
     service = RunsService(settings, engine, client)
     if start:
         await service.start()
@@ -306,8 +308,8 @@ def test_a_request_id_started_elsewhere_is_looked_up_once_and_stored(
     upstream_settings: Settings, fake_upstream: FakeUpstreamProcess
 ) -> None:
     async def scenario():
-        client = UpstreamClient(fake_upstream.base_url, fake_upstream.key)
-        started = await client.submit_run("g9", {"n": "elsewhere"}, mode="async")
+        client = HttpUpstream(fake_upstream.base_url, fake_upstream.key)
+        started = await client.submit_run(RunRequest("g9", {"n": "elsewhere"}, mode="async"))
         await client.aclose()
         await asyncio.sleep(0.4)  # it has completed upstream
         async with running_service(upstream_settings) as runs:

@@ -22,7 +22,7 @@ from typing import Any
 from tracker import InvalidInput, Settings
 from tracker.db import open_engine, sqlite_module
 from tracker.ids import new_operation_id
-from tracker.runs import RunsService
+from tracker.remote import RunsService
 
 from .conftest import FakeUpstreamProcess
 from .sync_mcp import Answer, SyncSession, sync_session

@@ -3,6 +3,7 @@ tools answer with (tests/test_mcp_server.py drives the same through a real stdio
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -258,23 +259,34 @@ def test_list_pages_newest_first_with_filters_bound_to_the_cursor(tracker: Track
         service.list_operations("batch", None, "delete", 5, first)
 
 
-def test_run_status_from_the_table(tracker: Tracker, service: StatusService) -> None:
+def test_run_status_from_the_table(tracker: Tracker) -> None:
+    """Without an upstream, get_run_status answers from the table, saying the status is the last recorded."""
+    from tracker.errors import OperationNotFound
+    from tracker.remote import RunsService
+
+    runs = RunsService(replace(tracker.settings, upstream_key=""), tracker.engine)
     running = create_run(tracker, "req-running")
-    answer = service.run_status("req-running")
-    assert {k: answer[k] for k in ("found", "mode", "status", "grid_id")} == {
-        "found": True, "mode": "async", "status": "running", "grid_id": "grid-42"
-    }
-    assert "outputs" not in answer and answer["operation_id"] == running
     create_run(tracker, "req-done", status_outputs={"col_1": {"value": "ACME", "name": "Company"}})
-    done = service.run_status("req-done")
-    assert done["status"] == "completed" and done["outputs"] == {"col_1": {"value": "ACME", "name": "Company"}}
-    assert service.run_status(running)["request_id"] == "req-running"  # the operation id finds it too
-    assert service.run_status("req-missing") == {
-        "found": False,
-        "message": 'Run "req-missing" not found. Runs are kept for 1 hour after completion.',
-    }
     batch = tracker.start_batch("update")
-    assert service.run_status(batch.id)["found"] is False  # a batch is not a run
+
+    async def scenario():  # noqa: ANN202
+        try:
+            answers = [await runs.get_run_status(i) for i in ("req-running", "req-done", running)]
+            for missing in ("req-missing", batch.id):  # a batch is not a run
+                with pytest.raises(OperationNotFound, match="no upstream is configured"):
+                    await runs.get_run_status(missing)
+            return answers
+        finally:
+            await runs.aclose()
+
+    answer, done, by_id = asyncio.run(scenario())
+    assert {k: answer[k] for k in ("mode", "status", "grid_id", "stale")} == {
+        "mode": "async", "status": "running", "grid_id": "grid-42", "stale": True
+    }
+    assert "BITSCALE_API_KEY is not set" in answer["error"]
+    assert "outputs" not in answer and answer["operation_id"] == running
+    assert done["status"] == "completed" and done["outputs"] == {"col_1": {"value": "ACME", "name": "Company"}}
+    assert by_id["request_id"] == "req-running"  # the operation id finds it too
 
 
 def test_cancel_running_terminal_and_unknown(tracker: Tracker, service: StatusService) -> None:

@@ -14,17 +14,18 @@ import pytest
 from tracker import InvalidInput, Settings, UpstreamError
 from tracker.db import open_engine
 from tracker.errors import UpstreamOutcomeUnknown
-from tracker.ratelimit import SharedRateLimiter, workspace_key
-from tracker.upstream import UpstreamClient, check_base_url, retry_after_seconds
+from tracker.remote.ratelimit import SharedRateLimiter, workspace_key
+from tracker.remote import RunRequest
+from tracker.remote.http import HttpUpstream, check_base_url, retry_after_seconds
 
 from .conftest import PYTHON, FakeUpstreamProcess, subprocess_env
 
 
-def _client(fake: FakeUpstreamProcess, key: str | None = None, limiter=None, **options) -> UpstreamClient:
-    return UpstreamClient(fake.base_url, fake.key if key is None else key, limiter, **options)
+def _client(fake: FakeUpstreamProcess, key: str | None = None, limiter=None, **options) -> HttpUpstream:
+    return HttpUpstream(fake.base_url, fake.key if key is None else key, limiter, **options)
 
 
-async def _with(client: UpstreamClient, coro):
+async def _with(client: HttpUpstream, coro):
     try:
         return await coro
     finally:
@@ -36,7 +37,7 @@ async def _with(client: UpstreamClient, coro):
 )
 def test_only_http_and_https_base_urls(base: str) -> None:
     with pytest.raises(InvalidInput, match="BITSCALE_API_BASE must be an http:// or https:// URL"):
-        UpstreamClient(base, "k")
+        HttpUpstream(base, "k")
 
 
 def test_base_url_error_does_not_echo_credentials() -> None:
@@ -50,8 +51,8 @@ def test_both_endpoints(fake_upstream: FakeUpstreamProcess) -> None:
     async def scenario():
         client = _client(fake_upstream)
         try:
-            done = await client.submit_run("g1", {"email": "a@x.io"}, mode="sync", output_columns=["enriched"])
-            started = await client.submit_run("g1", {"email": "b@x.io"}, mode="async", source_id="crm")
+            done = await client.submit_run(RunRequest("g1", {"email": "a@x.io"}, mode="sync", output_columns=["enriched"]))
+            started = await client.submit_run(RunRequest("g1", {"email": "b@x.io"}, mode="async", source_id="crm"))
             first = await client.run_status(started["request_id"])
             await asyncio.sleep(0.4)
             later = await client.run_status(started["request_id"])
@@ -74,7 +75,7 @@ def test_both_endpoints(fake_upstream: FakeUpstreamProcess) -> None:
 def test_sync_run_longer_than_the_window_returns_a_request_id(fake_upstream: FakeUpstreamProcess) -> None:
     fake_upstream.configure(sync_window=0.2, run_seconds="1.0")
     client = _client(fake_upstream)
-    answer = asyncio.run(_with(client, client.submit_run("g1", {"a": "1"}, mode="sync")))
+    answer = asyncio.run(_with(client, client.submit_run(RunRequest("g1", {"a": "1"}, mode="sync"))))
     assert answer["status"] == "running" and answer["mode"] == "sync" and answer["request_id"]
 
 
@@ -85,7 +86,7 @@ def test_wrong_key_is_one_error_with_status_and_excerpt_and_never_the_key(
     caplog.set_level(logging.DEBUG)
     client = _client(fake_upstream, key=secret)
     with pytest.raises(UpstreamError) as info:
-        asyncio.run(_with(client, client.submit_run("g1", {"a": "1"})))
+        asyncio.run(_with(client, client.submit_run(RunRequest("g1", {"a": "1"}))))
     assert info.value.status_code == 401
     assert "X-API-KEY" in info.value.body_excerpt
     assert "HTTP 401" in str(info.value)
@@ -105,7 +106,7 @@ def test_unreachable_upstream_is_retried_then_one_error() -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    client = UpstreamClient(f"http://127.0.0.1:{port}/api/v1", "k", max_attempts=3, backoff_base_s=0.01)
+    client = HttpUpstream(f"http://127.0.0.1:{port}/api/v1", "k", max_attempts=3, backoff_base_s=0.01)
     with pytest.raises(UpstreamError, match="unreachable") as info:
         asyncio.run(_with(client, client.run_status("x")))
     assert info.value.status_code is None
@@ -130,12 +131,12 @@ def test_a_post_is_retried_on_503_but_not_on_500(fake_upstream: FakeUpstreamProc
     fake_upstream.configure(failure_rate=1.0, failure_status=503, rate_limit=0)
     client = _client(fake_upstream, max_attempts=3, backoff_base_s=0.01)
     with pytest.raises(UpstreamError, match="HTTP 503") as info:
-        asyncio.run(_with(client, client.submit_run("g1", {"a": "1"})))
+        asyncio.run(_with(client, client.submit_run(RunRequest("g1", {"a": "1"}))))
     assert info.value.status_code == 503 and client.requests_sent == 3
     fake_upstream.configure(failure_status=500)
     client = _client(fake_upstream, max_attempts=3, backoff_base_s=0.01)
     with pytest.raises(UpstreamError, match="HTTP 500") as info:
-        asyncio.run(_with(client, client.submit_run("g1", {"a": "1"})))
+        asyncio.run(_with(client, client.submit_run(RunRequest("g1", {"a": "1"}))))
     assert info.value.status_code == 500 and client.requests_sent == 1  # the run may exist: not resent
 
 
@@ -143,7 +144,7 @@ def test_a_post_whose_answer_is_lost_is_not_resubmitted(fake_upstream: FakeUpstr
     fake_upstream.configure(post_hang_s=1.5)
     client = _client(fake_upstream, read_timeout_s=0.3, sync_read_timeout_s=0.3)
     with pytest.raises(UpstreamOutcomeUnknown, match="not resubmitted"):
-        asyncio.run(_with(client, client.submit_run("g1", {"a": "1"}, mode="async")))
+        asyncio.run(_with(client, client.submit_run(RunRequest("g1", {"a": "1"}, mode="async"))))
     stats = fake_upstream.stats()
     assert stats["runs"] == 1 and stats["max_submissions_per_input"] == 1
 
@@ -192,14 +193,14 @@ WORKER = """
 import asyncio, json, sys, time
 from tracker import Settings
 from tracker.db import open_engine
-from tracker.ratelimit import SharedRateLimiter, workspace_key
-from tracker.upstream import UpstreamClient
+from tracker.remote.ratelimit import SharedRateLimiter, workspace_key
+from tracker.remote.http import HttpUpstream
 settings = Settings.from_env()
 rate, count = float(sys.argv[1]), int(sys.argv[2])
 engine = open_engine(settings)
 limiter = SharedRateLimiter(engine, workspace_key(settings.upstream_base, settings.upstream_key), rate)
 async def main():
-    client = UpstreamClient(settings.upstream_base, settings.upstream_key, limiter)
+    client = HttpUpstream(settings.upstream_base, settings.upstream_key, limiter)
     start = time.time()
     for n in range(count):
         await client.run_status(f"probe-{n}")
@@ -284,7 +285,7 @@ def test_a_slot_booked_far_ahead_is_rebased_not_waited_for(backend_settings: Set
     own clock): nobody may wait for that. The next claim re-bases it to the database's now."""
     from sqlalchemy import text
 
-    from tracker.ratelimit import SharedRateLimiter
+    from tracker.remote.ratelimit import SharedRateLimiter
 
     engine = open_engine(backend_settings)
     limiter = SharedRateLimiter(engine, "ws", 5.0)

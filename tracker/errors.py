@@ -25,6 +25,10 @@ class OperationCancelled(OperationClosed):
     """The operation was cancelled; the worker doing it should stop."""
 
 
+class DuplicateRun(TrackerError):
+    """A run with that idempotency_key or request_id, or for that row of its batch, is already recorded."""
+
+
 class UpstreamError(TrackerError):
     """The upstream HTTP API failed; carries the HTTP status (if any) and a short excerpt of the body."""
 

@@ -232,25 +232,6 @@ def operation_dict(
     }
 
 
-def run_status_dict(record: OperationRecord) -> dict[str, Any]:
-    """CONTRACTS.md section 2: {mode, status, grid_id, outputs (when completed)} plus tracker's own fields."""
-    answer: dict[str, Any] = {
-        "found": True,
-        "mode": record.mode,
-        "status": record.status,
-        "grid_id": record.grid_id,
-        "request_id": record.request_id,
-        "operation_id": record.id,
-        "started_at": iso(record.started_at),
-        "completed_at": iso(record.completed_at),
-    }
-    if record.status == "completed":
-        answer["outputs"] = record.outputs
-    if record.error is not None and record.status != "completed":
-        answer["error"] = _clip(record.error, SUMMARY_ERROR_CHARS)
-    return answer
-
-
 def summary_dict(record: OperationRecord) -> dict[str, Any]:
     """One row of list_operations: counts and times, no item lists."""
     summary: dict[str, Any] = {
@@ -301,15 +282,6 @@ class StatusService:
         if found is None:
             return self.not_found("Batch operation", operation_id)
         return {"found": True, "operation": operation_dict(*found)}
-
-    def run_status(self, request_id: str) -> dict[str, Any]:
-        record = self.tracker.get_by_request_id(request_id)
-        if record is None:
-            by_id = self.tracker.get(request_id)
-            record = by_id if by_id is not None and by_id.kind == "run" else None
-        if record is None:
-            return self.not_found("Run", request_id, kept="Runs")
-        return run_status_dict(record)
 
     def list_operations(
         self, kind: str | None, status: str | None, operation_type: str | None, limit: int, cursor: Any

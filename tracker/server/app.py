@@ -21,7 +21,7 @@ from ..api import Tracker
 from ..db import database_url, describe
 from ..errors import DatabaseUnavailable, TrackerError
 from ..reaper import PeriodicReaper
-from ..runs import RunsService
+from ..remote import RunsService
 from ..settings import Settings
 from .run_tools import mount_run_tools, run_lifespan
 from .status_tools import StatusTools
@@ -37,11 +37,13 @@ INSTRUCTIONS = (
 RETRY_OPEN_AFTER_S = 1.0  # a tool call within this long of a failed open answers its error without trying again
 
 
-def mount_status_tools(server: MCPServer, tracker: Tracker, include_run_status: bool = True) -> None:
+def mount_status_tools(server: MCPServer, tracker: Tracker, runs: RunsService | None = None) -> None:
     """Add get_batch_status, get_run_status, list_operations, get_operation_items and cancel_operation to
-    `server`, answering from `tracker`'s database. The server's own tools stay as they are.
-    include_run_status=False leaves get_run_status out, for a server that registers its own."""
-    StatusTools(tracker).register(server, include_run_status=include_run_status)
+    `server`, answering from `tracker`'s database. The server's own tools stay as they are. get_run_status polls
+    the upstream when BITSCALE_API_KEY is set (else it answers from the table); pass the server's RunsService
+    if it has one."""
+    StatusTools(tracker).register(server)
+    mount_run_tools(server, runs or RunsService(tracker.settings, tracker.engine), status_only=True)
 
 
 def _server_version() -> str:
@@ -52,7 +54,7 @@ def _server_version() -> str:
 
 
 def _mount_all(server: MCPServer, tracker: Tracker, runs: RunsService) -> MCPServer:
-    mount_status_tools(server, tracker, include_run_status=False)  # run_tools' get_run_status polls the upstream
+    StatusTools(tracker).register(server)
     mount_run_tools(server, runs)
     return server
 

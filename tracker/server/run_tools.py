@@ -1,4 +1,5 @@
-"""The remote-run tools: run_grid, run_grid_batch and the polling get_run_status, over a RunsService.
+"""The remote-run tools: run_grid, run_grid_batch and get_run_status (the only one: it polls the upstream when
+one is configured, else answers from the table), over a RunsService.
 
 Each tool checks nothing itself beyond the SDK's plumbing: the service validates (one-line messages naming the
 parameter), and tracker's errors reach the model as ToolError with that message."""
@@ -14,7 +15,8 @@ from mcp.types import ToolAnnotations
 from pydantic import Field, PlainValidator, WithJsonSchema
 
 from ..errors import OperationNotFound
-from ..runs import DEFAULT_BATCH_CONCURRENCY, MAX_BATCH_ROWS, MAX_CONCURRENCY, MAX_ID_CHARS, MAX_KEY_CHARS, RunsService
+from ..limits import BATCH_CONCURRENCY, BATCH_CONCURRENCY_DEFAULT, BATCH_ROWS, ID_CHARS, KEY_CHARS
+from ..remote import RunsService
 from ..settings import format_duration
 from ..status import require_id
 from .status_tools import as_tool_errors
@@ -22,7 +24,7 @@ from .status_tools import as_tool_errors
 _AS_GIVEN = PlainValidator(lambda value: value)  # no coercion: the service checks every value and names it
 
 GridId = Annotated[
-    str, _AS_GIVEN, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}),
+    str, _AS_GIVEN, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": ID_CHARS}),
     Field(description="the grid to run"),
 ]
 Inputs = Annotated[
@@ -34,11 +36,11 @@ Rows = Annotated[
     list[dict[str, str]], _AS_GIVEN,
     WithJsonSchema(
         {
-            "type": "array", "minItems": 1, "maxItems": MAX_BATCH_ROWS,
+            "type": "array", "minItems": 1, "maxItems": BATCH_ROWS,
             "items": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "string"}},
         }
     ),
-    Field(description=f"one inputs object per run, at most {MAX_BATCH_ROWS}"),
+    Field(description=f"one inputs object per run, at most {BATCH_ROWS}"),
 ]
 Mode = Annotated[str, _AS_GIVEN, WithJsonSchema({"enum": ["sync", "async"]})]
 OutputColumns = Annotated[
@@ -47,15 +49,15 @@ OutputColumns = Annotated[
 ]
 OptionalText = Annotated[str | None, _AS_GIVEN, WithJsonSchema({"type": ["string", "null"]})]
 IdempotencyKey = Annotated[
-    str | None, _AS_GIVEN, WithJsonSchema({"type": ["string", "null"], "maxLength": MAX_KEY_CHARS}),
+    str | None, _AS_GIVEN, WithJsonSchema({"type": ["string", "null"], "maxLength": KEY_CHARS}),
     Field(description="any unique string; calling again with the same key returns the same run, submitted once"),
 ]
 Concurrency = Annotated[
-    int, _AS_GIVEN, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_CONCURRENCY}),
+    int, _AS_GIVEN, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": BATCH_CONCURRENCY}),
     Field(description="runs submitted at a time (the shared rate limit applies regardless)"),
 ]
 RequestId = Annotated[
-    str, _AS_GIVEN, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}),
+    str, _AS_GIVEN, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": ID_CHARS}),
     Field(description="the request_id that run_grid returned (or the run's operation_id)"),
 ]
 
@@ -94,7 +96,7 @@ class RunTools:
         mode: Mode = "async",
         output_columns: OutputColumns = None,
         source_id: OptionalText = None,
-        concurrency: Concurrency = DEFAULT_BATCH_CONCURRENCY,
+        concurrency: Concurrency = BATCH_CONCURRENCY_DEFAULT,
     ) -> dict[str, Any]:
         """Run a grid once per row of inputs, in the background (each run spends credits). Returns at once with
         {batch_operation_id, status: "running", total}; poll get_batch_status(batch_operation_id) every 2-5
@@ -122,22 +124,21 @@ class RunTools:
                     "message": f'Run "{checked}" not found: {exc}. Runs are kept for {self.retention} after completion.',
                 }
 
-    def register(self, server: MCPServer) -> None:
-        tools: list[tuple[Callable[..., Any], ToolAnnotations]] = [
-            (self.run_grid, STARTS_RUNS),
-            (self.run_grid_batch, STARTS_RUNS),
-            (self.get_run_status, POLLS),
-        ]
+    def register(self, server: MCPServer, status_only: bool = False) -> None:
+        """Add the three tools, or only get_run_status (for a server that starts no runs itself)."""
+        tools: list[tuple[Callable[..., Any], ToolAnnotations]] = [(self.get_run_status, POLLS)]
+        if not status_only:
+            tools[:0] = [(self.run_grid, STARTS_RUNS), (self.run_grid_batch, STARTS_RUNS)]
         for fn, hints in tools:
             description = " ".join((fn.__doc__ or "").split()).replace("<retention>", self.retention)
             server.add_tool(fn, name=fn.__name__, description=description, annotations=hints)
 
 
-def mount_run_tools(server: MCPServer, runs_service: RunsService) -> None:
-    """Add run_grid, run_grid_batch and get_run_status to `server`. Pair with
-    mount_status_tools(..., include_run_status=False), and run `run_lifespan(runs_service)` as the server's
-    lifespan so running runs are polled and orphaned batches resumed."""
-    RunTools(runs_service).register(server)
+def mount_run_tools(server: MCPServer, runs_service: RunsService, status_only: bool = False) -> None:
+    """Add run_grid, run_grid_batch and get_run_status to `server` (status_only: get_run_status alone). Run
+    `run_lifespan(runs_service)` as the server's lifespan so running runs are polled and orphaned batches
+    resumed."""
+    RunTools(runs_service).register(server, status_only)
 
 
 def run_lifespan(runs_service: RunsService) -> Callable[[MCPServer], AbstractAsyncContextManager[None]]:

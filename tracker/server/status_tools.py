@@ -40,7 +40,6 @@ BatchOperationId = Annotated[
 OperationId = Annotated[
     str, _AS_GIVEN, _ID_SCHEMA, Field(description="an operation id (a batch_operation_id or a run's)")
 ]
-RequestId = Annotated[str, _AS_GIVEN, _ID_SCHEMA, Field(description="the request_id that run_grid returned")]
 Cursor = Annotated[
     Any,
     _AS_GIVEN,
@@ -116,15 +115,6 @@ class StatusTools:
             operation_id = require_id(batch_operation_id, "batch_operation_id")
             return await _off_loop(self.service.batch_status, operation_id)
 
-    async def get_run_status(self, request_id: RequestId) -> dict[str, Any]:
-        """Status of a remote grid run by the request_id that run_grid returned. Returns {mode, status, grid_id,
-        outputs (when completed)} with status running, completed, failed or cancelled. While it is running, poll
-        again every 2-5 seconds. {"found": false} means no such run: the id is wrong, or it finished more than
-        <retention> ago (runs are kept for <retention> after completion)."""
-        with as_tool_errors():
-            checked = require_id(request_id, "request_id")
-            return await _off_loop(self.service.run_status, checked)
-
     async def list_operations(
         self,
         kind: Kind = None,
@@ -176,15 +166,13 @@ class StatusTools:
             checked = require_id(operation_id, "operation_id")
             return await _off_loop(self.service.cancel, checked)
 
-    def register(self, server: MCPServer, include_run_status: bool = True) -> None:
+    def register(self, server: MCPServer) -> None:
         tools: list[tuple[Callable[..., Any], ToolAnnotations]] = [
             (self.get_batch_status, READ_ONLY),
             (self.list_operations, READ_ONLY),
             (self.get_operation_items, READ_ONLY),
             (self.cancel_operation, DESTRUCTIVE),
         ]
-        if include_run_status:
-            tools.insert(1, (self.get_run_status, READ_ONLY))
         for fn, annotations in tools:
             description = " ".join((fn.__doc__ or "").split()).replace("<retention>", self.service.retention)
             server.add_tool(fn, name=fn.__name__, description=description, annotations=annotations)

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ..db import write_connection
+from ..errors import DuplicateRun
 from ..liveness import Process
 from ..models import COMPLETED, FAILED, RUNNING, Operation, OperationItem
 from ..records import OperationRecord
@@ -38,10 +39,6 @@ _record = record_from_row
 FIRST_SEEN = object()
 
 
-class DuplicateKey(Exception):
-    """An insert hit a unique key (idempotency_key, request_id, or a batch's row_number)."""
-
-
 class RunStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -58,13 +55,13 @@ class RunStore:
     def get_by_idempotency_key(self, key: str) -> RunRecord | None:
         return self._one(_OPS.c.idempotency_key == key)
 
-    def due_for_poll(self, interval_s: float, limit: int) -> list[RunRecord]:
+    def due_for_poll(self, interval_s: float, limit: int, now: datetime | None = None) -> list[RunRecord]:
         """Running runs with a request_id whose last poll is older than the interval and that no poll in flight
-        holds, least recently polled first (by the database's clock)."""
+        holds, least recently polled first, as of `now` (the database's clock when None)."""
         with self.engine.connect() as conn:
             query = (
                 select(*_COLUMNS)
-                .where(_OPS.c.kind == "run", _OPS.c.status == RUNNING, *_pollable(db_now(conn), interval_s))
+                .where(_OPS.c.kind == "run", _OPS.c.status == RUNNING, *_pollable(now or db_now(conn), interval_s))
                 .order_by(_OPS.c.last_polled_at)
                 .limit(limit)
             )
@@ -102,19 +99,19 @@ class RunStore:
     # -- writes -------------------------------------------------------------------------------------------------
 
     def create(self, values: dict[str, Any]) -> RunRecord:
-        """Insert a run; DuplicateKey when its idempotency_key or request_id is taken."""
+        """Insert a run; DuplicateRun when its idempotency_key or request_id is taken."""
         try:
             with write_connection(self.engine) as conn:
                 conn.execute(insert(_OPS).values(**_defaults(values, db_now(conn))))
                 return self._get(conn, values["id"])
         except IntegrityError:
-            raise DuplicateKey() from None
+            raise DuplicateRun("a run with this idempotency_key, request_id or batch row is already recorded") from None
         except DBAPIError as exc:
             return self._operations.found_after_lost_reply(exc, values["id"])
 
     def create_child(self, batch_id: str, values: dict[str, Any]) -> RunRecord | None:
         """Insert the run for one input row of a batch, only while the batch is running (a cancel stops new
-        submissions at this point). None when the batch is no longer running. DuplicateKey when that row already
+        submissions at this point). None when the batch is no longer running. DuplicateRun when that row already
         has a run."""
         try:
             with write_connection(self.engine) as conn:
@@ -125,7 +122,7 @@ class RunStore:
                 conn.execute(insert(_OPS).values(**row))
                 return self._get(conn, values["id"])
         except IntegrityError:
-            raise DuplicateKey() from None
+            raise DuplicateRun("a run with this idempotency_key, request_id or batch row is already recorded") from None
         except DBAPIError as exc:
             return self._operations.found_after_lost_reply(exc, values["id"])
 
@@ -207,7 +204,7 @@ class RunStore:
         """Keep a run first seen upstream (started elsewhere). If another caller stored it first, theirs wins."""
         try:
             return self.create(values)
-        except DuplicateKey:
+        except DuplicateRun:
             found = self.get_by_request_id(values["request_id"])
             if found is None:
                 raise
@@ -355,4 +352,4 @@ def _defaults(values: dict[str, Any], now: datetime) -> dict[str, Any]:
     return new_operation_row({name: now if value is FIRST_SEEN else value for name, value in values.items()}, now)
 
 
-__all__ = ["DuplicateKey", "RunRecord", "RunStore"]
+__all__ = ["RunRecord", "RunStore"]

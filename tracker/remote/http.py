@@ -1,4 +1,5 @@
-"""The upstream grid API (BitScale Grid API shape) over httpx: the only module that speaks HTTP.
+"""The upstream grid API (BitScale Grid API shape) over httpx: the only module that speaks HTTP (the Upstream
+interface of upstream.py).
 
 Every request first waits for a shared rate-limit slot. 429 moves the shared slot past Retry-After and retries;
 GETs are retried on 5xx, timeouts and connection errors with bounded, jittered backoff. A POST creates a run
@@ -14,21 +15,17 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 import anyio
 import httpx
 
-from .errors import InvalidInput, UpstreamError, UpstreamOutcomeUnknown
+from ..errors import InvalidInput, UpstreamError, UpstreamOutcomeUnknown
+from ..limits import ID_CHARS, MAX_RETRY_AFTER_S, UPSTREAM_EXCERPT_CHARS
+from .upstream import RUN_STATUSES, Answer, RunRequest, Slot
 
 log = logging.getLogger(__name__)
-
-EXCERPT_CHARS = 200
-MAX_REQUEST_ID_CHARS = 128  # the width of operations.request_id
-MAX_RETRY_AFTER_S = 120.0
-RUN_STATUSES = ("running", "completed", "failed")
 
 
 class Limiter(Protocol):
@@ -36,6 +33,10 @@ class Limiter(Protocol):
     def on_time(self, ticket: Any) -> bool: ...  # still within the slot the ticket was granted for
     async def defer(self, seconds: float) -> None: ...
     async def queue_s(self) -> float: ...
+
+
+class _Unlimited:
+    """The slot of a client without a shared limiter: always on time."""
 
 
 def check_base_url(base_url: str) -> str:
@@ -71,9 +72,9 @@ def retry_after_seconds(value: str | None, default: float = 1.0, date: str | Non
     return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
 
 
-class UpstreamClient:
-    """Async client for POST /grids/{grid_id}/run and GET /run/status/{request_id}. Create it inside the event
-    loop that uses it; close with `await client.aclose()`."""
+class HttpUpstream:
+    """The Upstream over HTTP: POST /grids/{grid_id}/run and GET /run/status/{request_id}. Create it inside the
+    event loop that uses it; close with `await client.aclose()`."""
 
     def __init__(
         self,
@@ -105,28 +106,28 @@ class UpstreamClient:
 
     # -- the two endpoints ----------------------------------------------------------------------------------
 
-    async def submit_run(
-        self,
-        grid_id: str,
-        inputs: dict[str, str],
-        mode: str = "sync",
-        output_columns: list[str] | None = None,
-        source_id: str | None = None,
-        on_send: Callable[[], Awaitable[None]] | None = None,
-    ) -> dict[str, Any]:
-        """POST /grids/{grid_id}/run. Returns the upstream's answer: status completed with outputs, or running
-        with request_id. Raises UpstreamOutcomeUnknown when the run may exist upstream without our knowing.
-        `on_send` is awaited once, after the first rate-limit slot is granted and right before the request
-        leaves (a batch writes its run row there); an exception from it aborts the submission unsent."""
-        body: dict[str, Any] = {"mode": mode, "inputs": inputs}
-        if output_columns is not None:
-            body["output_columns"] = output_columns
-        if source_id is not None:
-            body["source_id"] = source_id
-        path = f"/grids/{quote(grid_id, safe='')}/run"
-        answer = await self._request("POST", path, body, idempotent=False, sync=mode == "sync", on_send=on_send)
+    async def reserve(self) -> Slot:
+        # The client is built and warmed before taking a slot: the first request otherwise spends tens of ms
+        # creating it and importing anyio's backend after its slot, and a late request crowds the next ones into
+        # one second.
+        self._require_key()
+        self._http()
+        await anyio.sleep(0)
+        return await self._limiter.acquire() if self._limiter is not None else _Unlimited()
+
+    def on_time(self, slot: Slot) -> bool:
+        return self._limiter is None or isinstance(slot, _Unlimited) or self._limiter.on_time(slot)
+
+    async def submit_run(self, request: RunRequest, slot: Slot | None = None) -> Answer:
+        body: dict[str, Any] = {"mode": request.mode, "inputs": request.inputs}
+        if request.output_columns is not None:
+            body["output_columns"] = request.output_columns
+        if request.source_id is not None:
+            body["source_id"] = request.source_id
+        path = f"/grids/{quote(request.grid_id, safe='')}/run"
+        answer = await self._request("POST", path, body, idempotent=False, sync=request.mode == "sync", slot=slot)
         if answer is None:
-            raise UpstreamError(f"upstream has no grid {grid_id!r} (HTTP 404)", status_code=404)
+            raise UpstreamError(f"upstream has no grid {request.grid_id!r} (HTTP 404)", status_code=404)
         status = answer.get("status")
         if status not in RUN_STATUSES:
             raise UpstreamOutcomeUnknown(
@@ -135,13 +136,12 @@ class UpstreamClient:
             )
         request_id = answer.get("request_id")
         if status == "running" and not (
-            isinstance(request_id, str) and 0 < len(request_id) <= MAX_REQUEST_ID_CHARS and request_id.isprintable()
+            isinstance(request_id, str) and 0 < len(request_id) <= ID_CHARS and request_id.isprintable()
         ):
             raise UpstreamOutcomeUnknown("upstream accepted the run but sent no usable request_id", status_code=200)
         return answer
 
-    async def run_status(self, request_id: str) -> dict[str, Any] | None:
-        """GET /run/status/{request_id}; None when the upstream does not know the id (404)."""
+    async def run_status(self, request_id: str) -> Answer | None:
         answer = await self._request("GET", f"/run/status/{quote(request_id, safe='')}", None, idempotent=True)
         if answer is not None and answer.get("status") not in RUN_STATUSES:
             raise UpstreamError(
@@ -150,7 +150,6 @@ class UpstreamClient:
         return answer
 
     async def queue_s(self) -> float:
-        """How long a request asked for now would wait for its rate-limit slot (0 without a limiter)."""
         return 0.0 if self._limiter is None else await self._limiter.queue_s()
 
     async def aclose(self) -> None:
@@ -167,26 +166,17 @@ class UpstreamClient:
         body: Any,
         idempotent: bool,
         sync: bool = False,
-        on_send: Callable[[], Awaitable[None]] | None = None,
-    ) -> dict[str, Any] | None:
-        if not self._key:
-            raise UpstreamError("BITSCALE_API_KEY is not set: tracker cannot call the upstream grid API")
+        slot: Slot | None = None,
+    ) -> Answer | None:
+        self._require_key()
         what = f"{method} {path}"
         failures = 0
         rate_limited = 0
-        # Built and warmed before taking a slot: the first request otherwise spends tens of ms creating the client
-        # and importing anyio's backend after its slot, and a late request crowds the next ones into one second.
         http = self._http()
-        await anyio.sleep(0)
         while True:
-            ticket = await self._limiter.acquire() if self._limiter is not None else None
-            if on_send is not None:
-                await on_send()
-                on_send = None
-                # Writing the row took long (a slow database): sent now, it would crowd the next slot's request
-                # into the same second. Wait for a fresh slot; the row already says "maybe submitted".
-                if self._limiter is not None and not self._limiter.on_time(ticket):
-                    await self._limiter.acquire()
+            if slot is None:
+                await self.reserve()
+            slot = None  # the caller's slot covers the first attempt only
             try:
                 self.requests_sent += 1
                 response = await http.request(
@@ -247,6 +237,10 @@ class UpstreamClient:
                 )
             return answer
 
+    def _require_key(self) -> None:
+        if not self._key:
+            raise UpstreamError("BITSCALE_API_KEY is not set: tracker cannot call the upstream grid API")
+
     async def _backoff(self, failures: int, what: str, reason: str) -> None:
         ceiling = min(self._backoff_cap_s, self._backoff_base_s * 2 ** (failures - 1))
         delay = ceiling / 2 + random.uniform(0, ceiling / 2)
@@ -267,7 +261,7 @@ class UpstreamClient:
         line = "".join(ch for ch in " ".join(text.split()) if ch.isprintable())  # no NUL or terminal escapes
         if self._key:
             line = line.replace(self._key, "***")
-        return line[:EXCERPT_CHARS] + ("..." if len(line) > EXCERPT_CHARS else "")
+        return line[:UPSTREAM_EXCERPT_CHARS] + ("..." if len(line) > UPSTREAM_EXCERPT_CHARS else "")
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:

@@ -17,10 +17,10 @@ import time
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from .db import short_reason
-from .errors import DatabaseUnavailable, InvalidInput
-from .store.ratelimit import Claim, RateLimitStore
-from .upstream import MAX_RETRY_AFTER_S
+from ..db import short_reason
+from ..errors import DatabaseUnavailable, InvalidInput
+from ..limits import MAX_RETRY_AFTER_S
+from ..store.ratelimit import Claim, RateLimitStore
 
 SPACING_MARGIN = 1.2
 MAX_QUEUED_CLAIMS = 256  # requests that may legitimately wait for slots at once, across processes

@@ -1,0 +1,117 @@
+"""What every part of the remote-runs service shares: settings, the stores, this process, the upstream, the task
+supervisor, and the writes of a run's end (each goes through here, so scrubbing and retries are one rule)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from .. import liveness
+from ..db import short_reason
+from ..errors import DatabaseUnavailable, OperationNotFound
+from ..models import COMPLETED, FAILED
+from ..settings import Settings
+from ..store import Store
+from ..store.runs import RunRecord, RunStore
+from .answers import scrub, upstream_failure
+from .http import HttpUpstream
+from .ratelimit import SharedRateLimiter, workspace_key
+from .tasks import Supervisor
+from .upstream import Answer, Upstream
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+OPERATION_TYPE = "grid_run"
+PERSIST_ATTEMPTS = 6  # tries to record an upstream answer through database errors (about 10 s of pauses)
+
+
+class RunContext:
+    def __init__(self, settings: Settings, engine: Engine, upstream: Upstream | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.store = RunStore(engine)
+        self.operations = Store(engine)
+        self.process = liveness.current()
+        self.tasks = Supervisor()
+        self._upstream = upstream
+
+    @property
+    def upstream(self) -> Upstream:
+        """The configured upstream, built on first use (InvalidInput when its settings are unusable)."""
+        if self._upstream is None:
+            s = self.settings
+            limiter = SharedRateLimiter(self.engine, workspace_key(s.upstream_base, s.upstream_key), s.upstream_rate_per_s)
+            self._upstream = HttpUpstream(s.upstream_base, s.upstream_key, limiter)
+        return self._upstream
+
+    @property
+    def has_upstream(self) -> bool:
+        return bool(self.settings.upstream_key) or self._upstream is not None
+
+    def owner_values(self) -> dict[str, Any]:
+        return {"owner_host": self.process.host, "owner_pid": self.process.pid, "owner_process": self.process.identity}
+
+    @property
+    def heartbeat_every_s(self) -> float:
+        return max(0.5, min(5.0, self.settings.heartbeat_lease_s / 4))
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking store call off the event loop."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailable(f"database error: {short_reason(exc)}") from None
+
+    async def persist(self, write: Callable[[], Awaitable[T]]) -> T:
+        """Write what the upstream answered, through a passing database error: the answer (a request_id, outputs)
+        exists only in memory, and losing it would leave a run that was sent but can never be polled."""
+        for attempt in range(PERSIST_ATTEMPTS):
+            try:
+                return await write()
+            except DatabaseUnavailable as exc:
+                if attempt == PERSIST_ATTEMPTS - 1:
+                    raise
+                log.warning("could not record an upstream answer, retrying: %s", exc)
+                await asyncio.sleep(min(4.0, 0.25 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    async def record_submission(self, record: RunRecord, answer: Answer) -> RunRecord:
+        """Store what a submission answered: accepted (its request_id; from here any process may poll it), or
+        already ended (a sync run)."""
+        if answer["status"] == "running":
+            return await self.db(self.store.mark_submitted, record.id, answer["request_id"]) or record
+        return await self.record_end(record.id, answer)
+
+    async def record_end(self, run_id: str, answer: Answer) -> RunRecord:
+        if answer["status"] == "completed":
+            return await self.finish(run_id, COMPLETED, outputs=answer.get("outputs"))
+        return await self.finish(run_id, FAILED, error=upstream_failure(answer))
+
+    async def finish(self, run_id: str, status: str, outputs: Any = None, error: str | None = None) -> RunRecord:
+        key = self.settings.upstream_key
+        record = await self.db(self.store.finish, run_id, status, None, scrub(outputs, key), scrub(error, key))
+        if record is None:
+            raise OperationNotFound(f"run {run_id!r} not found")
+        return record
+
+    def finish_now(self, run_id: str, status: str, error: str) -> None:
+        """Blocking finish for cancellation paths, where awaiting again would be cancelled too."""
+        try:
+            self.store.finish(run_id, status, None, None, error)
+        except SQLAlchemyError as exc:
+            log.warning("could not mark run %s interrupted: %s", run_id, short_reason(exc))
+
+    def scrub(self, value: Any) -> Any:
+        return scrub(value, self.settings.upstream_key)
+
+    async def aclose(self) -> None:
+        await self.tasks.aclose()
+        if self._upstream is not None:
+            await self._upstream.aclose()
