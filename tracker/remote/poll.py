@@ -83,7 +83,7 @@ class Poller:
 
         async def poll_one(record: RunRecord) -> bool:
             async with self._slots:
-                claim = await self._claim(record)
+                claim = await self._claim(record, now)
                 if claim is None:
                     return False
                 await self.poll(record, claim)
@@ -156,9 +156,9 @@ class Poller:
         }
         return self.answer(await c.db(c.store.store_found, c.scrub(values)))
 
-    async def _claim(self, record: RunRecord) -> str | None:
+    async def _claim(self, record: RunRecord, now: datetime | None = None) -> str | None:
         c = self.context
-        return await c.db(c.store.claim_poll, record.id, c.settings.poll_interval_s, POLL_CLAIM_S)
+        return await c.db(c.store.claim_poll, record.id, c.settings.poll_interval_s, POLL_CLAIM_S, now)
 
     async def _queued_poll(self, record: RunRecord, claim: str) -> None:
         try:

@@ -137,13 +137,14 @@ class RunStore:
             )
             return self._get(conn, run_id)
 
-    def claim_poll(self, run_id: str, interval_s: float, hold_s: float) -> str | None:
+    def claim_poll(self, run_id: str, interval_s: float, hold_s: float, now: datetime | None = None) -> str | None:
         """Take the right to poll this run now: a token for one caller across all processes, valid until its
         answer is written (note_poll, finish) or hold_s passes unrenewed; then once per interval again. None when
-        another caller holds it or the run was polled within the interval."""
+        another caller holds it or the run was polled within the interval. `now` is the database's time unless a
+        test fixes it."""
         token = secrets.token_hex(16)
         with write_connection(self.engine) as conn:
-            now = db_now(conn)
+            now = now or db_now(conn)
             result = conn.execute(
                 update(_OPS)
                 .where(_OPS.c.id == run_id, _OPS.c.status == RUNNING, *_pollable(now, interval_s))
