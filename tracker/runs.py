@@ -426,13 +426,15 @@ class RunsService:
             "source_id": _optional_text(source_id, "source_id"),
             "concurrency": _concurrency(concurrency),
         }
+        rows = params.pop("rows")  # stored apart (run_batch_rows): a status read never reads them
+        params["row_count"] = len(rows)
         record = await self._db(
-            self.operations.create_operation,
+            self.store.create_batch,
             {
                 "id": new_operation_id("batch", OPERATION_TYPE),
                 "kind": "batch",
                 "operation_type": OPERATION_TYPE,
-                "total": len(params["rows"]),
+                "total": len(rows),
                 "inputs": params,
                 "grid_id": params["grid_id"],
                 "mode": params["mode"],
@@ -441,6 +443,7 @@ class RunsService:
                 "owner_process": self.process.identity,
                 "resumable": True,
             },
+            rows,
         )
         self._start_worker(record.id, resumed=False)
         return {
@@ -476,20 +479,20 @@ class RunsService:
                 return
 
     async def _run_batch(self, batch_id: str, resumed: bool) -> None:
-        batch = await self._db(self.store.get, batch_id)
+        batch = await self._db(self.store.get_detail, batch_id)
         if batch is None or batch.is_terminal:
             return
         params = batch.inputs
-        rows: list[dict[str, str]] = params["rows"]
+        row_count: int = params["row_count"]  # the rows themselves are read one at a time, as they are submitted
         if resumed:
             for child in await self._db(self.store.children, batch_id, True, False):
                 log.warning("batch %s row %s was interrupted during submit: marked failed", batch_id, child.row_number)
                 await self._finish(child.id, FAILED, error=INTERRUPTED)
             await self._db(self.store.reconcile_batch, batch_id)
         written = await self._db(self.store.submitted_rows, batch_id)
-        pending = deque(n for n in range(1, len(rows) + 1) if n not in written)
+        pending = deque(n for n in range(1, row_count + 1) if n not in written)
         if pending:
-            log.info("batch %s: %d of %d rows to submit", batch_id, len(pending), len(rows))
+            log.info("batch %s: %d of %d rows to submit", batch_id, len(pending), row_count)
         heartbeat = self._spawn(self._heartbeat(batch_id))
         try:
 
@@ -497,7 +500,8 @@ class RunsService:
                 while pending:
                     number = pending.popleft()
                     try:
-                        if not await self._submit_row(batch_id, params, number, rows[number - 1]):
+                        inputs = await self._row(batch_id, number)
+                        if not await self._submit_row(batch_id, params, number, inputs):
                             pending.clear()
                     except _RowNotWritten as exc:  # a passing database error before anything was sent
                         log.warning("batch %s row %d: %s; trying it again later", batch_id, number, exc)
@@ -507,9 +511,15 @@ class RunsService:
             async with asyncio.TaskGroup() as group:
                 for _ in range(min(params.get("concurrency", 1), max(1, len(pending)))):
                     group.create_task(submitter())
-            await self._await_runs(batch_id, len(rows))
+            await self._await_runs(batch_id, row_count)
         finally:
             heartbeat.cancel()
+
+    async def _row(self, batch_id: str, number: int) -> dict[str, str]:
+        try:
+            return await self._db(self.store.batch_row, batch_id, number)
+        except DatabaseUnavailable as exc:
+            raise _RowNotWritten(str(exc)) from None  # nothing was sent: the row can be tried again later
 
     async def _submit_row(self, batch_id: str, params: dict[str, Any], number: int, inputs: dict[str, str]) -> bool:
         """Submit input row `number`; False when the batch stopped taking rows."""

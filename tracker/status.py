@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .api import MAX_TYPE_CHARS, Tracker
 from .db import short_reason
 from .errors import DatabaseUnavailable, InvalidInput, OperationClosed, OperationNotFound
-from .records import ItemRecord, OperationRecord
+from .records import ItemRecord, OperationRecord, RunRecord
 from .settings import format_duration
 from .timeutil import iso
 
@@ -232,7 +232,7 @@ def operation_dict(
     }
 
 
-def run_status_dict(record: OperationRecord) -> dict[str, Any]:
+def run_status_dict(record: RunRecord) -> dict[str, Any]:
     """CONTRACTS.md section 2: {mode, status, grid_id, outputs (when completed)} plus tracker's own fields."""
     answer: dict[str, Any] = {
         "found": True,
