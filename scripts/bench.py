@@ -8,7 +8,7 @@ these machines are shared and noisy: read the ratios, not the absolute numbers.
 
 Figures (one module each): 1 and 4 recording (bench_recording.py), 2 status reads at scale (bench_status.py),
 3 purge (bench_purge.py), 5 remote runs against the fake upstream (bench_runs.py), 6 server memory
-(bench_memory.py). Figures 2 and 3 use a database of 1,000,000 finished operations and 5,000,000 items made by
+(bench_memory.py), 7 status of a batch with 100 MB of input rows (bench_large_batch.py). Figures 2 and 3 use a database of 1,000,000 finished operations and 5,000,000 items made by
 bench_data.py (about a minute) and cached in the system temp dir (tracker-bench-cache/, keyed by schema
 revision, sizes and generator version): later runs reuse it, and figure 3 purges a copy.
 """
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from bench_common import sqlite_module  # (first: puts this checkout on sys.path)
+from bench_large_batch import figure_7_large_batch
 from bench_memory import figure_6_memory
 from bench_purge import figure_3_purge
 from bench_recording import figure_1_recording, figure_4_contention
@@ -49,6 +50,9 @@ FIGURES = {
         figure_5_runs(workdir, 200, 20, 4, 10.0) if quick else figure_5_runs(workdir, 1_000, 100, 4, 60.0)
     ),
     6: lambda workdir, quick: figure_6_memory(workdir, 100_000 if quick else 1_000_000),
+    7: lambda workdir, quick: (
+        figure_7_large_batch(workdir, 1_000, 10_000, 30) if quick else figure_7_large_batch(workdir, 10_000, 10_000, 100)
+    ),
 }
 
 

@@ -125,12 +125,13 @@ def test_adopter_tick_takes_over_a_batch_only_once_its_owner_is_gone(settings: S
     async def scenario() -> tuple[list[str], list[str], Any]:
         runs = _service(settings, upstream, heartbeat_lease_s=30.0)
         try:
-            batch = runs.operations.create_operation(
+            batch = runs.store.create_batch(
                 {
                     "id": "batch_grid_run_orphan", "kind": "batch", "operation_type": "grid_run", "total": 2,
-                    "inputs": {"grid_id": "g1", "mode": "async", "rows": [{"n": "1"}, {"n": "2"}], "concurrency": 1},
+                    "inputs": {"grid_id": "g1", "mode": "async", "row_count": 2, "concurrency": 1},
                     "grid_id": "g1", "mode": "async", "resumable": True,
-                }
+                },
+                [{"n": "1"}, {"n": "2"}],
             )
             now = runs.operations.now()
             set_times(runs.engine, batch.id, owner_host="another-host", owner_pid=1, heartbeat_at=now)

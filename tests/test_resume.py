@@ -53,13 +53,14 @@ def test_a_crashed_batch_resumes_without_resubmitting(upstream_settings: Setting
     engine = open_engine(upstream_settings)
     store, runs_store = Store(engine), RunStore(engine)
     now = utcnow()
-    params = {"grid_id": "g1", "rows": rows, "mode": "async", "output_columns": None, "source_id": None, "concurrency": 2}
-    batch = store.create_operation(
+    params = {"grid_id": "g1", "mode": "async", "output_columns": None, "source_id": None, "concurrency": 2, "row_count": 8}
+    batch = runs_store.create_batch(
         {
             "id": new_operation_id("batch", OPERATION_TYPE), "kind": "batch", "operation_type": OPERATION_TYPE,
             "total": 8, "started_at": now, "inputs": params, "grid_id": "g1", "mode": "async",
             "owner_host": socket.gethostname(), "owner_pid": _dead_pid(), "resumable": True,
-        }
+        },
+        rows,
     )
 
     def child(number: int, request_id: str | None = None):

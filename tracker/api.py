@@ -16,7 +16,7 @@ from .errors import DatabaseUnavailable, InvalidInput, OperationClosed, Operatio
 from . import liveness
 from .ids import new_operation_id
 from .models import KINDS, STATUSES
-from .records import ItemRecord, OperationRecord, Writer
+from .records import ItemRecord, OperationDetail, OperationRecord, RunRecord, Writer
 from .recording import MAX_INT32, BatchHandle, Flusher, check_json, error_text
 from .settings import Settings
 from .store import Store
@@ -127,12 +127,12 @@ class Tracker:
 
     # -- reads and cancel ---------------------------------------------------------------------------------------
 
-    def get(self, operation_id: str) -> OperationRecord | None:
+    def get(self, operation_id: str) -> OperationDetail | None:
         if _unstorable(operation_id):
             return None
         return self._read(lambda: self.store.get(operation_id))
 
-    def get_by_request_id(self, request_id: str) -> OperationRecord | None:
+    def get_by_request_id(self, request_id: str) -> RunRecord | None:
         if _unstorable(request_id, "request_id"):
             return None
         return self._read(lambda: self.store.get_by_request_id(request_id))

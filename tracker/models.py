@@ -171,3 +171,15 @@ class OperationItem(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_operation_items_operation_id_ok_seq", "operation_id", "ok", "seq"),)
+
+
+class RunBatchRow(Base):
+    """One input row of a run batch (run_grid_batch), numbered from 1. Kept out of the batch's own row, whose inputs
+    hold only the batch's parameters and row count: a status read of the batch never reads its rows (10,000 rows
+    may be 100 MB), and its worker reads one row at a time, when it submits it."""
+
+    __tablename__ = "run_batch_rows"
+
+    batch_id: Mapped[str] = mapped_column(ForeignKey("operations.id", ondelete="CASCADE"), primary_key=True)
+    row_number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    inputs: Mapped[Any] = mapped_column(JSONValue)

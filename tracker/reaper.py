@@ -174,7 +174,7 @@ def purge(
                 "(what was purged is whole: run it again)"
             ) from None
         held = time.monotonic() - began
-        if result.operations == 0 and result.items == 0:
+        if result.nothing:
             break
         operations += result.operations
         items += result.items

@@ -12,6 +12,9 @@ from .models import COMPLETED, FAILED, TERMINAL_STATUSES
 
 @dataclass(frozen=True)
 class OperationRecord:
+    """An operation as status, list, adopt and poll reads see it: every column but `inputs` and `outputs`, which
+    may be large (a library batch's inputs are the caller's JSON) and which no such answer shows."""
+
     id: str
     kind: str
     operation_type: str
@@ -24,8 +27,6 @@ class OperationRecord:
     completed_at: datetime | None
     execution_time_ms: int | None
     error: str | None
-    inputs: Any
-    outputs: Any
     owner_host: str | None
     owner_pid: int | None
     heartbeat_at: datetime | None
@@ -68,6 +69,21 @@ class OperationRecord:
         """The id a batch reports for this run: its upstream request_id, or its own id for a sync run that
         completed at once (the upstream gives those no request_id)."""
         return self.request_id or self.id
+
+
+@dataclass(frozen=True)
+class RunRecord(OperationRecord):
+    """An operation with its outputs: what a run's answer shows. A running operation's outputs are NULL, so the
+    poll and adopt reads of running rows pay nothing for them."""
+
+    outputs: Any
+
+
+@dataclass(frozen=True)
+class OperationDetail(RunRecord):
+    """Every stored field, inputs too: the library's get, `tracker show`, and a batch worker's parameters."""
+
+    inputs: Any
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ from .. import liveness
 from ..errors import DatabaseUnavailable, OperationClosed
 from ..ids import new_operation_id
 from ..models import FAILED
-from ..store.runs import RunRecord
+from ..records import OperationRecord
 from ..timeutil import iso
 from .answers import INTERRUPTED
 from .context import OPERATION_TYPE, RunContext
-from .requests import BatchRequest
+from .requests import BatchParams, BatchRequest
 from .submit import RowNotWritten, Submitter
 
 log = logging.getLogger(__name__)
@@ -40,18 +40,19 @@ class Batches:
         """Record the batch and start its worker; returns the answer of run_grid_batch."""
         c = self.context
         record = await c.db(
-            c.operations.create_operation,
+            c.store.create_batch,
             {
                 "id": new_operation_id("batch", OPERATION_TYPE),
                 "kind": "batch",
                 "operation_type": OPERATION_TYPE,
                 "total": len(request.rows),
-                "inputs": {**request.params(), "rows": request.rows},
+                "inputs": request.params(),
                 "grid_id": request.grid_id,
                 "mode": request.mode,
                 **c.owner_values(),
                 "resumable": True,
             },
+            request.rows,  # stored apart (run_batch_rows): a status read never reads them
         )
         self.start_worker(record.id, resumed=False)
         return {
@@ -89,13 +90,13 @@ class Batches:
     async def run(self, batch_id: str, resumed: bool) -> None:
         """Submit every row that has no run yet, then wait for the runs and end the batch."""
         c = self.context
-        batch = await c.db(c.store.get, batch_id)
+        batch = await c.db(c.store.get_detail, batch_id)
         if batch is None or batch.is_terminal:
             return
         params = batch.inputs
-        rows: list[dict[str, str]] = params["rows"]
-        request = BatchRequest(
-            params["grid_id"], rows, params["mode"], params.get("output_columns"), params.get("source_id"),
+        row_count: int = params["row_count"]  # the rows themselves are read one at a time, as they are submitted
+        request = BatchParams(
+            params["grid_id"], params["mode"], params.get("output_columns"), params.get("source_id"),
             params.get("concurrency", 1),
         )
         if resumed:
@@ -104,9 +105,9 @@ class Batches:
                 await c.finish(child.id, FAILED, error=INTERRUPTED)
             await c.db(c.store.reconcile_batch, batch_id)
         written = await c.db(c.store.submitted_rows, batch_id)
-        pending = deque(n for n in range(1, len(rows) + 1) if n not in written)
+        pending = deque(n for n in range(1, row_count + 1) if n not in written)
         if pending:
-            log.info("batch %s: %d of %d rows to submit", batch_id, len(pending), len(rows))
+            log.info("batch %s: %d of %d rows to submit", batch_id, len(pending), row_count)
         heartbeat = c.tasks.every(
             c.heartbeat_every_s, lambda: c.db(c.store.heartbeat, batch_id, c.process), f"heartbeat of {batch_id}"
         )
@@ -116,7 +117,8 @@ class Batches:
                 while pending:
                     number = pending.popleft()
                     try:
-                        if not await self.submitter.submit_row(batch_id, request.run(rows[number - 1]), number):
+                        row = await self._row(batch_id, number)
+                        if not await self.submitter.submit_row(batch_id, request.run(row), number):
                             pending.clear()
                     except RowNotWritten as exc:  # a passing database error before anything was sent
                         log.warning("batch %s row %d: %s; trying it again later", batch_id, number, exc)
@@ -126,9 +128,16 @@ class Batches:
             async with asyncio.TaskGroup() as group:
                 for _ in range(min(request.concurrency, max(1, len(pending)))):
                     group.create_task(submit_pending())
-            await self._await_runs(batch_id, len(rows))
+            await self._await_runs(batch_id, row_count)
         finally:
             heartbeat.cancel()
+
+    async def _row(self, batch_id: str, number: int) -> dict[str, str]:
+        c = self.context
+        try:
+            return await c.db(c.store.batch_row, batch_id, number)
+        except DatabaseUnavailable as exc:
+            raise RowNotWritten(str(exc)) from None  # nothing was sent: the row can be tried again later
 
     async def _await_runs(self, batch_id: str, total: int) -> None:
         """Every row has been submitted (or settled): wait until every run has ended (the poller drives them),
@@ -173,7 +182,7 @@ class Adopter:
                 adopted.append(batch.id)
         return adopted
 
-    def owner_alive(self, batch: RunRecord, now: datetime) -> bool:
+    def owner_alive(self, batch: OperationRecord, now: datetime) -> bool:
         """Whether the batch's owner still runs; now is the database's time."""
         c = self.context
         quiet_s = (now - batch.heartbeat_at).total_seconds() if batch.heartbeat_at is not None else float("inf")

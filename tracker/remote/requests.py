@@ -14,11 +14,11 @@ MODES = ("sync", "async")
 
 
 @dataclass(frozen=True)
-class BatchRequest:
-    """One run per row, all on one grid with the same mode, columns and source."""
+class BatchParams:
+    """What every run of a batch shares: its grid, mode, columns and source, and how many are submitted at once.
+    The batch's row keeps these in `inputs`; its rows are stored apart."""
 
     grid_id: str
-    rows: list[dict[str, str]]
     mode: str
     output_columns: list[str] | None
     source_id: str | None
@@ -28,7 +28,6 @@ class BatchRequest:
         return RunRequest(self.grid_id, row, self.mode, self.output_columns, self.source_id)
 
     def params(self) -> dict[str, Any]:
-        """What the batch's row keeps in `inputs`: everything but the rows (stored apart)."""
         return {
             "grid_id": self.grid_id,
             "mode": self.mode,
@@ -36,6 +35,16 @@ class BatchRequest:
             "source_id": self.source_id,
             "concurrency": self.concurrency,
         }
+
+
+@dataclass(frozen=True)
+class BatchRequest(BatchParams):
+    """A run_grid_batch call: the shared parameters and one inputs object per run."""
+
+    rows: list[dict[str, str]]
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "row_count": len(self.rows)}
 
 
 def check_run(
@@ -51,8 +60,8 @@ def check_batch(
     grid_id: Any, rows: Any, mode: Any, output_columns: Any, source_id: Any, concurrency: Any
 ) -> BatchRequest:
     return BatchRequest(
-        text(grid_id, "grid_id"), check_rows(rows), check_mode(mode), check_output_columns(output_columns),
-        optional_text(source_id, "source_id"), check_concurrency(concurrency),
+        text(grid_id, "grid_id"), check_mode(mode), check_output_columns(output_columns),
+        optional_text(source_id, "source_id"), check_concurrency(concurrency), check_rows(rows),
     )
 
 

@@ -6,25 +6,35 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import fields
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Column, Connection, Engine, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
 from ..db import engine_location, write_connection
 from ..errors import OperationCancelled, OperationClosed, OperationNotFound
 from ..models import CANCELLED, RUNNING, Operation, OperationItem, OperationWriter
-from ..records import ItemRecord, NewItem, OperationRecord, Writer
+from ..records import ItemRecord, NewItem, OperationDetail, OperationRecord, RunRecord, Writer
 from ..timeutil import elapsed_ms
 from .clock import db_now, engine_now
 
 _OPS = Operation.__table__
 _ITEMS = OperationItem.__table__
 _WRITERS = OperationWriter.__table__
-RECORD_FIELDS = [f.name for f in fields(OperationRecord)]
-RECORD_COLUMNS = [_OPS.c[name] for name in RECORD_FIELDS]
+R = TypeVar("R", bound=OperationRecord)
+
+
+def columns_of(record_type: type[OperationRecord]) -> list[Column[Any]]:
+    """The columns a read selects to build `record_type`: its fields, no more (inputs only for a detail)."""
+    return [_OPS.c[f.name] for f in fields(record_type)]
+
+
+SUMMARY_COLUMNS = columns_of(OperationRecord)
+RUN_COLUMNS = columns_of(RunRecord)
+DETAIL_COLUMNS = columns_of(OperationDetail)
 # The status read path, built once: constructing a select per call cost more than SQLite's own lookup.
-_GET_BY_ID = select(*RECORD_COLUMNS).where(_OPS.c.id == bindparam("operation_id"))
+_GET_SUMMARY_BY_ID = select(*SUMMARY_COLUMNS).where(_OPS.c.id == bindparam("operation_id"))
+_GET_BY_ID = select(*DETAIL_COLUMNS).where(_OPS.c.id == bindparam("operation_id"))
 _FIRST_ITEMS = (
     select(_ITEMS.c.seq, _ITEMS.c.ok, _ITEMS.c.item_id, _ITEMS.c.row_number, _ITEMS.c.error)
     .where(_ITEMS.c.operation_id == bindparam("operation_id"), _ITEMS.c.ok == bindparam("ok"))
@@ -33,8 +43,9 @@ _FIRST_ITEMS = (
 )
 
 
-def record_from_row(row: Any) -> OperationRecord:
-    return OperationRecord(**{name: row._mapping[name] for name in RECORD_FIELDS})
+def record_from_row(row: Any, record_type: type[R]) -> R:
+    """A row selected with columns_of(record_type) as that record."""
+    return record_type(**row._mapping)
 
 
 def new_operation_row(values: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -94,7 +105,7 @@ class Store:
 
     # -- writes -------------------------------------------------------------------------------------------------
 
-    def create_operation(self, values: dict[str, Any], writer: Writer | None = None) -> OperationRecord:
+    def create_operation(self, values: dict[str, Any], writer: Writer | None = None) -> OperationDetail:
         """Insert a running operation (started_at defaults to the database's clock); with `writer`, register the
         process that records into it in the same transaction."""
         try:
@@ -108,7 +119,7 @@ class Store:
         except DBAPIError as exc:
             return self.found_after_lost_reply(exc, values["id"])
 
-    def found_after_lost_reply(self, exc: DBAPIError, operation_id: str) -> OperationRecord:
+    def found_after_lost_reply(self, exc: DBAPIError, operation_id: str) -> OperationDetail:
         """An insert whose connection broke may still have committed (its reply was lost): if the row is there, it
         did, and the caller goes on with it instead of failing (and a retry creating a second operation). Else the
         error stands."""
@@ -118,7 +129,7 @@ class Store:
                 return found
         raise exc
 
-    def add_writer(self, operation_id: str, writer: Writer) -> OperationRecord:
+    def add_writer(self, operation_id: str, writer: Writer) -> OperationDetail:
         """Register another process recording into a running operation (attach): while it lives (or, seen from
         another host, heartbeats), the operation is not an orphan. Returns the operation as it is."""
         with write_connection(self.engine) as conn:
@@ -206,7 +217,7 @@ class Store:
                 delete(_WRITERS).where(_WRITERS.c.operation_id == operation_id, _WRITERS.c.writer_id == writer_id)
             )
 
-    def update_running(self, operation_id: str, values: dict[str, Any]) -> OperationRecord:
+    def update_running(self, operation_id: str, values: dict[str, Any]) -> OperationDetail:
         """Change fields of a running operation (total, outputs...); refused once terminal. updated_at is the
         database's time."""
         with write_connection(self.engine) as conn:
@@ -228,7 +239,7 @@ class Store:
         outputs: Any = None,
         set_outputs: bool = False,
         by: str | None = None,
-    ) -> OperationRecord:
+    ) -> OperationDetail:
         """Move a running operation to a terminal state, exactly once whoever races on it (the row is locked, and
         the guarded UPDATE's rowcount decides). status None applies the rule: failed when every processed item
         failed (at least one failure, no success), else completed. now defaults to the database's clock.
@@ -247,15 +258,16 @@ class Store:
                 self._raise_not_running(conn, operation_id)
             return self._get(conn, operation_id)
 
-    def cancel(self, operation_id: str, reason: str = "cancelled") -> OperationRecord:
+    def cancel(self, operation_id: str, reason: str = "cancelled") -> OperationDetail:
         return self.finish(operation_id, status=CANCELLED, error=reason)
 
     # -- reads --------------------------------------------------------------------------------------------------
 
-    def get(self, operation_id: str) -> OperationRecord | None:
+    def get(self, operation_id: str) -> OperationDetail | None:
+        """Every field, inputs and outputs too (the library's get, `tracker show`)."""
         with self.engine.connect() as conn:
             row = conn.execute(_GET_BY_ID, {"operation_id": operation_id}).first()
-        return record_from_row(row) if row is not None else None
+        return record_from_row(row, OperationDetail) if row is not None else None
 
     def get_with_first_items(
         self, operation_id: str, succeeded_limit: int, failed_limit: int
@@ -263,10 +275,10 @@ class Store:
         """An operation and the first items of each outcome, read in one transaction (one snapshot, so the lists
         agree with the counts; and one connection instead of three, which halves a status read's cost)."""
         with self.engine.connect() as conn:
-            row = conn.execute(_GET_BY_ID, {"operation_id": operation_id}).first()
+            row = conn.execute(_GET_SUMMARY_BY_ID, {"operation_id": operation_id}).first()
             if row is None:
                 return None
-            record = record_from_row(row)
+            record = record_from_row(row, OperationRecord)
             first: dict[bool, list[ItemRecord]] = {True: [], False: []}
             wanted = ((True, record.succeeded_count, succeeded_limit), (False, record.failed_count, failed_limit))
             for ok, count, limit in wanted:
@@ -275,10 +287,11 @@ class Store:
                     first[ok] = [ItemRecord(*item) for item in conn.execute(_FIRST_ITEMS, params)]
         return record, first[True], first[False]
 
-    def get_by_request_id(self, request_id: str) -> OperationRecord | None:
+    def get_by_request_id(self, request_id: str) -> RunRecord | None:
+        """A run by its upstream request_id, with the outputs its status shows (not its inputs)."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(*RECORD_COLUMNS).where(_OPS.c.request_id == request_id)).first()
-        return record_from_row(row) if row is not None else None
+            row = conn.execute(select(*RUN_COLUMNS).where(_OPS.c.request_id == request_id)).first()
+        return record_from_row(row, RunRecord) if row is not None else None
 
     def items(self, operation_id: str, ok: bool, after_seq: int = 0, limit: int = 100) -> list[ItemRecord]:
         """Items of one outcome in completion order, after a seq (exclusive)."""
@@ -300,7 +313,7 @@ class Store:
         limit: int = 20,
     ) -> list[OperationRecord]:
         """Newest first by (started_at, id); `before` is the last row of the previous page, so pages never overlap."""
-        query = select(*RECORD_COLUMNS)
+        query = select(*SUMMARY_COLUMNS)
         if kind:
             query = query.where(_OPS.c.kind == kind)
         if status:
@@ -314,7 +327,7 @@ class Store:
             )
         query = query.order_by(_OPS.c.started_at.desc(), _OPS.c.id.desc()).limit(limit)
         with self.engine.connect() as conn:
-            return [record_from_row(row) for row in conn.execute(query)]
+            return [record_from_row(row, OperationRecord) for row in conn.execute(query)]
 
     def count_items(self, operation_id: str) -> tuple[int, int]:
         """(succeeded, failed) counted from the item rows themselves, for checks against the counters."""
@@ -354,20 +367,20 @@ class Store:
             )
         )
 
-    def _get(self, conn: Connection, operation_id: str) -> OperationRecord:
-        row = conn.execute(select(*RECORD_COLUMNS).where(_OPS.c.id == operation_id)).first()
+    def _get(self, conn: Connection, operation_id: str) -> OperationDetail:
+        row = conn.execute(select(*DETAIL_COLUMNS).where(_OPS.c.id == operation_id)).first()
         if row is None:
             raise OperationNotFound(f"operation {operation_id!r} not found")
-        return record_from_row(row)
+        return record_from_row(row, OperationDetail)
 
     def _get_for_update(self, conn: Connection, operation_id: str) -> OperationRecord:
-        query = select(*RECORD_COLUMNS).where(_OPS.c.id == operation_id)
+        query = select(*SUMMARY_COLUMNS).where(_OPS.c.id == operation_id)
         if conn.dialect.name == "postgresql":
             query = query.with_for_update()
         row = conn.execute(query).first()
         if row is None:
             raise OperationNotFound(f"operation {operation_id!r} not found")
-        return record_from_row(row)
+        return record_from_row(row, OperationRecord)
 
     def _raise_not_running(self, conn: Connection, operation_id: str) -> None:
         status = conn.execute(select(_OPS.c.status).where(_OPS.c.id == operation_id)).scalar()

@@ -2,10 +2,10 @@
 whose owner may be gone, and marking those failed. Each public method is one short transaction.
 
 Chunked purge and crash safety. A chunk is one write transaction (BEGIN IMMEDIATE on SQLite) that picks expired
-operations (terminal, completed_at < cutoff) through the (status, completed_at) index and deletes their items and
-then their rows. Operations whose items fit in the chunk's budget go whole, items and row in the same transaction,
-so a crash never leaves them half-deleted. An operation with more items than one chunk is the one exception: its
-items go over several chunks and its row goes with the last one. A crash (or a busy database) in between leaves
+operations (terminal, completed_at < cutoff) through the (status, completed_at) index and deletes their items (and a
+run batch's input rows) and then their rows. Operations whose items fit in the chunk's budget go whole, items and
+row in the same transaction, so a crash never leaves them half-deleted. An operation with more items than one chunk
+is the one exception: its items go over several chunks and its row goes with the last one. A crash (or a busy database) in between leaves
 that operation with fewer items than its counters say; that is acceptable only because it is expired anyway,
 past the retention it was promised for, and the next purge picks it up again (it still matches the expiry test)
 and finishes it."""
@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Engine, delete, func, select, update
 
 from ..db import engine_location
-from ..models import FAILED, RUNNING, TERMINAL_STATUSES, Operation, OperationItem, OperationWriter
+from ..models import FAILED, RUNNING, TERMINAL_STATUSES, Operation, OperationItem, OperationWriter, RunBatchRow
 from ..timeutil import elapsed_ms
 from .clock import db_now, engine_now
 
@@ -29,12 +29,18 @@ PURGE_CACHE_KIB = 32 * 1024  # a chunk deleting random-id rows dirties pages all
 _OPS = Operation.__table__
 _ITEMS = OperationItem.__table__
 _WRITERS = OperationWriter.__table__
+_ROWS = RunBatchRow.__table__
 
 
 @dataclass(frozen=True)
 class ChunkResult:
     operations: int  # operation rows deleted
     items: int  # item rows deleted
+    batch_rows: int = 0  # input rows of run batches deleted (run_batch_rows)
+
+    @property
+    def nothing(self) -> bool:
+        return self.operations == 0 and self.items == 0 and self.batch_rows == 0
 
 
 @dataclass(frozen=True)
@@ -98,48 +104,60 @@ class ReapingStore:
         return int(operations), int(items)
 
     def delete_expired_chunk(self, cutoff: datetime, max_items: int, max_operations: int) -> ChunkResult:
-        """Delete one bounded chunk of expired operations; ChunkResult(0, 0) means nothing is left.
+        """Delete one bounded chunk of expired operations; a result with `nothing` means nothing is left.
 
-        Picks up to max_operations expired operations whose items (by their counters) fit in max_items and
+        Picks up to max_operations expired operations whose items (by their counters, plus a run batch's input
+        rows) fit in max_items and
         deletes them whole. If the first one alone has more items, deletes max_items of its items instead, and
         its row together with the last of them. On SQLite the chunk's commit does not checkpoint (the caller runs
         checkpoint_between_chunks() after releasing the lock), so the time it holds the write lock is the time it
         takes."""
         with self._write(purging=True) as conn:
+            # A run batch's input rows count against the budget like items (its worker is gone with it). Counted
+            # through their primary key; most operations have none.
+            batch_rows = select(func.count()).where(_ROWS.c.batch_id == _OPS.c.id).scalar_subquery()
             query = (
-                select(_OPS.c.id, _OPS.c.succeeded_count + _OPS.c.failed_count)
+                select(_OPS.c.id, _OPS.c.succeeded_count + _OPS.c.failed_count + batch_rows)
                 .where(_expired(cutoff))
                 .limit(max_operations)
             )
             if conn.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)  # two purgers split the work, never wait
+                query = query.with_for_update(of=_OPS, skip_locked=True)  # two purgers split the work, never wait
             picked: list[str] = []
             budget = max_items
             large: str | None = None
-            for operation_id, item_count in conn.execute(query):
-                if item_count > budget:
+            for operation_id, weight in conn.execute(query):
+                if weight > budget:
                     if not picked:
                         large = operation_id
                     break
                 picked.append(operation_id)
-                budget -= item_count
+                budget -= weight
             if picked:
                 items = conn.execute(delete(_ITEMS).where(_ITEMS.c.operation_id.in_(picked))).rowcount
+                rows = conn.execute(delete(_ROWS).where(_ROWS.c.batch_id.in_(picked))).rowcount
                 conn.execute(delete(_WRITERS).where(_WRITERS.c.operation_id.in_(picked)))
                 # By id alone: they were picked in this same transaction, and a terminal row never changes. (With
                 # the expiry test repeated here, SQLite would walk the whole expired range of its index instead.)
                 operations = conn.execute(delete(_OPS).where(_OPS.c.id.in_(picked))).rowcount
-                return ChunkResult(operations, items)
+                return ChunkResult(operations, items, rows)
             if large is None:
                 return ChunkResult(0, 0)
-            # Stock SQLite has no DELETE ... LIMIT: bound the chunk through the primary key instead.
-            some = select(_ITEMS.c.seq).where(_ITEMS.c.operation_id == large).limit(max_items)
-            items = conn.execute(delete(_ITEMS).where(_ITEMS.c.seq.in_(some))).rowcount
+            # Its batch rows first, then its items, max_items in all. Stock SQLite has no DELETE ... LIMIT: bound
+            # the chunk through the primary key instead.
+            some_rows = select(_ROWS.c.row_number).where(_ROWS.c.batch_id == large).limit(max_items)
+            rows = conn.execute(
+                delete(_ROWS).where(_ROWS.c.batch_id == large, _ROWS.c.row_number.in_(some_rows))
+            ).rowcount
+            items = 0
+            if rows < max_items:
+                some = select(_ITEMS.c.seq).where(_ITEMS.c.operation_id == large).limit(max_items - rows)
+                items = conn.execute(delete(_ITEMS).where(_ITEMS.c.seq.in_(some))).rowcount
             operations = 0
-            if items < max_items:  # that was the last of its items: the row goes in the same transaction
+            if rows + items < max_items:  # that was the last of its rows and items: the row goes with them
                 conn.execute(delete(_WRITERS).where(_WRITERS.c.operation_id == large))
                 operations = conn.execute(delete(_OPS).where(_OPS.c.id == large)).rowcount
-            return ChunkResult(operations, items)
+            return ChunkResult(operations, items, rows)
 
     def checkpoint_between_chunks(self, restart_after: int) -> tuple[int, bool] | None:
         """Between purge chunks: copy the WAL into the database file without blocking anyone (PASSIVE). When the

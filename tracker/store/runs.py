@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,21 +19,28 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from ..db import write_connection
 from ..errors import DuplicateRun
 from ..liveness import Process
-from ..models import COMPLETED, FAILED, RUNNING, Operation, OperationItem
-from ..records import OperationRecord
+from ..models import COMPLETED, FAILED, RUNNING, Operation, OperationItem, RunBatchRow
+from ..records import OperationDetail, OperationRecord, RunRecord
 from .clock import db_now
-from .operations import RECORD_COLUMNS, Store, end_running, new_operation_row, record_from_row
+from .operations import DETAIL_COLUMNS, RUN_COLUMNS, SUMMARY_COLUMNS, Store, end_running, new_operation_row, record_from_row
 
 log = logging.getLogger(__name__)
 
 _OPS = Operation.__table__
 _ITEMS = OperationItem.__table__
+_ROWS = RunBatchRow.__table__
+
+# A run is an operation row. Its reads select what its answer shows, its outputs, never its inputs (RunRecord);
+# a running row's outputs are NULL, so the poll and adopt reads of running rows cost no more for them.
+_COLUMNS = RUN_COLUMNS
 
 
-# A run is an operation row; the runs service reads the same record the status tools do.
-RunRecord = OperationRecord
-_COLUMNS = RECORD_COLUMNS
-_record = record_from_row
+def _record(row: Any) -> RunRecord:
+    return record_from_row(row, RunRecord)
+
+
+def _detail(row: Any) -> OperationDetail:
+    return record_from_row(row, OperationDetail)
 
 
 # A value for a timestamp column of create(): the database's time of the insert.
@@ -52,8 +60,23 @@ class RunStore:
     def get_by_request_id(self, request_id: str) -> RunRecord | None:
         return self._one(_OPS.c.request_id == request_id)
 
-    def get_by_idempotency_key(self, key: str) -> RunRecord | None:
-        return self._one(_OPS.c.idempotency_key == key)
+    def get_detail(self, operation_id: str) -> OperationDetail | None:
+        """Every field, inputs too: a batch worker's parameters (a batch's input rows are in batch_row)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(*DETAIL_COLUMNS).where(_OPS.c.id == operation_id)).first()
+        return _detail(row) if row is not None else None
+
+    def get_by_idempotency_key(self, key: str) -> OperationDetail | None:
+        """With its inputs: a repeated key is honoured only for the same inputs."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(*DETAIL_COLUMNS).where(_OPS.c.idempotency_key == key)).first()
+        return _detail(row) if row is not None else None
+
+    def batch_row(self, batch_id: str, row_number: int) -> Any:
+        """The inputs of one input row of a batch (1-based), read when the worker submits it."""
+        query = select(_ROWS.c.inputs).where(_ROWS.c.batch_id == batch_id, _ROWS.c.row_number == row_number)
+        with self.engine.connect() as conn:
+            return conn.execute(query).scalar_one()
 
     def due_for_poll(self, interval_s: float, limit: int, now: datetime | None = None) -> list[RunRecord]:
         """Running runs with a request_id whose last poll is older than the interval and that no poll in flight
@@ -82,14 +105,16 @@ class RunStore:
         with self.engine.connect() as conn:
             return {n for (n,) in conn.execute(runs.union(items)) if n is not None}
 
-    def children(self, batch_id: str, running: bool | None = None, submitted: bool | None = None) -> list[RunRecord]:
-        query = select(*_COLUMNS).where(_OPS.c.parent_id == batch_id)
+    def children(
+        self, batch_id: str, running: bool | None = None, submitted: bool | None = None
+    ) -> list[OperationDetail]:
+        query = select(*DETAIL_COLUMNS).where(_OPS.c.parent_id == batch_id)
         if running is not None:
             query = query.where(_OPS.c.status == RUNNING if running else _OPS.c.status != RUNNING)
         if submitted is not None:
             query = query.where(_OPS.c.request_id.is_not(None) if submitted else _OPS.c.request_id.is_(None))
         with self.engine.connect() as conn:
-            return [_record(row) for row in conn.execute(query.order_by(_OPS.c.row_number))]
+            return [_detail(row) for row in conn.execute(query.order_by(_OPS.c.row_number))]
 
     def running_children(self, batch_id: str) -> int:
         query = select(func.count()).where(_OPS.c.parent_id == batch_id, _OPS.c.status == RUNNING)
@@ -106,6 +131,19 @@ class RunStore:
                 return self._get(conn, values["id"])
         except IntegrityError:
             raise DuplicateRun("a run with this idempotency_key, request_id or batch row is already recorded") from None
+        except DBAPIError as exc:
+            return self._operations.found_after_lost_reply(exc, values["id"])
+
+    def create_batch(self, values: dict[str, Any], rows: Sequence[Any]) -> RunRecord:
+        """Insert a running batch and its input rows (numbered from 1) in one transaction."""
+        try:
+            with write_connection(self.engine) as conn:
+                conn.execute(insert(_OPS).values(**_defaults(values, db_now(conn))))
+                conn.execute(
+                    insert(_ROWS),
+                    [{"batch_id": values["id"], "row_number": n, "inputs": row} for n, row in enumerate(rows, 1)],
+                )
+                return self._get(conn, values["id"])
         except DBAPIError as exc:
             return self._operations.found_after_lost_reply(exc, values["id"])
 
@@ -213,7 +251,7 @@ class RunStore:
 
     # -- batch ownership ----------------------------------------------------------------------------------------
 
-    def claim_batch(self, batch: RunRecord, owner: Process) -> bool:
+    def claim_batch(self, batch: OperationRecord, owner: Process) -> bool:
         """Become the owner of a running batch, if its owner is still the one we judged dead (compare-and-set)."""
         owner_host = _OPS.c.owner_host.is_(None) if batch.owner_host is None else _OPS.c.owner_host == batch.owner_host
         owner_pid = _OPS.c.owner_pid.is_(None) if batch.owner_pid is None else _OPS.c.owner_pid == batch.owner_pid
@@ -293,16 +331,16 @@ class RunStore:
             _ITEMS.c.operation_id == batch_id, _ITEMS.c.row_number.is_not(None)
         )
         missing = conn.execute(
-            select(*_COLUMNS).where(
+            select(*SUMMARY_COLUMNS).where(
                 _OPS.c.parent_id == batch_id, _OPS.c.status != RUNNING, _OPS.c.row_number.not_in(recorded)
             )
         ).all()
         for row in missing:
-            run = _record(row)
+            run = record_from_row(row, OperationRecord)
             self._append_to_batch(conn, run, run.status == COMPLETED, run.error or run.status, now)
         return len(missing)
 
-    def _append_to_batch(self, conn: Connection, run: RunRecord, ok: bool, error: str | None, now: datetime) -> None:
+    def _append_to_batch(self, conn: Connection, run: OperationRecord, ok: bool, error: str | None, now: datetime) -> None:
         result = conn.execute(
             update(_OPS)
             .where(_OPS.c.id == run.parent_id, _OPS.c.status == RUNNING)
