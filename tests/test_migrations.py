@@ -13,8 +13,9 @@ from sqlalchemy import Column, Integer, MetaData, inspect
 from tracker import Settings
 from tracker.db import current_revision, downgrade, head_revision, open_engine, upgrade_to_head
 from tracker.models import Base
+from tracker.testing.env import child_env
 
-from .conftest import PYTHON, subprocess_env
+from .conftest import PYTHON
 
 
 def _diff(engine, metadata: MetaData) -> list:
@@ -59,7 +60,7 @@ def test_processes_opening_a_new_file_at_once_all_succeed(tmp_path: Path) -> Non
         "b = t.start_batch('import', total=1); b.record_success('x'); b.finish(); t.close()\n"
     )
     procs = [
-        subprocess.Popen([PYTHON, "-c", code], env=subprocess_env(db), stderr=subprocess.PIPE, text=True)
+        subprocess.Popen([PYTHON, "-c", code], env=child_env(db), stderr=subprocess.PIPE, text=True)
         for _ in range(4)
     ]
     errors = [p.communicate(timeout=60)[1] for p in procs]
