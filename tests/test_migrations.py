@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, inspect
 
 from tracker import Settings
-from tracker.db import current_revision, downgrade, head_revision, open_engine, upgrade_to_head
+from tracker.db import current_revision, downgrade, head_revision, migrations_dir, open_engine, upgrade_to_head
 from tracker.models import Base
 from tracker.testing.env import child_env
 
@@ -48,6 +49,17 @@ def test_models_match_migrations(backend_settings: Settings) -> None:
     drifted.tables["operations"].append_column(Column("not_migrated", Integer))
     assert any(d[0] == "add_column" and d[3].name == "not_migrated" for d in _diff(engine, drifted))
     engine.dispose()
+
+
+def test_migrations_import_nothing_from_tracker() -> None:
+    """A revision is frozen: it carries its own column types, so editing tracker/models.py cannot change it."""
+    revisions = sorted((migrations_dir() / "versions").glob("[0-9]*.py"))
+    assert revisions
+    for path in revisions:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [n for n in names if n.split(".")[0] == "tracker"], f"{path.name} imports {names}"
 
 
 def test_processes_opening_a_new_file_at_once_all_succeed(tmp_path: Path) -> None:
