@@ -15,6 +15,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tracker.db import sqlite_module  # noqa: E402
+from tracker.testing.env import child_env  # noqa: E402
 
 
 def raw_connection(path: Path):
@@ -30,15 +31,6 @@ def percentile(samples: list[float], fraction: float) -> float:
     ordered = sorted(samples)
     rank = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
     return ordered[rank]
-
-
-def child_env(db: Path | str, **extra: str) -> dict[str, str]:
-    """Environment for a child `python -m tracker ...` or script: this checkout importable, this database."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
-    env["TRACKER_DB"] = str(db)
-    env.update(extra)
-    return env
 
 
 @asynccontextmanager

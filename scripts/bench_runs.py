@@ -1,6 +1,7 @@
-"""Figure 5: remote runs polled by several MCP clients at once against the fake grid API (scripts/fake_upstream.py,
-a real HTTP server on 127.0.0.1): the upstream requests per second, read from the fake's own counters, against its
-rate limit; and the upstream requests spent on runs that had already ended (read from the fake's request log)."""
+"""Figure 5: remote runs polled by several MCP clients at once against the fake grid API
+(tracker.testing.fake_upstream, a real HTTP server on 127.0.0.1): the upstream requests per second, read from the
+fake's own counters, against its rate limit; and the upstream requests spent on runs that had already ended (read
+from the fake's request log)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from typing import Any
 import anyio
 
 from bench_common import mcp_session, percentile
-from fake_upstream import FakeUpstreamProcess, busiest_second
 from tracker import Settings
 from tracker.db import open_engine
 from tracker.remote import RunsService
+from tracker.testing.fake_upstream import FakeUpstreamProcess, busiest_second
 
 KEY = "bench-key-0123456789"
 RATE_LIMIT = 5  # the upstream's documented limit (CONTRACTS.md), and tracker's default BITSCALE_RATE_LIMIT

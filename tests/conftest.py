@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 
 from tracker import Settings, Tracker
+from tracker.testing.fake_upstream import FakeUpstreamProcess as _Launcher
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))  # the fake upstream and the child-process environment live there
-
-from bench_common import child_env  # noqa: E402
+PYTHON = sys.executable  # for child processes; tracker.testing.env.child_env(db) makes them import this checkout
 
 # Every field of a batch OPERATION in ../shared/CONTRACTS.md section 1: always present in a status answer.
 OPERATION_FIELDS = {
@@ -43,13 +42,6 @@ def settings(db_path: Path) -> Settings:
 def tracker(settings: Settings):
     with Tracker(settings) as opened:
         yield opened
-
-
-# Environment for a child `python -m tracker ...` or script: this checkout importable, the test's database.
-subprocess_env = child_env
-
-
-PYTHON = sys.executable
 
 
 # -- PostgreSQL: the same contract tests run on both backends ------------------------------------------------------
@@ -87,16 +79,13 @@ def backend_tracker(backend_settings: Settings):
         yield opened
 
 
-# -- the fake upstream grid API: scripts/fake_upstream.py, a real HTTP server on 127.0.0.1 -------------------------
+# -- the fake upstream grid API: tracker.testing.fake_upstream, a real HTTP server on 127.0.0.1 --------------------
 
 FAKE_UPSTREAM_KEY = "test-key-0123456789"
 
 
-from fake_upstream import FakeUpstreamProcess as _Launcher  # noqa: E402
-
-
 class FakeUpstreamProcess(_Launcher):
-    """scripts/fake_upstream.py in a child process with the tests' key; options are its command-line flags."""
+    """tracker.testing.fake_upstream in a child process with the tests' key; options are its command-line flags."""
 
     def __init__(self, key: str = FAKE_UPSTREAM_KEY, **options: object) -> None:
         super().__init__(key, **options)

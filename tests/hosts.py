@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .conftest import PYTHON, REPO, subprocess_env
+from tracker.testing import env as testing_env
+
+from .conftest import PYTHON, REPO
 
 PROTOCOL_VERSION = "2025-06-18"
 # time.sleep for skewed hosts' Python processes (libfaketime 0.9.10 breaks CPython's; see its docstring)
@@ -92,7 +94,7 @@ class Host:
         return [*prefix, "sh", "-c", 'hostname "$0" && exec "$@"', self.name, *command]
 
     def child_env(self, **extra: str) -> dict[str, str]:
-        env = subprocess_env(self.db_url, **self.env, **extra)
+        env = testing_env.child_env(self.db_url, **self.env, **extra)
         env.pop("FAKETIME", None)
         if self.skew_s:
             lib = find_libfaketime()

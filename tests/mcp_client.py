@@ -10,7 +10,9 @@ from typing import Any
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from .conftest import PYTHON, REPO, subprocess_env
+from tracker.testing.env import child_env as subprocess_env
+
+from .conftest import PYTHON, REPO
 
 
 @asynccontextmanager

@@ -19,8 +19,9 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.types import Tool
 
 from tracker.db import sqlite_module
+from tracker.testing.env import child_env as subprocess_env
 
-from .conftest import PYTHON, REPO, subprocess_env
+from .conftest import PYTHON, REPO
 
 CALL_TIMEOUT_S = 60.0
 

@@ -20,8 +20,9 @@ from sqlalchemy.exc import OperationalError
 
 from tracker import DatabaseUnavailable, Settings, Tracker
 from tracker.db import open_engine
+from tracker.testing.env import child_env
 
-from .conftest import PYTHON, REPO, subprocess_env
+from .conftest import PYTHON, REPO
 from .mcp_client import call, mcp_session
 from .tcp_proxy import SilentListener, TcpProxy
 
@@ -86,7 +87,7 @@ def _one_line_naming(message: str, port: int) -> None:
 def test_cli_against_a_silent_server_fails_in_one_line(silent: SilentListener, command: list[str]) -> None:
     started = time.monotonic()
     result = subprocess.run(
-        [PYTHON, "-m", "tracker", *command], env=subprocess_env(silent.url()), cwd=REPO,
+        [PYTHON, "-m", "tracker", *command], env=child_env(silent.url()), cwd=REPO,
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=HANG,
     )
     elapsed = time.monotonic() - started

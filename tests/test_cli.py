@@ -17,9 +17,10 @@ import pytest
 from tracker import Settings, Tracker
 from tracker.cli import main
 from tracker.db import head_revision, sqlite_module
+from tracker.testing.env import child_env
 from tracker.timeutil import utcnow
 
-from .conftest import PYTHON, REPO, subprocess_env
+from .conftest import PYTHON, REPO
 from .reap_helpers import finished_ago, table_counts
 
 CRON = REPO / "scripts" / "tracker-reap-cron.sh"
@@ -273,7 +274,7 @@ def test_reap_as_a_process(tracker: Tracker, settings: Settings, tmp_path: Path)
         {"id": "batch_orphan_1", "kind": "batch", "operation_type": "import",
          "started_at": utcnow() - timedelta(hours=1), "owner_host": "gone-host", "owner_pid": 1}
     )
-    env = subprocess_env(tmp_path / "not-this.db")
+    env = child_env(tmp_path / "not-this.db")
     result = subprocess.run([PYTHON, "-m", "tracker", "reap", "--older-than", "7d", "--db", settings.db],
                             env=env, capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stderr) == (0, "")
@@ -282,7 +283,7 @@ def test_reap_as_a_process(tracker: Tracker, settings: Settings, tmp_path: Path)
     assert tracker.get("batch_orphan_1").status == "failed"
     assert not (tmp_path / "not-this.db").exists()
 
-    bad = subprocess.run([PYTHON, "-m", "tracker", "reap"], env=subprocess_env(tmp_path / "no-dir" / "x.db"),
+    bad = subprocess.run([PYTHON, "-m", "tracker", "reap"], env=child_env(tmp_path / "no-dir" / "x.db"),
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and bad.stdout == ""
     assert _one_error_line(bad.stderr) == f"tracker: no tracker database at {tmp_path / 'no-dir' / 'x.db'}"
@@ -338,7 +339,7 @@ def test_cron_wrapper_logs_the_line_and_passes_the_exit_code(
     done.finish()
     finished_ago(tracker.engine, done.id, utcnow() - timedelta(hours=3))
     log = tmp_path / "reap.log"
-    env = subprocess_env(settings.db, TRACKER_BIN=str(_tracker_bin(tmp_path)), TRACKER_REAP_LOG=str(log))
+    env = child_env(settings.db, TRACKER_BIN=str(_tracker_bin(tmp_path)), TRACKER_REAP_LOG=str(log))
     env["PATH"] = "/nonexistent"  # cron's PATH is minimal; the wrapper sets its own
     ok = subprocess.run([str(CRON)], env=env, capture_output=True, text=True, timeout=60)
     assert (ok.returncode, ok.stdout, ok.stderr) == (0, "", "")

@@ -17,9 +17,10 @@ from sqlalchemy import update
 from tracker import Settings, Tracker
 from tracker.db import write_connection
 from tracker.reaper import OWNER_GONE_GRACE_S, recover_orphans
+from tracker.testing.env import child_env
 from tracker.timeutil import utcnow
 
-from .conftest import PYTHON, subprocess_env
+from .conftest import PYTHON
 from .reap_helpers import WRITERS, set_times
 
 pytestmark = pytest.mark.timeout(120)
@@ -51,7 +52,7 @@ def _faketime(offset: str) -> list[str]:
 def _reap(db: str, offset: str, *args: str) -> str:
     done = subprocess.run(
         [*_faketime(offset), PYTHON, "-m", "tracker", "reap", *args],
-        env=subprocess_env(db), capture_output=True, text=True, timeout=60,
+        env=child_env(db), capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -61,7 +62,7 @@ def test_a_clock_step_does_not_make_a_live_owner_look_dead(settings: Settings, t
     """The old pid-reuse test compared the process start, derived from /proc/stat's btime (which moves with the
     wall clock), with the operation's start: after a step of 5 s or more, `tracker reap` failed a live recorder."""
     recorder = subprocess.Popen(
-        [*_faketime("-30s"), PYTHON, "-c", RECORDER], env=subprocess_env(settings.db), stdout=subprocess.PIPE, text=True
+        [*_faketime("-30s"), PYTHON, "-c", RECORDER], env=child_env(settings.db), stdout=subprocess.PIPE, text=True
     )
     try:
         batch_id, pid = recorder.stdout.readline().split()  # faketime's child is the recorder itself
@@ -107,7 +108,7 @@ def test_an_attached_worker_keeps_the_batch_alive_after_its_starter_exits(settin
     owner's grace: the batch is not an orphan while that worker lives (the old reaper failed it at the first
     pause over 2 s)."""
     starter = subprocess.run(
-        [PYTHON, "-c", STARTER], env=subprocess_env(settings.db), capture_output=True, text=True, timeout=60
+        [PYTHON, "-c", STARTER], env=child_env(settings.db), capture_output=True, text=True, timeout=60
     )
     assert starter.returncode == 0, starter.stderr
     batch_id = starter.stdout.strip()

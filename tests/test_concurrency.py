@@ -9,8 +9,9 @@ import subprocess
 import pytest
 
 from tracker import Settings, Tracker
+from tracker.testing.env import child_env
 
-from .conftest import PYTHON, subprocess_env
+from .conftest import PYTHON
 
 
 # Contract tests: SQLite and a real PostgreSQL server.
@@ -41,7 +42,7 @@ def _run_all(db: str, jobs: list[tuple[str, int, int]]) -> None:
     procs = [
         subprocess.Popen(
             [PYTHON, "-c", RECORDER, op_id, str(worker), str(count)],
-            env=subprocess_env(db), stderr=subprocess.PIPE, text=True,
+            env=child_env(db), stderr=subprocess.PIPE, text=True,
         )
         for op_id, worker, count in jobs
     ]
@@ -86,9 +87,9 @@ def test_new_process_reads_what_an_old_one_wrote(db: str) -> None:
         "    items = [(i.ok, i.item_id, i.error) for ok in (True, False) for i in t.items(r.id, ok=ok)]\n"
         "    print(json.dumps([r.status, r.succeeded_count, r.failed_count, r.inputs, iso(r.completed_at), items]))\n"
     )
-    op_id = subprocess.run([PYTHON, "-c", writer], env=subprocess_env(db), capture_output=True, text=True,
+    op_id = subprocess.run([PYTHON, "-c", writer], env=child_env(db), capture_output=True, text=True,
                            check=True).stdout.strip()
-    out = subprocess.run([PYTHON, "-c", reader, op_id], env=subprocess_env(db), capture_output=True, text=True,
+    out = subprocess.run([PYTHON, "-c", reader, op_id], env=child_env(db), capture_output=True, text=True,
                          check=True).stdout
     status, ok, failed, inputs, completed_at, items = json.loads(out)
     assert (status, ok, failed, inputs) == ("completed", 2, 1, {"ids": ["a", "b", "c"]})

@@ -22,8 +22,9 @@ from pathlib import Path
 
 from tracker import Settings, Tracker
 from tracker.reaper import ORPHAN_ERROR, OWNER_GONE_GRACE_S, recover_orphans
+from tracker.testing.env import child_env
 
-from .conftest import PYTHON, subprocess_env
+from .conftest import PYTHON
 from .sync_mcp import integrity_check
 
 RECORDER = r"""
@@ -65,7 +66,7 @@ class Kill:
 def kill_one(db: str, seed: int, env: dict[str, str], rng: random.Random) -> Kill:
     """Start a recorder, let it run 50-400 ms after it is ready, SIGKILL it, and read what it acknowledged."""
     process = subprocess.Popen(
-        [PYTHON, "-c", RECORDER, str(seed)], env=subprocess_env(db, **env),
+        [PYTHON, "-c", RECORDER, str(seed)], env=child_env(db, **env),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     assert process.stdout is not None

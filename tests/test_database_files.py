@@ -15,8 +15,9 @@ import pytest
 from tracker import DatabaseUnavailable, Tracker
 from tracker.cli import main
 from tracker.db import sqlite_module
+from tracker.testing.env import child_env
 
-from .conftest import PYTHON, subprocess_env
+from .conftest import PYTHON
 
 
 @pytest.fixture(autouse=True)
@@ -104,7 +105,7 @@ def _leave_wal_and_shm(db: Path) -> None:
         "conn.execute('PRAGMA user_version = 7')\n"
         "os._exit(0)\n"
     )
-    subprocess.run([PYTHON, "-c", script, str(db)], env=subprocess_env(db), check=True, timeout=60)
+    subprocess.run([PYTHON, "-c", script, str(db)], env=child_env(db), check=True, timeout=60)
 
 
 def test_loose_wal_and_shm_files_of_ours_are_made_private(tmp_path: Path) -> None:
@@ -291,14 +292,14 @@ def _check_copy(copy: Path) -> int:
 def _backup(db: Path, dest: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [PYTHON, "-m", "tracker", "db", "backup", str(dest), *extra],
-        env=subprocess_env(db), capture_output=True, text=True, timeout=120,
+        env=child_env(db), capture_output=True, text=True, timeout=120,
     )
 
 
 def test_backup_of_a_live_database_while_another_process_records(tmp_path: Path) -> None:
     db = tmp_path / "live.db"
     writer = subprocess.Popen(
-        [PYTHON, "-c", WRITER, str(db)], env=subprocess_env(db), stdout=subprocess.PIPE, text=True
+        [PYTHON, "-c", WRITER, str(db)], env=child_env(db), stdout=subprocess.PIPE, text=True
     )
     try:
         assert writer.stdout.readline().strip() == "ready"

@@ -11,8 +11,9 @@ import pytest
 
 from tracker import DatabaseUnavailable, Settings, Tracker
 from tracker.db import sqlite_module
+from tracker.testing.env import child_env
 
-from .conftest import PYTHON, subprocess_env
+from .conftest import PYTHON
 
 
 def test_sqlite_settings_on_every_connection(tracker: Tracker) -> None:
@@ -89,7 +90,7 @@ def test_unsupported_or_memory_urls(tmp_path: Path) -> None:
 def test_cli_reports_an_unusable_location_in_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [PYTHON, "-m", "tracker", "--db", str(tmp_path / "missing" / "t.db"), "db", "upgrade"],
-        env=subprocess_env(tmp_path / "unused.db"), capture_output=True, text=True, timeout=60,
+        env=child_env(tmp_path / "unused.db"), capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -99,7 +100,7 @@ def test_cli_reports_an_unusable_location_in_one_line(tmp_path: Path) -> None:
 def test_cli_db_current_and_upgrade(tmp_path: Path) -> None:
     db = tmp_path / "cli.db"
     run = lambda *args: subprocess.run(  # noqa: E731
-        [PYTHON, "-m", "tracker", *args], env=subprocess_env(db), capture_output=True, text=True, timeout=60
+        [PYTHON, "-m", "tracker", *args], env=child_env(db), capture_output=True, text=True, timeout=60
     )
     missing = run("db", "current")
     assert missing.returncode == 1 and missing.stderr == f"tracker: no tracker database at {db}\n"

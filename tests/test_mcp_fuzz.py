@@ -31,9 +31,10 @@ from hypothesis import strategies as st
 from tracker import Settings, Tracker
 from tracker.status import _checksum, encode_cursor
 from tracker.store.runs import RunStore
+from tracker.testing.env import child_env
 from tracker.timeutil import iso, utcnow
 
-from .conftest import PYTHON, REPO, subprocess_env
+from .conftest import PYTHON, REPO
 from .sync_mcp import Answer, SyncSession, assert_counters_match_items, checksum, integrity_check, refused_port, sync_session
 
 FUZZ = settings(
@@ -559,7 +560,7 @@ class RawServer:
         self._log = errlog.open("ab")
         self.process = subprocess.Popen(
             [PYTHON, "-m", "tracker", "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-            env=subprocess_env(db, BITSCALE_API_KEY=""), cwd=str(REPO),
+            env=child_env(db, BITSCALE_API_KEY=""), cwd=str(REPO),
         )
         self._lines: queue.Queue[bytes] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()

@@ -19,9 +19,10 @@ from mcp.client.session import ClientSession
 
 from tracker import Settings, Tracker, status
 from tracker.db import sqlite_module
+from tracker.testing.env import child_env
 from tracker.timeutil import iso
 
-from .conftest import OPERATION_FIELDS, PYTHON, subprocess_env
+from .conftest import OPERATION_FIELDS, PYTHON
 from .mcp_client import answer, call
 from .mcp_client import mcp_session as _mcp_session
 
@@ -42,7 +43,7 @@ def mcp_session(db: Path, errlog: Path, args: list[str] | None = None):  # noqa:
 
 def run_python(code: str, db: Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PYTHON, "-c", code], env=subprocess_env(db, **FAST_FLUSH), capture_output=True, text=True, timeout=60, **kwargs
+        [PYTHON, "-c", code], env=child_env(db, **FAST_FLUSH), capture_output=True, text=True, timeout=60, **kwargs
     )
 
 
@@ -424,7 +425,7 @@ async def test_list_pages_have_no_duplicates_or_gaps_while_another_process_inser
     db = Path(tracker.settings.db)
     stop = tmp_path / "stop"
     inserter = subprocess.Popen(
-        [PYTHON, "-c", INSERTER, str(stop)], env=subprocess_env(db), stdout=subprocess.PIPE, text=True
+        [PYTHON, "-c", INSERTER, str(stop)], env=child_env(db), stdout=subprocess.PIPE, text=True
     )
     try:
         assert inserter.stdout is not None and inserter.stdout.readline().strip() == "inserting"
@@ -475,7 +476,7 @@ async def test_cancel_is_seen_by_the_recording_worker(tmp_path: Path) -> None:
     db = tmp_path / "t.db"
     Tracker(Settings.from_env({}, db=str(db))).close()
     worker = subprocess.Popen(
-        [PYTHON, "-c", WORKER], env=subprocess_env(db, **FAST_FLUSH), stdout=subprocess.PIPE, text=True
+        [PYTHON, "-c", WORKER], env=child_env(db, **FAST_FLUSH), stdout=subprocess.PIPE, text=True
     )
     try:
         assert worker.stdout is not None
@@ -532,7 +533,7 @@ async def test_mounted_host_server_keeps_its_tools_and_is_polled_live_to_complet
 def test_serve_on_an_unusable_database_exits_1_with_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [PYTHON, "-m", "tracker", "serve"],
-        env=subprocess_env(tmp_path / "missing-dir" / "t.db"),
+        env=child_env(tmp_path / "missing-dir" / "t.db"),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

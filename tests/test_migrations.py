@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import time
 from pathlib import Path
@@ -11,10 +12,11 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, inspect
 
 from tracker import Settings
-from tracker.db import current_revision, downgrade, head_revision, open_engine, upgrade_to_head
+from tracker.db import current_revision, downgrade, head_revision, migrations_dir, open_engine, upgrade_to_head
 from tracker.models import Base
+from tracker.testing.env import child_env
 
-from .conftest import PYTHON, subprocess_env
+from .conftest import PYTHON
 
 
 def _diff(engine, metadata: MetaData) -> list:
@@ -49,6 +51,17 @@ def test_models_match_migrations(backend_settings: Settings) -> None:
     engine.dispose()
 
 
+def test_migrations_import_nothing_from_tracker() -> None:
+    """A revision is frozen: it carries its own column types, so editing tracker/models.py cannot change it."""
+    revisions = sorted((migrations_dir() / "versions").glob("[0-9]*.py"))
+    assert revisions
+    for path in revisions:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [n for n in names if n.split(".")[0] == "tracker"], f"{path.name} imports {names}"
+
+
 def test_processes_opening_a_new_file_at_once_all_succeed(tmp_path: Path) -> None:
     db = tmp_path / "fresh.db"
     start_at = time.time() + 1.5
@@ -59,7 +72,7 @@ def test_processes_opening_a_new_file_at_once_all_succeed(tmp_path: Path) -> Non
         "b = t.start_batch('import', total=1); b.record_success('x'); b.finish(); t.close()\n"
     )
     procs = [
-        subprocess.Popen([PYTHON, "-c", code], env=subprocess_env(db), stderr=subprocess.PIPE, text=True)
+        subprocess.Popen([PYTHON, "-c", code], env=child_env(db), stderr=subprocess.PIPE, text=True)
         for _ in range(4)
     ]
     errors = [p.communicate(timeout=60)[1] for p in procs]

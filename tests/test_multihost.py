@@ -34,12 +34,11 @@ import pytest
 from tracker import Settings
 from tracker.db import open_engine
 from tracker.reaper import ORPHAN_ERROR
+from tracker.testing.fake_upstream import busiest_second, input_key
 
 from .conftest import PYTHON, REPO, FakeUpstreamProcess
 from .hosts import Host, ServerGone, StdioServer, host_tool_problems
 from .postgres_server import find_bindir
-
-from fake_upstream import busiest_second, input_key  # noqa: E402,I001 - scripts/, put on sys.path by conftest
 
 HOSTS = [("hostA", 0.0), ("hostB", 40.0), ("hostC", -55.0)]
 LOSSY_HOST = "hostB"

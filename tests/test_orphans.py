@@ -17,9 +17,10 @@ from tracker import Settings, Tracker
 from tracker.liveness import alive, identity_of
 from tracker.reaper import ORPHAN_ERROR, OWNER_GONE_GRACE_S, find_orphans, recover_orphans
 from tracker.store.reaping import ReapingStore
+from tracker.testing.env import child_env
 from tracker.timeutil import elapsed_ms, utcnow
 
-from .conftest import PYTHON, subprocess_env
+from .conftest import PYTHON
 from .reap_helpers import set_times
 
 LEASE = 60.0
@@ -41,7 +42,7 @@ time.sleep(120)  # killed long before this ends
 
 
 def test_operation_of_a_killed_process_is_marked_failed(tracker: Tracker, settings: Settings) -> None:
-    owner = subprocess.Popen([PYTHON, "-c", OWNER], env=subprocess_env(settings.db), stdout=subprocess.PIPE, text=True)
+    owner = subprocess.Popen([PYTHON, "-c", OWNER], env=child_env(settings.db), stdout=subprocess.PIPE, text=True)
     try:
         batch_id, resumable_id = owner.stdout.readline().split()
         assert alive(owner.pid, tracker.get(batch_id).owner_process)

@@ -20,9 +20,10 @@ from tracker.db import write_connection
 from tracker.models import TERMINAL_STATUSES
 from tracker.reaper import PeriodicReaper, purge
 from tracker.store.reaping import ReapingStore
+from tracker.testing.env import child_env
 from tracker.timeutil import utcnow
 
-from .conftest import PYTHON, subprocess_env
+from .conftest import PYTHON
 from .reap_helpers import OPS, finished_ago, insert_finished, set_times, table_counts
 
 HOUR = 3600.0
@@ -217,7 +218,7 @@ def test_chunked_purge_while_another_process_records(tracker: Tracker, settings:
     insert_finished(tracker.engine, 2, 6_000, old, prefix="batch_big")
     insert_finished(tracker.engine, 600, 40, old)
     writer = subprocess.Popen(
-        [PYTHON, "-c", WRITER], env=subprocess_env(settings.db), text=True,
+        [PYTHON, "-c", WRITER], env=child_env(settings.db), text=True,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     try:

@@ -16,10 +16,11 @@ from tracker import OperationClosed, Settings, Tracker
 from tracker.models import Operation
 from tracker.reaper import OWNER_GONE_GRACE_S, ORPHAN_ERROR, purge, recover_orphans
 from tracker.store.reaping import ReapingStore
+from tracker.testing.env import child_env
 from tracker.timeutil import utcnow
 
 from . import reap_helpers
-from .conftest import PYTHON, subprocess_env
+from .conftest import PYTHON
 
 OPS = Operation.__table__
 HOUR = 3600.0
@@ -100,7 +101,7 @@ def test_purge_while_another_process_records(tracker: Tracker, backend_settings:
         finished(tracker, 20, timedelta(hours=3))
     batch = tracker.start_batch("import", total=20_000)
     recorder = subprocess.Popen(
-        [PYTHON, "-c", RECORDER, batch.id, "20000"], env=subprocess_env(backend_settings.db),
+        [PYTHON, "-c", RECORDER, batch.id, "20000"], env=child_env(backend_settings.db),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     assert recorder.stdout is not None and recorder.stdout.readline().strip() == "ready"
@@ -133,7 +134,7 @@ def test_a_killed_owner_leaves_no_running_operation_but_a_resumable_one(
     tracker: Tracker, backend_settings: Settings
 ) -> None:
     owner = subprocess.Popen(
-        [PYTHON, "-c", OWNER], env=subprocess_env(backend_settings.db), stdout=subprocess.PIPE, text=True
+        [PYTHON, "-c", OWNER], env=child_env(backend_settings.db), stdout=subprocess.PIPE, text=True
     )
     assert owner.stdout is not None
     plain_id, resumable_id = owner.stdout.readline().split()

@@ -14,11 +14,12 @@ import pytest
 from tracker import InvalidInput, Settings, UpstreamError
 from tracker.db import open_engine
 from tracker.errors import UpstreamOutcomeUnknown
-from tracker.remote.ratelimit import SharedRateLimiter, workspace_key
 from tracker.remote import RunRequest
 from tracker.remote.http import HttpUpstream, check_base_url, retry_after_seconds
+from tracker.remote.ratelimit import SharedRateLimiter, workspace_key
+from tracker.testing.env import child_env
 
-from .conftest import PYTHON, FakeUpstreamProcess, subprocess_env
+from .conftest import PYTHON, FakeUpstreamProcess
 
 
 def _client(fake: FakeUpstreamProcess, key: str | None = None, limiter=None, **options) -> HttpUpstream:
@@ -213,7 +214,7 @@ print(json.dumps({"seconds": asyncio.run(main())}))
 def _processes_share(db: Path, fake: FakeUpstreamProcess, rate: float, processes: int, each: int) -> dict:
     procs = [
         subprocess.Popen(
-            [PYTHON, "-c", WORKER, str(rate), str(each)], env=subprocess_env(db, **fake.env()),
+            [PYTHON, "-c", WORKER, str(rate), str(each)], env=child_env(db, **fake.env()),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for _ in range(processes)

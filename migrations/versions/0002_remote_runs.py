@@ -13,6 +13,8 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
+# Nothing from tracker, and every constraint named here with op.f() (see 0001).
+
 
 def upgrade() -> None:
     # Plain ADD COLUMN (no batch copy): SQLite supports it natively and the operation_status view stays valid.
@@ -21,8 +23,9 @@ def upgrade() -> None:
     op.create_index("ux_operations_parent_id_row_number", "operations", ["parent_id", "row_number"], unique=True)
     op.create_table(
         "upstream_rate_limits",
-        sa.Column("workspace", sa.String(64), primary_key=True),
+        sa.Column("workspace", sa.String(64), nullable=False),
         sa.Column("next_slot_at", sa.Float, nullable=False),
+        sa.PrimaryKeyConstraint("workspace", name=op.f("pk_upstream_rate_limits")),
     )
 
 

@@ -6,7 +6,6 @@ row twice; status is then answered by the new server, and the fake upstream's ow
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import secrets
@@ -16,7 +15,6 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import anyio
 from rich.console import Console
@@ -26,8 +24,8 @@ from ..api import Tracker
 from ..db import describe
 from ..errors import TrackerError
 from ..settings import Settings
+from ..testing.fake_upstream import FakeUpstreamProcess
 
-FAKE_UPSTREAM = Path(__file__).resolve().parents[2] / "scripts" / "fake_upstream.py"
 COMPANIES = ["acme", "globex", "initech", "umbrella", "hooli", "stark"]
 
 
@@ -43,18 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def _start_fake_upstream(key: str) -> Any:
-    """scripts/fake_upstream.py's own launcher: the fake is a script of the checkout, not part of the package."""
-    if not FAKE_UPSTREAM.is_file():
-        raise TrackerError(f"the demo needs a checkout of tracker: {FAKE_UPSTREAM} is missing")
-    spec = importlib.util.spec_from_file_location("tracker_fake_upstream", FAKE_UPSTREAM)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def _start_fake_upstream(key: str) -> FakeUpstreamProcess:
     try:
-        return module.FakeUpstreamProcess(
-            key, run_seconds="0.5,2.0", run_failure_rate="0.1", seed="7"
-        )
+        return FakeUpstreamProcess(key, run_seconds="0.5,2.0", run_failure_rate="0.1", seed="7")
     except RuntimeError as exc:
         raise TrackerError(str(exc)) from None
 
@@ -75,7 +64,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def _story(settings: Settings, fake: Any, rows: int, kill_at: float, workdir: Path) -> int:
+async def _story(settings: Settings, fake: FakeUpstreamProcess, rows: int, kill_at: float, workdir: Path) -> int:
     from ..server.client import serve_session  # the MCP SDK is imported only when the demo runs
 
     console = Console()
@@ -150,7 +139,7 @@ async def _story(settings: Settings, fake: Any, rows: int, kill_at: float, workd
 
 
 async def _watch(
-    console: Console, tracker: Tracker, fake: Any, batch_id: str, label: str, until: float | None
+    console: Console, tracker: Tracker, fake: FakeUpstreamProcess, batch_id: str, label: str, until: float | None
 ) -> None:
     """A progress bar read from the database (not from any server's memory) until the batch ends, or until
     `until` of its rows have been submitted upstream (and at least one run has ended)."""

@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """A fake BitScale Grid API on 127.0.0.1, for tests and the demo. Standard library only.
 
-    python scripts/fake_upstream.py [--port 0] [--key KEY] [--run-seconds 1.0[,3.0]] [--sync-window 120]
-                                    [--failure-rate 0] [--run-failure-rate 0] [--rate-limit 5] [--latency 0]
+    python -m tracker.testing.fake_upstream [--port 0] [--key KEY] [--run-seconds 1.0[,3.0]] [--sync-window 120]
+                                            [--failure-rate 0] [--run-failure-rate 0] [--rate-limit 5] [--latency 0]
 
 Prints one JSON line on stdout when ready: {"base_url": ..., "port": ..., "pid": ...}. Serves, under /api/v1:
   POST /grids/{grid_id}/run       {"mode", "inputs", "output_columns"?, "source_id"?}  (X-API-KEY checked)
@@ -270,12 +269,15 @@ class Server(ThreadingHTTPServer):
 
 
 class FakeUpstreamProcess:
-    """This script in a child process, for tests, benchmarks and the demo. `options` are its command-line flags
+    """This module in a child process, for tests, benchmarks and the demo. `options` are its command-line flags
     (run_seconds="0.3" -> --run-seconds 0.3; True -> a bare flag). Its stderr (the request log, with verbose=True)
     goes to `stderr` when given."""
 
     def __init__(self, key: str, stderr: Any = None, **options: object) -> None:
-        args = [sys.executable, str(Path(__file__).resolve()), "--key", key]
+        # Run as a file, not with -m: -m would first import the tracker package (SQLAlchemy, Alembic: about 0.4 s
+        # per start, and the tests start one per test) for a module that needs only the standard library.
+        # -P keeps this directory off the child's sys.path.
+        args = [sys.executable, "-P", str(Path(__file__).resolve()), "--key", key]
         for name, value in options.items():
             flag = f"--{name.replace('_', '-')}"
             args += [flag] if value is True else [flag, str(value)]
