@@ -32,6 +32,7 @@ from . import liveness
 from .db import short_reason
 from .errors import (
     DatabaseUnavailable,
+    DuplicateRun,
     InvalidInput,
     OperationClosed,
     OperationNotFound,
@@ -44,7 +45,7 @@ from .models import COMPLETED, FAILED, RUNNING
 from .ratelimit import SharedRateLimiter, workspace_key
 from .settings import Settings
 from .store import Store
-from .store.runs import FIRST_SEEN, DuplicateKey, RunRecord, RunStore
+from .store.runs import FIRST_SEEN, RunRecord, RunStore
 from .timeutil import iso
 from .upstream import UpstreamClient
 
@@ -219,7 +220,7 @@ class RunsService:
         }
         try:
             record = await self._db(self.store.create, values)
-        except DuplicateKey:
+        except DuplicateRun:
             existing = await self._db(self.store.get_by_idempotency_key, idempotency_key or "")
             if existing is None:
                 raise DatabaseUnavailable("could not record the run: a unique key clashed") from None
@@ -544,7 +545,7 @@ class RunsService:
             )
         except _BatchStopped:
             return False
-        except DuplicateKey:
+        except DuplicateRun:
             return True  # this row already has a run: never submit it again
         except asyncio.CancelledError:
             if child is not None:
@@ -557,7 +558,7 @@ class RunsService:
                     await write_row()
                 except _BatchStopped:
                     return False
-                except DuplicateKey:
+                except DuplicateRun:
                     return True  # this row already has a run: never submit it again
             assert child is not None
             await self._persist(lambda: self._finish(child.id, FAILED, error=error))

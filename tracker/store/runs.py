@@ -15,7 +15,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from .. import limits
 from ..db import write_connection
+from ..errors import DuplicateRun
 from ..liveness import Process
 from ..models import COMPLETED, FAILED, RUNNING, Operation, OperationItem
 from ..records import OperationRecord
@@ -36,10 +38,6 @@ _record = record_from_row
 
 # A value for a timestamp column of create(): the database's time of the insert.
 FIRST_SEEN = object()
-
-
-class DuplicateKey(Exception):
-    """An insert hit a unique key (idempotency_key, request_id, or a batch's row_number)."""
 
 
 class RunStore:
@@ -102,19 +100,19 @@ class RunStore:
     # -- writes -------------------------------------------------------------------------------------------------
 
     def create(self, values: dict[str, Any]) -> RunRecord:
-        """Insert a run; DuplicateKey when its idempotency_key or request_id is taken."""
+        """Insert a run; DuplicateRun when its idempotency_key or request_id is taken."""
         try:
             with write_connection(self.engine) as conn:
                 conn.execute(insert(_OPS).values(**_defaults(values, db_now(conn))))
                 return self._get(conn, values["id"])
         except IntegrityError:
-            raise DuplicateKey() from None
+            raise DuplicateRun("a run with this idempotency_key or request_id already exists") from None
         except DBAPIError as exc:
             return self._operations.found_after_lost_reply(exc, values["id"])
 
     def create_child(self, batch_id: str, values: dict[str, Any]) -> RunRecord | None:
         """Insert the run for one input row of a batch, only while the batch is running (a cancel stops new
-        submissions at this point). None when the batch is no longer running. DuplicateKey when that row already
+        submissions at this point). None when the batch is no longer running. DuplicateRun when that row already
         has a run."""
         try:
             with write_connection(self.engine) as conn:
@@ -125,7 +123,7 @@ class RunStore:
                 conn.execute(insert(_OPS).values(**row))
                 return self._get(conn, values["id"])
         except IntegrityError:
-            raise DuplicateKey() from None
+            raise DuplicateRun(f"row {values.get('row_number')} of batch {batch_id} already has a run") from None
         except DBAPIError as exc:
             return self._operations.found_after_lost_reply(exc, values["id"])
 
@@ -207,7 +205,7 @@ class RunStore:
         """Keep a run first seen upstream (started elsewhere). If another caller stored it first, theirs wins."""
         try:
             return self.create(values)
-        except DuplicateKey:
+        except DuplicateRun:
             found = self.get_by_request_id(values["request_id"])
             if found is None:
                 raise
@@ -322,7 +320,7 @@ class RunStore:
                 ok=ok,
                 item_id=run.request_id if not ok else run.item_id,
                 row_number=run.row_number,
-                error=None if ok else (error or FAILED)[:4000],
+                error=None if ok else (error or FAILED)[:limits.ERROR_CHARS],
             )
         )
 
@@ -355,4 +353,4 @@ def _defaults(values: dict[str, Any], now: datetime) -> dict[str, Any]:
     return new_operation_row({name: now if value is FIRST_SEEN else value for name, value in values.items()}, now)
 
 
-__all__ = ["DuplicateKey", "RunRecord", "RunStore"]
+__all__ = ["RunRecord", "RunStore"]
