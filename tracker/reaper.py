@@ -37,7 +37,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from . import liveness
 from .aio import off_loop
-from .db import database_errors, is_busy, short_reason, unavailable
+from .db import database_errors, is_busy, unavailable
 from .errors import DatabaseUnavailable
 from .settings import Settings, format_duration
 from .store.reaping import ChunkResult, ReapingStore, RunningOperation, WriterSign
@@ -192,7 +192,7 @@ def purge(
         try:
             wal = store.checkpoint_between_chunks(WAL_RESTART_FRAMES)
         except SQLAlchemyError as exc:
-            log.debug("checkpoint during purge failed: %s", short_reason(exc))
+            log.debug("%s; the purge goes on", unavailable(store.location, exc, "checkpoint during purge"))
             wal = None
         added = None
         if wal is not None:
@@ -208,7 +208,7 @@ def purge(
         try:
             checkpoint = store.checkpoint()
         except SQLAlchemyError as exc:  # the purge itself is done; a later checkpoint will fold the WAL
-            log.warning("WAL checkpoint after purge failed: %s", short_reason(exc))
+            log.warning("%s", unavailable(store.location, exc, "WAL checkpoint after purge"))
     summary = PurgeSummary(
         operations, items, time.monotonic() - started, False, cutoff, chunks, checkpoint, locked, longest
     )
