@@ -193,6 +193,7 @@ def test_argument_checks_name_the_parameter(check, value, message: str) -> None:
 
 def test_argument_checks_pass_good_values() -> None:
     assert require_id("batch_x", "batch_operation_id") == "batch_x"
+    assert require_id("x" * limits.ID_CHARS, "operation_id") == "x" * limits.ID_CHARS
     assert require_limit(None, "limit", 100, 20) == 20 and require_limit(100, "limit", 100, 20) == 100
     assert optional_choice(None, "kind", ("run",)) is None and require_outcome(None) == "succeeded"
     assert optional_operation_type(" import ") == "import"
@@ -287,3 +288,15 @@ def test_cancel_running_terminal_and_unknown(tracker: Tracker, service: StatusSe
         service.cancel(done.id)
     assert service.cancel("batch_unknown")["found"] is False
     assert tracker.get(done.id).status == "completed"
+
+
+def test_a_full_last_page_of_list_operations_says_whether_more_follow(tracker: Tracker, service: StatusService) -> None:
+    """limit=limits.LIST_LIMIT fetches one row more than Tracker.list allows, to know if a next page exists."""
+    for _ in range(limits.LIST_LIMIT + 1):
+        tracker.start_batch("import")
+    first = service.list_operations(None, None, None, limits.LIST_LIMIT, None)
+    assert first["count"] == limits.LIST_LIMIT and first["next_cursor"] is not None
+    rest = service.list_operations(None, None, None, limits.LIST_LIMIT, first["next_cursor"])
+    assert rest["count"] == 1 and rest["next_cursor"] is None
+    with pytest.raises(InvalidInput, match=f"limit must be a whole number from 1 to {limits.LIST_LIMIT}"):
+        tracker.list(limit=limits.LIST_LIMIT + 1)

@@ -299,6 +299,8 @@ def short_reason(exc: BaseException) -> str:
     """A one-line reason from a driver error, without the SQL statement SQLAlchemy attaches."""
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         return str(exc.orig).strip().splitlines()[0][:200]
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror  # as the file checks above say it, without "[Errno N]"
     return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
