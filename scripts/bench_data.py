@@ -20,6 +20,7 @@ from pathlib import Path
 from tracker import Settings, Tracker
 from tracker.db import head_revision, sqlite_module
 from tracker.ids import operation_id
+from tracker.timeutil import iso
 
 GENERATOR_VERSION = 2  # part of the cache key: bump it whenever the rows made below change
 CACHE_DIR = Path(tempfile.gettempdir()) / "tracker-bench-cache"
@@ -27,10 +28,6 @@ LARGE_EVERY = 500  # one operation in this many is a large batch
 LARGE_ITEMS = 500
 OPERATION_TYPES = ("import", "update", "delete", "dartql")
 HOST = "bench-host"
-
-
-def _iso(value: datetime) -> str:
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
 def item_counts(operations: int, items: int) -> list[int]:
@@ -72,8 +69,8 @@ def _operations(operations: int, counts: list[int], now: datetime, rng: random.R
             status = "failed"
         yield (
             operation_id("batch", op_type, int(started.timestamp() * 1000), rng.getrandbits(128)), "batch", op_type, status, count, succeeded, failed,
-            _iso(started), _iso(completed), _iso(completed), duration_ms, error, "null", None, HOST,
-            10_000 + n % 20_000, _iso(completed), 0,
+            iso(started), iso(completed), iso(completed), duration_ms, error, "null", None, HOST,
+            10_000 + n % 20_000, iso(completed), 0,
         )
 
 

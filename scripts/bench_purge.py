@@ -15,6 +15,7 @@ from bench_common import REPO, raw_connection
 from bench_data import copy_database, status_database
 from tracker import Settings
 from tracker.db import open_engine
+from tracker.timeutil import iso
 
 RETENTION_S = 3600.0  # the default: every operation in the generated file ended at least two hours before
 
@@ -120,7 +121,7 @@ def figure_3_purge(workdir: Path, operations: int, items: int, budget_s: float, 
         timer.cancel()
         during_purge = recorder.stop()
         engine.dispose()
-    cutoff = summary.cutoff.strftime("%Y-%m-%dT%H:%M:%S.") + f"{summary.cutoff.microsecond // 1000:03d}Z"
+    cutoff = iso(summary.cutoff)
     purged = summary.operations + summary.items
     rate = purged / summary.seconds
 

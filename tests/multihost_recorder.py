@@ -73,7 +73,7 @@ def start_batch(tracker: Tracker, log: Log, total: int, inputs: dict[str, Any]):
                 raise
             time.sleep(0.2)
         try:
-            for record in tracker.list(kind="batch", operation_type=OPERATION_TYPE, limit=200):
+            for record in tracker.list(kind="batch", operation_type=OPERATION_TYPE, limit=100):
                 if isinstance(record.inputs, dict) and record.inputs.get("token") == inputs["token"]:
                     log.emit(event="start_reply_lost", batch=record.id)
                     return tracker.attach(record.id)

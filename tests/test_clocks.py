@@ -9,7 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import update
@@ -18,7 +18,7 @@ from tracker import Settings, Tracker
 from tracker.db import write_connection
 from tracker.reaper import OWNER_GONE_GRACE_S, recover_orphans
 from tracker.testing.env import child_env
-from tracker.timeutil import utcnow
+from tracker.timeutil import iso, parse_iso, to_ms, utcnow
 
 from .conftest import PYTHON
 from .reap_helpers import WRITERS, set_times
@@ -136,3 +136,13 @@ def test_an_attached_worker_on_another_host_keeps_it_alive_by_heartbeat(tracker:
     later = utcnow()
     assert recover_orphans(tracker.engine, lease_s=60, now=later + timedelta(seconds=30)) == 0
     assert recover_orphans(tracker.engine, lease_s=60, now=later + timedelta(seconds=90)) == 1
+
+
+def test_one_time_format_both_ways() -> None:
+    moment = datetime(2026, 5, 9, 7, 35, 25, 123456, tzinfo=timezone(timedelta(hours=2)))
+    assert iso(moment) == "2026-05-09T05:35:25.123Z"
+    assert parse_iso(iso(moment)) == to_ms(moment) and parse_iso(iso(moment)).tzinfo == timezone.utc
+    assert iso(None) is None and parse_iso(iso(utcnow())).microsecond % 1000 == 0
+    for bad in ("2026-05-09 05:35:25", 17, None):
+        with pytest.raises(ValueError):
+            parse_iso(bad)  # type: ignore[arg-type]

@@ -164,7 +164,7 @@ def recover_all(tracker: Tracker, kills: list[Kill], last_kill: float) -> None:
     counts = {kill.operation_id: tracker.store.count_items(kill.operation_id) for kill in kills}
     time.sleep(max(0.0, last_kill + OWNER_GONE_GRACE_S + 0.2 - time.monotonic()))  # dead pid + quiet heartbeat
     assert recover_orphans(tracker.engine) == len(kills)
-    assert tracker.list(status="running", limit=200) == []
+    assert tracker.list(status="running", limit=100) == []
     for kill in kills:
         record = tracker.get(kill.operation_id)
         assert (record.status, record.error) == ("failed", ORPHAN_ERROR)

@@ -14,6 +14,7 @@ import pytest
 
 from tracker import DatabaseUnavailable, Tracker
 from tracker.cli import main
+from tracker.db import database_errors
 from tracker.db import sqlite_module
 from tracker.testing.env import child_env
 
@@ -381,3 +382,17 @@ def test_backup_of_postgresql_says_to_use_pg_dump(tmp_path: Path, capsys: pytest
     line = _one_line(err)
     assert "pg_dump" in line and "s3cret" not in line
     assert _tree(tmp_path) == set()
+
+
+def test_driver_errors_become_one_line_naming_the_database() -> None:
+    from sqlalchemy.exc import OperationalError
+
+    driver = OperationalError("INSERT INTO operation_items VALUES (?)", ("secret",), Exception("disk I/O error\nmore"))
+    with pytest.raises(DatabaseUnavailable) as caught, database_errors("/data/t.db", "recording items of b1"):
+        raise driver
+    assert str(caught.value) == "database /data/t.db: recording items of b1 failed: disk I/O error"
+    with pytest.raises(DatabaseUnavailable, match=r"^database /data/t.db: No space left on device$"):
+        with database_errors("/data/t.db", file_errors=True):
+            raise OSError(28, "No space left on device")
+    with pytest.raises(OSError), database_errors("/data/t.db"):  # not the database file's: not translated
+        raise OSError(28, "No space left on device")

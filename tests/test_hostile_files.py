@@ -37,8 +37,8 @@ def _seed(db: Path, items: int = 50) -> str:
 def _refused(db: Path) -> str:
     with pytest.raises(DatabaseUnavailable) as caught:
         with Tracker(Settings.from_env({}, db=str(db))) as t:
-            t.list(limit=200)
-            for record in t.list(limit=200):
+            t.list(limit=100)
+            for record in t.list(limit=100):
                 t.items(record.id, ok=True, limit=100_000)
                 t.store.count_items(record.id)
     message = str(caught.value)

@@ -217,7 +217,7 @@ BAD_CALLS: list[tuple[str, str, Args, str]] = [
     ("missing id", "get_batch_status", lambda s: {}, "batch_operation_id"),
     ("empty id", "get_batch_status", lambda s: {BATCH_ID: ""}, f"{BATCH_ID} must not be empty"),
     ("blank id", "get_batch_status", lambda s: {BATCH_ID: "  \t"}, f"{BATCH_ID} must not be empty"),
-    ("long id", "get_batch_status", lambda s: {BATCH_ID: "b" * 257}, f"{BATCH_ID} is longer than 256"),
+    ("long id", "get_batch_status", lambda s: {BATCH_ID: "b" * 257}, f"{BATCH_ID} is longer than 128"),
     ("int id", "get_batch_status", lambda s: {BATCH_ID: 123}, f"{BATCH_ID} must be a string, not integer"),
     ("null id", "get_batch_status", lambda s: {BATCH_ID: None}, f"{BATCH_ID} must be a string, not null"),
     ("list id", "get_batch_status", lambda s: {BATCH_ID: [s.done]}, f"{BATCH_ID} must be a string, not array"),
@@ -290,7 +290,7 @@ BAD_CALLS: list[tuple[str, str, Args, str]] = [
         "cursor is a cursor of another tool",
     ),
     ("cancel empty id", "cancel_operation", lambda s: {"operation_id": ""}, "operation_id must not be empty"),
-    ("cancel long id", "cancel_operation", lambda s: {"operation_id": "c" * 300}, "operation_id is longer than 256"),
+    ("cancel long id", "cancel_operation", lambda s: {"operation_id": "c" * 300}, "operation_id is longer than 128"),
     ("cancel int id", "cancel_operation", lambda s: {"operation_id": 5}, "operation_id must be a string, not integer"),
     (
         "cancel completed",

@@ -14,7 +14,7 @@ from datetime import timedelta
 import pytest
 
 from tracker import Settings, Tracker
-from tracker.liveness import alive, identity_of
+from tracker.liveness import alive, holder_alive, identity_of
 from tracker.reaper import ORPHAN_ERROR, OWNER_GONE_GRACE_S, find_orphans, recover_orphans
 from tracker.store.reaping import ReapingStore
 from tracker.testing.env import child_env
@@ -156,3 +156,21 @@ def test_pid_reuse_reboots_and_zombies_count_as_gone() -> None:
 
 def _set(tracker: Tracker, operation_id: str, **values: object) -> None:
     set_times(tracker.engine, operation_id, **values)
+
+
+def test_holder_alive_rule() -> None:
+    """Another host: the heartbeat within the lease. This host: the pid; grace_s lets a fresh heartbeat outlive a
+    dead pid, lease_binds_here lets a stale heartbeat end a live one."""
+    now, me = utcnow(), os.getpid()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    fresh, stale = now - timedelta(seconds=5), now - timedelta(seconds=61)
+    assert holder_alive("far", 1, None, fresh, now, 60, here="near")
+    assert not holder_alive("far", 1, None, stale, now, 60, here="near")
+    assert not holder_alive("far", 1, None, None, now, 60, here="near")
+    assert holder_alive("near", None, None, fresh, now, 60, here="near")  # no pid: judged like another host
+    assert holder_alive("near", me, identity_of(me), stale, now, 60, here="near")  # live pid: heartbeat ignored
+    assert not holder_alive("near", gone.pid, None, fresh, now, 60, here="near")
+    assert holder_alive("near", gone.pid, None, fresh, now, 60, here="near", grace_s=10)
+    assert not holder_alive("near", me, None, stale, now, 60, here="near", lease_binds_here=True)
+    assert not holder_alive("near", me, None, None, now, 60, here="near", lease_binds_here=True)

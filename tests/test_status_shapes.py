@@ -12,11 +12,9 @@ from dataclasses import replace
 
 import pytest
 
-from tracker import InvalidInput, OperationClosed, Tracker, status
+from tracker import InvalidInput, OperationClosed, Tracker, limits, status
 from tracker.ids import new_operation_id
 from tracker.status import (
-    ITEMS_LIMIT_MAX,
-    LIST_LIMIT_MAX,
     STATUS_ERROR_CHARS,
     StatusService,
     decode_cursor,
@@ -146,7 +144,7 @@ def test_cursor_pages_cover_every_item_once_in_order(tracker: Tracker, service: 
         seen += page["items"]
         cursor = page["next_cursor"]
     assert seen == [f"id-{n}" for n in range(130)]
-    failures = service.operation_items(batch.id, "failed", None, ITEMS_LIMIT_MAX)
+    failures = service.operation_items(batch.id, "failed", None, limits.ITEMS_LIMIT)
     assert [f["row_number"] for f in failures["items"]] == [n + 1 for n in range(0, 130, 10)]
     assert failures["next_cursor"] is None
 
@@ -174,15 +172,15 @@ def test_items_page_of_long_failures_stops_early_but_always_advances(tracker: Tr
     [
         (lambda v: require_id(v, "batch_operation_id"), "", "batch_operation_id must not be empty"),
         (lambda v: require_id(v, "batch_operation_id"), " \t", "batch_operation_id must not be empty"),
-        (lambda v: require_id(v, "batch_operation_id"), "x" * 257, "batch_operation_id is longer than 256"),
+        (lambda v: require_id(v, "batch_operation_id"), "x" * 257, "batch_operation_id is longer than 128"),
         (lambda v: require_id(v, "batch_operation_id"), 7, "batch_operation_id must be a string, not integer"),
         (lambda v: require_id(v, "request_id"), None, "request_id must be a string, not null"),
         (lambda v: require_id(v, "operation_id"), ["a"], "operation_id must be a string, not array"),
-        (lambda v: require_limit(v, "limit", LIST_LIMIT_MAX, 20), 0, "limit must be a whole number from 1 to 100"),
-        (lambda v: require_limit(v, "limit", LIST_LIMIT_MAX, 20), 101, "from 1 to 100"),
-        (lambda v: require_limit(v, "limit", LIST_LIMIT_MAX, 20), True, "from 1 to 100"),
-        (lambda v: require_limit(v, "limit", ITEMS_LIMIT_MAX, 100), "5", "limit must be a whole number from 1 to 1000"),
-        (lambda v: require_limit(v, "limit", ITEMS_LIMIT_MAX, 100), 2.5, "from 1 to 1000"),
+        (lambda v: require_limit(v, "limit", limits.LIST_LIMIT, 20), 0, "limit must be a whole number from 1 to 100"),
+        (lambda v: require_limit(v, "limit", limits.LIST_LIMIT, 20), 101, "from 1 to 100"),
+        (lambda v: require_limit(v, "limit", limits.LIST_LIMIT, 20), True, "from 1 to 100"),
+        (lambda v: require_limit(v, "limit", limits.ITEMS_LIMIT, 100), "5", "limit must be a whole number from 1 to 1000"),
+        (lambda v: require_limit(v, "limit", limits.ITEMS_LIMIT, 100), 2.5, "from 1 to 1000"),
         (lambda v: optional_choice(v, "kind", ("run", "batch")), "job", "kind must be one of run, batch"),
         (lambda v: optional_operation_type(v), "", "operation_type must be a non-empty string"),
         (lambda v: optional_operation_type(v), "t" * 65, "operation_type is longer than 64"),
@@ -196,6 +194,7 @@ def test_argument_checks_name_the_parameter(check, value, message: str) -> None:
 
 def test_argument_checks_pass_good_values() -> None:
     assert require_id("batch_x", "batch_operation_id") == "batch_x"
+    assert require_id("x" * limits.ID_CHARS, "operation_id") == "x" * limits.ID_CHARS
     assert require_limit(None, "limit", 100, 20) == 20 and require_limit(100, "limit", 100, 20) == 100
     assert optional_choice(None, "kind", ("run",)) is None and require_outcome(None) == "succeeded"
     assert optional_operation_type(" import ") == "import"
@@ -301,3 +300,15 @@ def test_cancel_running_terminal_and_unknown(tracker: Tracker, service: StatusSe
         service.cancel(done.id)
     assert service.cancel("batch_unknown")["found"] is False
     assert tracker.get(done.id).status == "completed"
+
+
+def test_a_full_last_page_of_list_operations_says_whether_more_follow(tracker: Tracker, service: StatusService) -> None:
+    """limit=limits.LIST_LIMIT fetches one row more than Tracker.list allows, to know if a next page exists."""
+    for _ in range(limits.LIST_LIMIT + 1):
+        tracker.start_batch("import")
+    first = service.list_operations(None, None, None, limits.LIST_LIMIT, None)
+    assert first["count"] == limits.LIST_LIMIT and first["next_cursor"] is not None
+    rest = service.list_operations(None, None, None, limits.LIST_LIMIT, first["next_cursor"])
+    assert rest["count"] == 1 and rest["next_cursor"] is None
+    with pytest.raises(InvalidInput, match=f"limit must be a whole number from 1 to {limits.LIST_LIMIT}"):
+        tracker.list(limit=limits.LIST_LIMIT + 1)

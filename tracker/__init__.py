@@ -3,6 +3,7 @@
 from .api import Tracker
 from .errors import (
     DatabaseUnavailable,
+    DuplicateRun,
     InvalidInput,
     OperationCancelled,
     OperationClosed,
@@ -17,6 +18,7 @@ from .settings import Settings
 __all__ = [
     "BatchHandle",
     "DatabaseUnavailable",
+    "DuplicateRun",
     "InvalidInput",
     "ItemRecord",
     "OperationCancelled",

@@ -9,39 +9,33 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from .db import open_engine, short_reason
-from .errors import DatabaseUnavailable, InvalidInput, OperationClosed, OperationNotFound
-from . import liveness
+from . import limits, liveness
+from .db import database_errors, open_engine
+from .errors import InvalidInput, OperationClosed, OperationNotFound
 from .ids import new_operation_id
 from .models import KINDS, STATUSES
 from .records import ItemRecord, OperationDetail, OperationRecord, RunRecord, Writer
-from .recording import MAX_INT32, BatchHandle, Flusher, check_json, error_text
+from .recording import BatchHandle, Flusher, check_json, error_text
 from .settings import Settings
 from .store import Store
 
 log = logging.getLogger(__name__)
 
-MAX_TYPE_CHARS = 64
-MAX_LIST_LIMIT = 200
-MAX_SEQ = 2**63
-
 
 def _operation_type(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput("operation_type must be a non-empty string such as 'update', 'delete' or 'import'")
-    if len(value) > MAX_TYPE_CHARS:
-        raise InvalidInput(f"operation_type is longer than {MAX_TYPE_CHARS} characters")
+    if len(value) > limits.OPERATION_TYPE_CHARS:
+        raise InvalidInput(f"operation_type is longer than {limits.OPERATION_TYPE_CHARS} characters")
     if "\x00" in value:
         raise InvalidInput("operation_type must not contain a NUL character")
     return value.strip()
 
 
 def _total(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT32:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limits.INT32:
         raise InvalidInput(
-            f"total must be a whole number from 0 to {MAX_INT32} (the number of items the batch will process)"
+            f"total must be a whole number from 0 to {limits.INT32} (the number of items the batch will process)"
         )
     return value
 
@@ -137,8 +131,10 @@ class Tracker:
             return None
         return self._read(lambda: self.store.get_by_request_id(request_id))
 
-    def items(self, operation_id: str, ok: bool, after_seq: int = 0, limit: int = 100) -> list[ItemRecord]:
-        if _unstorable(operation_id) or after_seq >= MAX_SEQ:  # seq is a 64-bit column
+    def items(
+        self, operation_id: str, ok: bool, after_seq: int = 0, limit: int = limits.ITEMS_LIMIT_DEFAULT
+    ) -> list[ItemRecord]:
+        if _unstorable(operation_id) or after_seq >= limits.MAX_SEQ:  # seq is a 64-bit column
             return []
         return self._read(lambda: self.store.items(operation_id, ok, after_seq, limit))
 
@@ -147,7 +143,7 @@ class Tracker:
         kind: str | None = None,
         status: str | None = None,
         operation_type: str | None = None,
-        limit: int = 20,
+        limit: int = limits.LIST_LIMIT_DEFAULT,
         before: Any = None,
     ) -> list[OperationRecord]:
         """Newest first. `before` is (started_at, id) of the last row already seen."""
@@ -155,8 +151,8 @@ class Tracker:
             raise InvalidInput(f"kind must be one of {', '.join(KINDS)}")
         if status is not None and status not in STATUSES:
             raise InvalidInput(f"status must be one of {', '.join(STATUSES)}")
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
-            raise InvalidInput(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= limits.LIST_LIMIT:
+            raise InvalidInput(f"limit must be a whole number from 1 to {limits.LIST_LIMIT}")
         if operation_type is not None:
             operation_type = _operation_type(operation_type)
         return self._read(lambda: self.store.list_operations(kind, status, operation_type, before, limit))
@@ -193,9 +189,7 @@ class Tracker:
         self.close()
 
     def _read(self, fn):  # noqa: ANN001, ANN202
-        try:
+        with database_errors(self.store.location):
             return fn()
-        except SQLAlchemyError as exc:
-            raise DatabaseUnavailable(f"database {self.store.location}: {short_reason(exc)}") from None
 
     _write = _read

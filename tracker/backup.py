@@ -14,8 +14,8 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from .db import database_url, engine_location, open_engine, short_reason, sqlite_module
-from .errors import DatabaseUnavailable, InvalidInput
+from .db import database_url, engine_location, open_engine, sqlite_module, unavailable
+from .errors import InvalidInput
 from .settings import Settings
 
 
@@ -104,10 +104,8 @@ def _copy(engine, source: str, target: Path, temp: Path) -> None:  # noqa: ANN00
             raw.driver_connection.backup(copy)  # all pages in one step: one read snapshot, writers go on (WAL)
         finally:
             raw.close()
-    except module.Error as exc:
-        raise DatabaseUnavailable(f"could not back up {source} to {target}: {exc}") from None
-    except SQLAlchemyError as exc:
-        raise DatabaseUnavailable(f"could not back up {source}: {short_reason(exc)}") from None
+    except (module.Error, SQLAlchemyError) as exc:  # backup() raises the driver's own errors, unwrapped
+        raise unavailable(source, exc, f"backup to {target}") from None
     finally:
         copy.close()
 

@@ -10,7 +10,7 @@ import sys
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from .db import describe, short_reason
+from .db import describe, unavailable
 from .errors import TrackerError
 from .settings import Settings
 
@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None, default_command: str | None = None) -> i
     except TrackerError as exc:
         print(f"tracker: {exc}", file=sys.stderr)
         return 1
-    except SQLAlchemyError as exc:
-        where = f"database {describe(settings.db)}" if settings is not None else "database error"
-        print(f"tracker: {where}: {short_reason(exc)}", file=sys.stderr)
+    except SQLAlchemyError as exc:  # a driver error no layer below translated: said the same way as theirs
+        where = describe(settings.db) if settings is not None else "(not configured)"
+        print(f"tracker: {unavailable(where, exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

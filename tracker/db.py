@@ -287,13 +287,11 @@ def open_engine(settings: Settings, migrate: bool = True, create: bool = True) -
         raise DatabaseUnavailable(f"the driver for {describe(settings.db)} is not installed ({exc.name})") from None
     if migrate:
         try:
-            upgrade_to_head(engine)
+            with database_errors(describe(settings.db), "opening", file_errors=True):
+                upgrade_to_head(engine)
         except DatabaseUnavailable:
             engine.dispose()
             raise
-        except (SQLAlchemyError, OSError) as exc:
-            engine.dispose()
-            raise DatabaseUnavailable(f"cannot use database {describe(settings.db)}: {short_reason(exc)}") from None
     return engine
 
 
@@ -301,7 +299,27 @@ def short_reason(exc: BaseException) -> str:
     """A one-line reason from a driver error, without the SQL statement SQLAlchemy attaches."""
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         return str(exc.orig).strip().splitlines()[0][:200]
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror  # as the file checks above say it, without "[Errno N]"
     return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+
+
+def unavailable(location: str, exc: BaseException, doing: str | None = None) -> DatabaseUnavailable:
+    """The one DatabaseUnavailable a driver error becomes: "database <location>: [<doing> failed: ]<reason>",
+    one line, no SQL, no parameters. location is engine_location() / describe(), never a password."""
+    what = f"{doing} failed: " if doing else ""
+    return DatabaseUnavailable(f"database {location}: {what}{short_reason(exc)}")
+
+
+@contextmanager
+def database_errors(location: str, doing: str | None = None, *, file_errors: bool = False) -> Iterator[None]:
+    """Driver errors (SQLAlchemyError; with file_errors also OSError, where the block touches the database file)
+    raised inside become unavailable(location, exc, doing); tracker's own errors pass through unchanged."""
+    caught: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError) if file_errors else (SQLAlchemyError,)
+    try:
+        yield
+    except caught as exc:
+        raise unavailable(location, exc, doing) from None
 
 
 def _alembic_config() -> Config:

@@ -1,4 +1,18 @@
-"""Every error tracker raises on purpose derives from TrackerError; the edges (MCP tools, CLI) translate them."""
+"""Every error tracker raises on purpose, in one tree; the edges (MCP tools, CLI) translate them to one line.
+
+    TrackerError                  root: catch this for "anything tracker refused or could not do"
+    ├── InvalidInput              a bad argument; nothing was written
+    ├── DatabaseUnavailable       the database cannot be used or a driver call failed (tracker.db.database_errors)
+    ├── OperationNotFound         no operation has that id
+    ├── OperationClosed           the operation is terminal; the write was refused
+    │   └── OperationCancelled    ... because it was cancelled: the worker should stop
+    ├── DuplicateRun              a run with that idempotency_key, request_id or batch row already exists
+    └── UpstreamError             the upstream HTTP API failed (status_code, body_excerpt)
+        └── UpstreamOutcomeUnknown  a submission may have reached it, but no answer came back
+
+Not in the tree, because no caller sees them: tracker.postgres.NoAnswer is a psycopg OperationalError (the driver
+layer's own, which SQLAlchemy wraps and database_errors translates), and the store's and the runs service's private
+control-flow signals (names starting with _)."""
 
 
 class TrackerError(Exception):
@@ -10,7 +24,8 @@ class InvalidInput(TrackerError):
 
 
 class DatabaseUnavailable(TrackerError):
-    """The database location cannot be used (missing directory, no permission, not a database, corrupt)."""
+    """The database location cannot be used (missing directory, no permission, not a database, corrupt), or a
+    call to it failed (locked, unreachable, timed out)."""
 
 
 class OperationNotFound(TrackerError):
@@ -26,7 +41,8 @@ class OperationCancelled(OperationClosed):
 
 
 class DuplicateRun(TrackerError):
-    """A run with that idempotency_key or request_id, or for that row of its batch, is already recorded."""
+    """A run was not inserted because one already holds its idempotency_key or request_id, or its batch's
+    row_number; nothing was written."""
 
 
 class UpstreamError(TrackerError):

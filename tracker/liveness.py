@@ -6,7 +6,8 @@ A process is named by its host, its pid and its identity: "<boot id>:<start time
 unlike /proc/stat's btime (derived from the wall clock), so a clock step can never make a live process look like a
 later one that reused its pid. A different boot id means the machine rebooted since: the process is gone.
 
-On another host no pid can be checked: there the owner's heartbeat, judged by the database's clock, decides."""
+On another host no pid can be checked: there the owner's heartbeat, judged by the database's clock, decides.
+holder_alive() is that whole rule, for anything a process holds (an operation it records into, a batch it runs)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import functools
 import os
 import socket
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 
 @dataclass(frozen=True)
@@ -82,3 +84,34 @@ def alive(pid: int | None, identity: str | None = None) -> bool:
         if boot != _boot_id() or ticks != str(start_ticks):
             return False
     return True
+
+
+def holder_alive(
+    host: str | None,
+    pid: int | None,
+    identity: str | None,
+    heartbeat_at: datetime | None,
+    now: datetime,
+    lease_s: float,
+    *,
+    here: str | None = None,
+    grace_s: float | None = None,
+    lease_binds_here: bool = False,
+) -> bool:
+    """Whether the process (host, pid, identity) that last signed heartbeat_at still holds what it holds, at `now`
+    by the database's clock; `here` is this host (default: its name).
+
+    On another host, or with no pid recorded, nothing but the heartbeat can tell: alive while it is at most lease_s
+    old. On this host the pid decides (alive()): a live process is never judged by its heartbeat, since it may be
+    inside one long call without signing. Two options bend that:
+    grace_s: a heartbeat at most this old counts as alive even when the pid is gone (other processes recording into
+    the same operation keep it fresh);
+    lease_binds_here: a heartbeat older than lease_s means gone here too (a holder whose worker must heartbeat, such
+    as a batch's: a live process with a silent worker holds nothing)."""
+    if lease_binds_here and (heartbeat_at is None or heartbeat_at < now - timedelta(seconds=lease_s)):
+        return False
+    if host != (here if here is not None else socket.gethostname()) or pid is None:
+        return heartbeat_at is not None and heartbeat_at >= now - timedelta(seconds=lease_s)
+    if grace_s is not None and heartbeat_at is not None and heartbeat_at >= now - timedelta(seconds=grace_s):
+        return True
+    return alive(pid, identity)

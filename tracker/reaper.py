@@ -36,7 +36,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from . import liveness
-from .db import is_busy, short_reason
+from .aio import off_loop
+from .db import database_errors, is_busy, unavailable
 from .errors import DatabaseUnavailable
 from .settings import Settings, format_duration
 from .store.reaping import ChunkResult, ReapingStore, RunningOperation, WriterSign
@@ -191,7 +192,7 @@ def purge(
         try:
             wal = store.checkpoint_between_chunks(WAL_RESTART_FRAMES)
         except SQLAlchemyError as exc:
-            log.debug("checkpoint during purge failed: %s", short_reason(exc))
+            log.debug("%s; the purge goes on", unavailable(store.location, exc, "checkpoint during purge"))
             wal = None
         added = None
         if wal is not None:
@@ -207,7 +208,7 @@ def purge(
         try:
             checkpoint = store.checkpoint()
         except SQLAlchemyError as exc:  # the purge itself is done; a later checkpoint will fold the WAL
-            log.warning("WAL checkpoint after purge failed: %s", short_reason(exc))
+            log.warning("%s", unavailable(store.location, exc, "WAL checkpoint after purge"))
     summary = PurgeSummary(
         operations, items, time.monotonic() - started, False, cutoff, chunks, checkpoint, locked, longest
     )
@@ -243,7 +244,7 @@ def _with_retries(store: ReapingStore, attempts: int, fn: Callable[[], T], what:
             return fn()
         except SQLAlchemyError as exc:
             if not (isinstance(exc, OperationalError) and is_busy(exc)):
-                raise DatabaseUnavailable(f"database {store.location}: {what} failed: {short_reason(exc)}") from None
+                raise unavailable(store.location, exc, what) from None
             if attempt >= attempts:
                 raise DatabaseUnavailable(
                     f"database {store.location} stayed busy (locked by another writer) through {attempts} attempts"
@@ -275,31 +276,25 @@ def find_orphans(
     Resumable ones are included (with .resumable) for the code that resumes them; recovery leaves them running."""
     store = store or ReapingStore(engine)
     host = host or socket.gethostname()
-    try:
+    with database_errors(store.location):
         running, db_time = store.running_operations()
-    except SQLAlchemyError as exc:
-        raise DatabaseUnavailable(f"database {store.location}: {short_reason(exc)}") from None
     now = now or db_time
-    stale = now - timedelta(seconds=lease_s)
-    quiet = now - timedelta(seconds=min(lease_s, OWNER_GONE_GRACE_S))
+    grace_s = min(lease_s, OWNER_GONE_GRACE_S)
     orphans = []
     for op in running:
-        last_sign = op.heartbeat_at or op.started_at
-        if op.owner_host == host and op.owner_pid is not None:
-            owner_gone = last_sign < quiet and not liveness.alive(op.owner_pid, op.owner_process)
-            reason = "owner process exited"
-        else:
-            owner_gone = last_sign < stale
-            reason = "heartbeat expired"
-        if owner_gone and not any(_writer_alive(w, host, stale) for w in op.writers):
-            orphans.append(Orphan(op, reason))
+        owner_alive = liveness.holder_alive(
+            op.owner_host, op.owner_pid, op.owner_process, op.heartbeat_at or op.started_at, now, lease_s,
+            here=host, grace_s=grace_s,
+        )
+        if owner_alive or any(_writer_alive(w, host, now, lease_s) for w in op.writers):
+            continue
+        here = op.owner_host == host and op.owner_pid is not None
+        orphans.append(Orphan(op, "owner process exited" if here else "heartbeat expired"))
     return orphans
 
 
-def _writer_alive(writer: WriterSign, host: str, stale: datetime) -> bool:
-    if writer.host == host:
-        return liveness.alive(writer.pid, writer.process)
-    return writer.heartbeat_at >= stale
+def _writer_alive(writer: WriterSign, host: str, now: datetime, lease_s: float) -> bool:
+    return liveness.holder_alive(writer.host, writer.pid, writer.process, writer.heartbeat_at, now, lease_s, here=host)
 
 
 def recover_orphans(
@@ -432,12 +427,12 @@ class PeriodicReaper:
         """The same loop as a coroutine for an asyncio server; cancel the task to stop it. Database work runs in
         a worker thread so the event loop never blocks."""
         if not self.enabled:
-            await asyncio.to_thread(self.recover)
+            await off_loop(self.recover)
             return
         self._stop.clear()
         try:
             while True:
-                await asyncio.to_thread(self.tick)
+                await off_loop(self.tick)
                 await asyncio.sleep(self._next_wait())
         except asyncio.CancelledError:
             self._stop.set()  # a purge still running in the worker thread stops after its chunk

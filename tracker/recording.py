@@ -15,9 +15,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from .db import short_reason
+from . import limits
+from .db import database_errors
 from .errors import (
     DatabaseUnavailable,
     InvalidInput,
@@ -32,9 +31,6 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 MAX_BUFFER = 5000
-MAX_ITEM_ID_CHARS = 1024
-MAX_ERROR_CHARS = 4000
-MAX_INT32 = 2**31 - 1  # row_number and total are INTEGER columns: 32 bits on PostgreSQL
 _ESCAPED_NUL = re.compile(r"(?:^|[^\\])(?:\\\\)*\\u0000")  # \u0000 in JSON text, not an escaped backslash + "u0000"
 
 
@@ -44,8 +40,8 @@ def _item_id(value: Any) -> str:
     text = str(value)
     if not text.strip():
         raise InvalidInput("item id must not be empty")
-    if len(text) > MAX_ITEM_ID_CHARS:
-        raise InvalidInput(f"item id is longer than {MAX_ITEM_ID_CHARS} characters")
+    if len(text) > limits.ITEM_ID_CHARS:
+        raise InvalidInput(f"item id is longer than {limits.ITEM_ID_CHARS} characters")
     if "\x00" in text:
         # PostgreSQL cannot store it: refused here, on every backend, rather than poisoning the buffered group.
         raise InvalidInput("item id must not contain a NUL character")
@@ -54,7 +50,7 @@ def _item_id(value: Any) -> str:
 
 def error_text(error: str) -> str:
     """An error message as stored: clipped, and NUL (which PostgreSQL text cannot hold) shown as U+FFFD."""
-    return error[:MAX_ERROR_CHARS].replace("\x00", "\ufffd")
+    return error[:limits.ERROR_CHARS].replace("\x00", "\ufffd")
 
 
 def check_json(value: Any, name: str) -> Any:
@@ -105,9 +101,9 @@ class BatchHandle:
         if item_id is None and row_number is None:
             raise InvalidInput("a failure needs an item id, a row_number, or both")
         if row_number is not None and (
-            isinstance(row_number, bool) or not isinstance(row_number, int) or not 1 <= row_number <= MAX_INT32
+            isinstance(row_number, bool) or not isinstance(row_number, int) or not 1 <= row_number <= limits.INT32
         ):
-            raise InvalidInput(f"row_number must be a whole number from 1 (1-based) to {MAX_INT32}")
+            raise InvalidInput(f"row_number must be a whole number from 1 (1-based) to {limits.INT32}")
         self._add((False, None if item_id is None else _item_id(item_id), row_number, error_text(error)))
 
     def _add(self, item: NewItem) -> None:
@@ -147,16 +143,15 @@ class BatchHandle:
                 else:
                     group, items = self._pending
                 try:
-                    self._store.append_items(self.id, items, self.writer_id, group)
+                    with database_errors(self._store.location, f"recording items of {self.id}"):
+                        self._store.append_items(self.id, items, self.writer_id, group)
                 except (OperationClosed, OperationNotFound) as exc:  # ended, or purged: it takes nothing more
                     self._pending, self._buffer = None, []
                     self._close(exc)
                     raise
-                except SQLAlchemyError as exc:
+                except DatabaseUnavailable:
                     self._pending = (group, items)
-                    raise DatabaseUnavailable(
-                        f"could not record items of {self.id} in {self._store.location}: {short_reason(exc)}"
-                    ) from None
+                    raise
                 self._pending = None
                 self._last_write = time.monotonic()
                 self.durable_count += len(items)
@@ -169,8 +164,8 @@ class BatchHandle:
     # -- state changes ------------------------------------------------------------------------------------------
 
     def set_total(self, total: int) -> OperationRecord:
-        if isinstance(total, bool) or not isinstance(total, int) or not 0 <= total <= MAX_INT32:
-            raise InvalidInput(f"total must be a whole number from 0 to {MAX_INT32}")
+        if isinstance(total, bool) or not isinstance(total, int) or not 0 <= total <= limits.INT32:
+            raise InvalidInput(f"total must be a whole number from 0 to {limits.INT32}")
         with self._lock:
             return self._guarded(lambda: self._store.update_running(self.id, {"total": total}))
 
@@ -211,13 +206,12 @@ class BatchHandle:
         if self._closed is not None:
             raise self._closed
         try:
-            return write()
+            with database_errors(self._store.location, f"updating {self.id}"):
+                return write()
         except (OperationClosed, OperationNotFound) as exc:
             self._pending, self._buffer = None, []
             self._close(exc)
             raise
-        except SQLAlchemyError as exc:
-            raise DatabaseUnavailable(f"could not update {self.id} in {self._store.location}: {short_reason(exc)}") from None
 
     def detach(self) -> None:
         """Flush, then stop recording into the operation without ending it (another writer will): this process
@@ -226,10 +220,8 @@ class BatchHandle:
             if self._closed is not None:
                 return
             self.flush()
-            try:
+            with database_errors(self._store.location, f"detaching from {self.id}"):
                 self._store.remove_writer(self.id, self.writer_id)
-            except SQLAlchemyError as exc:
-                raise DatabaseUnavailable(f"could not detach from {self.id} in {self._store.location}: {short_reason(exc)}") from None
             self._close(OperationClosed(f"this handle detached from operation {self.id!r}; the write was refused"))
 
     def _close(self, reason: TrackerError) -> None:

@@ -11,22 +11,16 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from .api import MAX_TYPE_CHARS, Tracker
-from .db import short_reason
-from .errors import DatabaseUnavailable, InvalidInput, OperationClosed, OperationNotFound
+from . import limits
+from .api import Tracker
+from .db import database_errors
+from .errors import InvalidInput, OperationClosed, OperationNotFound
 from .records import ItemRecord, OperationRecord
 from .settings import format_duration
-from .timeutil import iso
+from .timeutil import iso, parse_iso
 
-MAX_ID_CHARS = 256
-LIST_LIMIT_MAX = 100
-ITEMS_LIMIT_MAX = 1000
-ITEMS_LIMIT_DEFAULT = 100
 OUTCOMES = ("succeeded", "failed")
 
 # A status answer keeps a 100,000-item batch far under 16 KB (text and structured copies together):
@@ -38,8 +32,6 @@ STATUS_ERROR_CHARS = 200  # error text per failure in a status page; get_operati
 SUMMARY_ERROR_CHARS = 300
 ITEMS_PAGE_BYTES = 64_000  # a get_operation_items page stops early when its items are long
 
-MAX_CURSOR_CHARS = 1024
-MAX_SEQ = 2**63
 _CURSOR_VERSION = 1
 # The checksum catches cursors that were edited or cut short. It is not a secret: a cursor is only a position,
 # and grants nothing a fresh call without one would not.
@@ -56,13 +48,13 @@ def _type_name(value: Any) -> str:
 
 
 def require_id(value: Any, name: str) -> str:
-    """An operation or request id: a non-blank string of at most 256 characters."""
+    """An operation or request id: a non-blank string of at most limits.ID_CHARS characters."""
     if not isinstance(value, str):
         raise InvalidInput(f"{name} must be a string, not {_type_name(value)}")
     if not value.strip():
         raise InvalidInput(f"{name} must not be empty")
-    if len(value) > MAX_ID_CHARS:
-        raise InvalidInput(f"{name} is longer than {MAX_ID_CHARS} characters ({len(value)}); pass the id as returned")
+    if len(value) > limits.ID_CHARS:
+        raise InvalidInput(f"{name} is longer than {limits.ID_CHARS} characters ({len(value)}); pass the id as returned")
     if "\x00" in value:
         # No id holds one, and PostgreSQL cannot even compare text with NUL: the same answer on every backend.
         raise InvalidInput(f"{name} contains a NUL character; pass the id as returned")
@@ -82,8 +74,8 @@ def optional_operation_type(value: Any, name: str = "operation_type") -> str | N
         return None
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput(f"{name} must be a non-empty string such as 'update' or 'import' (or omitted)")
-    if len(value) > MAX_TYPE_CHARS:
-        raise InvalidInput(f"{name} is longer than {MAX_TYPE_CHARS} characters")
+    if len(value) > limits.OPERATION_TYPE_CHARS:
+        raise InvalidInput(f"{name} is longer than {limits.OPERATION_TYPE_CHARS} characters")
     if "\x00" in value:
         raise InvalidInput(f"{name} contains a NUL character")
     return value.strip()
@@ -123,7 +115,7 @@ def decode_cursor(token: Any, purpose: str, tool: str, name: str = "cursor") -> 
     start_over = f"pass the next_cursor of the previous {tool} answer unchanged, or omit {name} to start over"
     if not isinstance(token, str):
         raise InvalidInput(f"{name} must be a string, not {_type_name(token)}")
-    if not token.strip() or len(token) > MAX_CURSOR_CHARS:
+    if not token.strip() or len(token) > limits.CURSOR_CHARS:
         raise InvalidInput(f"{name} is not a cursor from {tool}; {start_over}")
     try:
         raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
@@ -141,10 +133,6 @@ def decode_cursor(token: Any, purpose: str, tool: str, name: str = "cursor") -> 
     if position.get("p") != purpose:
         raise InvalidInput(f"{name} is a cursor of another tool, not of {tool}; {start_over}")
     return position
-
-
-def _parse_iso(text: Any) -> datetime:
-    return datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
 
 
 # -- shapes ---------------------------------------------------------------------------------------------------------
@@ -275,10 +263,8 @@ class StatusService:
 
     def batch_status(self, operation_id: str) -> dict[str, Any]:
         # One snapshot read: a status poll is the hot read path (figure 2 of scripts/bench.py).
-        try:
+        with database_errors(self.tracker.store.location):
             found = self.tracker.store.get_with_first_items(operation_id, STATUS_PAGE_IDS + 1, STATUS_PAGE_FAILURES + 1)
-        except SQLAlchemyError as exc:
-            raise DatabaseUnavailable(f"database {self.tracker.store.location}: {short_reason(exc)}") from None
         if found is None:
             return self.not_found("Batch operation", operation_id)
         return {"found": True, "operation": operation_dict(*found)}
@@ -296,12 +282,14 @@ class StatusService:
                     "pass the same filters with it, or omit cursor to start over"
                 )
             try:
-                before = (_parse_iso(position["t"]), str(position["i"]))
+                before = (parse_iso(position["t"]), str(position["i"]))
                 if "\x00" in before[1]:
                     raise ValueError("NUL")
             except (KeyError, ValueError):
                 raise InvalidInput("cursor is not a cursor from list_operations; omit it to start over") from None
-        rows = self.tracker.list(kind, status, operation_type, limit=limit + 1, before=before)
+        # One row more than the page says whether another follows; Tracker.list stops at limits.LIST_LIMIT.
+        with database_errors(self.tracker.store.location):
+            rows = self.tracker.store.list_operations(kind, status, operation_type, before, limit + 1)
         page = rows[:limit]
         next_cursor = None
         if len(rows) > limit:
@@ -320,7 +308,7 @@ class StatusService:
                 raise InvalidInput(f'cursor pages {other} items; pass it with outcome="{other}"')
             after_seq = position.get("s")
             # The cursor key is public, so a well-formed cursor may still hold any number: seq is a 64-bit column.
-            if isinstance(after_seq, bool) or not isinstance(after_seq, int) or not 0 <= after_seq < MAX_SEQ:
+            if isinstance(after_seq, bool) or not isinstance(after_seq, int) or not 0 <= after_seq < limits.MAX_SEQ:
                 raise InvalidInput("cursor is not a cursor from get_operation_items; omit it to start over")
         record = self.tracker.get(operation_id)
         if record is None:

@@ -1,18 +1,36 @@
-"""UTC clock, truncated to milliseconds so stored and in-memory values agree on every backend."""
+"""Time in one form: UTC, truncated to milliseconds so stored and in-memory values agree on every backend, and
+written as ISO-8601 with milliseconds and a Z (2026-05-09T07:35:25.123Z), the form sqlite3 shows too. Every
+timestamp tracker prints, stores as text (SQLite columns) or puts in a cursor goes through iso(), and every one it
+reads back through parse_iso()."""
 
 from datetime import datetime, timezone
 
+ISO_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # what parse_iso reads (iso writes 3 of %f's 6 digits)
+
+
+def to_ms(value: datetime) -> datetime:
+    """value in UTC, cut to whole milliseconds."""
+    value = value.astimezone(timezone.utc)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
 
 def utcnow() -> datetime:
-    now = datetime.now(timezone.utc)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+    return to_ms(datetime.now(timezone.utc))
 
 
 def iso(value: datetime | None) -> str | None:
-    """ISO-8601 UTC with milliseconds and a Z, the form sqlite3 shows too."""
+    """ISO-8601 UTC with milliseconds and a Z; None stays None."""
     if value is None:
         return None
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    value = value.astimezone(timezone.utc)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def parse_iso(text: str) -> datetime:
+    """The aware UTC datetime of a text iso() wrote; ValueError for any other text."""
+    if not isinstance(text, str):
+        raise ValueError(f"not an ISO timestamp: {type(text).__name__}")
+    return datetime.strptime(text, ISO_FORMAT).replace(tzinfo=timezone.utc)
 
 
 def elapsed_ms(start: datetime, end: datetime) -> int:

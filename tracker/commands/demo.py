@@ -20,6 +20,7 @@ import anyio
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..aio import off_loop
 from ..api import Tracker
 from ..db import describe
 from ..errors import TrackerError
@@ -151,9 +152,9 @@ async def _watch(
         task = progress.add_task("batch", total=None, failed=0, posts=0)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            record = tracker.get(batch_id)
+            record = await off_loop(tracker.get, batch_id)
             assert record is not None
-            posts = await anyio.to_thread.run_sync(lambda: fake.stats()["posts"])
+            posts = (await off_loop(fake.stats))["posts"]
             progress.update(task, total=record.total, completed=record.completed, failed=record.failed_count, posts=posts)
             if record.is_terminal or (until is not None and posts >= until * record.total and record.completed >= 2):
                 return

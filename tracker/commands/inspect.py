@@ -12,7 +12,8 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
-from ..api import MAX_LIST_LIMIT, Tracker
+from .. import limits
+from ..api import Tracker
 from ..errors import OperationNotFound
 from ..models import COMPLETED, KINDS, STATUSES
 from ..records import ItemRecord, OperationRecord
@@ -29,7 +30,6 @@ from ._operator import (
     print_json,
 )
 
-MAX_PAGE = 1000
 OUTCOMES = {"succeeded": True, "failed": False}
 
 
@@ -39,8 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ls.add_argument("--kind", choices=KINDS, help="only batches or only runs")
     ls.add_argument("--type", dest="operation_type", metavar="TYPE", help="only this operation_type (e.g. import)")
     ls.add_argument(
-        "--limit", type=int_range(1, MAX_LIST_LIMIT), default=20,
-        help=f"at most this many rows (1-{MAX_LIST_LIMIT}, default 20)",
+        "--limit", type=int_range(1, limits.LIST_LIMIT), default=limits.LIST_LIMIT_DEFAULT,
+        help=f"at most this many rows (1-{limits.LIST_LIMIT}, default {limits.LIST_LIMIT_DEFAULT})",
     )
     add_db_flag(ls)
     add_json_flag(ls)
@@ -53,10 +53,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     show.add_argument("id", help="the operation id (batch_operation_id)")
     show.add_argument("--page", choices=sorted(OUTCOMES), help="print only this list, from --after on")
-    show.add_argument("--after", type=int_range(0, 2**62), default=0, metavar="SEQ",
+    show.add_argument("--after", type=int_range(0, limits.MAX_SEQ - 1), default=0, metavar="SEQ",
                       help="continue after this item (the number a previous page ended with)")
     show.add_argument(
-        "--limit", type=int_range(1, MAX_PAGE), default=20, help=f"items per list (1-{MAX_PAGE}, default 20)"
+        "--limit", type=int_range(1, limits.ITEMS_LIMIT), default=20,
+        help=f"items per list (1-{limits.ITEMS_LIMIT}, default 20)",
     )
     add_db_flag(show)
     add_json_flag(show)

@@ -183,15 +183,17 @@ class Adopter:
         return adopted
 
     def owner_alive(self, batch: OperationRecord, now: datetime) -> bool:
-        """Whether the batch's owner still runs; now is the database's time."""
+        """Whether the batch's owner still runs; now is the database's time. The owner's worker must heartbeat:
+        a quiet lease means gone, on any host."""
         c = self.context
-        quiet_s = (now - batch.heartbeat_at).total_seconds() if batch.heartbeat_at is not None else float("inf")
-        if quiet_s > c.settings.heartbeat_lease_s:
-            return False
-        if batch.owner_host != c.process.host or batch.owner_pid is None:
-            return True  # another machine: trust its heartbeat until the lease runs out
-        if batch.owner_pid == c.process.pid and batch.owner_process in (None, c.process.identity):
+        if batch.owner_host == c.process.host and batch.owner_pid == c.process.pid and (
+            batch.owner_process in (None, c.process.identity)
+        ):
             # Our own process but not our worker: another service in this process (its heartbeat is fresh), or a
             # worker here that crashed (heartbeat quiet).
-            return quiet_s <= 3 * c.heartbeat_every_s
-        return liveness.alive(batch.owner_pid, batch.owner_process)
+            quiet_s = (now - batch.heartbeat_at).total_seconds() if batch.heartbeat_at is not None else float("inf")
+            return quiet_s <= min(c.settings.heartbeat_lease_s, 3 * c.heartbeat_every_s)
+        return liveness.holder_alive(
+            batch.owner_host, batch.owner_pid, batch.owner_process, batch.heartbeat_at, now,
+            c.settings.heartbeat_lease_s, here=c.process.host, lease_binds_here=True,
+        )

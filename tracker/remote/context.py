@@ -9,10 +9,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from .. import liveness
-from ..db import short_reason
+from ..aio import off_loop
+from ..db import database_errors, engine_location
 from ..errors import DatabaseUnavailable, OperationNotFound
 from ..models import COMPLETED, FAILED
 from ..settings import Settings
@@ -40,6 +40,7 @@ class RunContext:
         self.operations = Store(engine)
         self.process = liveness.current()
         self.tasks = Supervisor()
+        self.location = engine_location(engine)
         self._upstream = upstream
 
     @property
@@ -63,11 +64,9 @@ class RunContext:
         return max(0.5, min(5.0, self.settings.heartbeat_lease_s / 4))
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking store call off the event loop."""
-        try:
-            return await asyncio.to_thread(fn, *args)
-        except SQLAlchemyError as exc:
-            raise DatabaseUnavailable(f"database error: {short_reason(exc)}") from None
+        """Run a blocking store call off the event loop; a driver error becomes DatabaseUnavailable."""
+        with database_errors(self.location):
+            return await off_loop(fn, *args)
 
     async def persist(self, write: Callable[[], Awaitable[T]]) -> T:
         """Write what the upstream answered, through a passing database error: the answer (a request_id, outputs)
@@ -104,9 +103,10 @@ class RunContext:
     def finish_now(self, run_id: str, status: str, error: str) -> None:
         """Blocking finish for cancellation paths, where awaiting again would be cancelled too."""
         try:
-            self.store.finish(run_id, status, None, None, error)
-        except SQLAlchemyError as exc:
-            log.warning("could not mark run %s interrupted: %s", run_id, short_reason(exc))
+            with database_errors(self.location, "marking the run interrupted"):
+                self.store.finish(run_id, status, None, None, error)
+        except DatabaseUnavailable as exc:
+            log.warning("run %s: %s", run_id, exc)
 
     def scrub(self, value: Any) -> Any:
         return scrub(value, self.settings.upstream_key)

@@ -15,10 +15,10 @@ import hashlib
 import time
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from ..db import short_reason
-from ..errors import DatabaseUnavailable, InvalidInput
+from ..aio import off_loop
+from ..db import database_errors, engine_location
+from ..errors import InvalidInput
 from ..limits import MAX_RETRY_AFTER_S
 from ..store.ratelimit import Claim, RateLimitStore
 
@@ -42,6 +42,7 @@ class SharedRateLimiter:
         self.workspace = workspace
         self.rate_per_s = rate_per_s
         self.interval_s = SPACING_MARGIN / rate_per_s
+        self._location = engine_location(engine)
         self._store = RateLimitStore(engine, max_ahead_s=MAX_RETRY_AFTER_S + MAX_QUEUED_CLAIMS * self.interval_s)
         # A quarter of the slack the margin leaves in a window of `rate` requests: the rest is for what happens
         # after the check (the request leaving, the network, the upstream's own clock).
@@ -77,9 +78,6 @@ class SharedRateLimiter:
         next_slot, now = await self._db(self._store.queue, self.workspace)
         return 0.0 if next_slot is None else max(0.0, next_slot - now, self._deferred_until - now)
 
-    @staticmethod
-    async def _db(fn, *args):  # noqa: ANN001, ANN205
-        try:
-            return await asyncio.to_thread(fn, *args)
-        except SQLAlchemyError as exc:
-            raise DatabaseUnavailable(f"could not claim an upstream rate-limit slot: {short_reason(exc)}") from None
+    async def _db(self, fn, *args):  # noqa: ANN001, ANN202
+        with database_errors(self._location, "claiming an upstream rate-limit slot"):
+            return await off_loop(fn, *args)

@@ -17,6 +17,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from ..aio import off_loop
 from ..api import Tracker
 from ..db import database_url, describe
 from ..errors import DatabaseUnavailable, TrackerError
@@ -126,7 +127,7 @@ class ServedDatabase:
             if self._failed and time.monotonic() - self._failed[0] < RETRY_OPEN_AFTER_S:
                 raise self._unavailable()
             try:
-                tracker = await anyio.to_thread.run_sync(self.open_tracker)
+                tracker = await off_loop(self.open_tracker, wait_on_cancel=True)
             except DatabaseUnavailable as exc:
                 self._failed = (time.monotonic(), str(exc))
                 raise

@@ -7,20 +7,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
-import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field, PlainValidator, WithJsonSchema
 
-from ..api import MAX_TYPE_CHARS, Tracker
+from .. import limits
+from ..aio import off_loop as _off_loop
+from ..api import Tracker
 from ..errors import TrackerError
 from ..models import KINDS, STATUSES
 from ..status import (
-    ITEMS_LIMIT_DEFAULT,
-    ITEMS_LIMIT_MAX,
-    LIST_LIMIT_MAX,
-    MAX_ID_CHARS,
     OUTCOMES,
     StatusService,
     optional_choice,
@@ -33,7 +30,7 @@ from ..status import (
 _AS_GIVEN = PlainValidator(lambda value: value)  # no coercion: tracker.status checks the value
 
 # `str` (not Any) keeps the SDK from JSON-decoding an id such as "null" before we see it.
-_ID_SCHEMA = WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS})
+_ID_SCHEMA = WithJsonSchema({"type": "string", "minLength": 1, "maxLength": limits.ID_CHARS})
 BatchOperationId = Annotated[
     str, _AS_GIVEN, _ID_SCHEMA, Field(description="the batch_operation_id the batch tool returned")
 ]
@@ -55,20 +52,20 @@ Status = Annotated[
 OperationType = Annotated[
     Any,
     _AS_GIVEN,
-    WithJsonSchema({"type": ["string", "null"], "maxLength": MAX_TYPE_CHARS}),
+    WithJsonSchema({"type": ["string", "null"], "maxLength": limits.OPERATION_TYPE_CHARS}),
     Field(description="only this operation_type, e.g. import"),
 ]
 ListLimit = Annotated[
     Any,
     _AS_GIVEN,
-    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": LIST_LIMIT_MAX}),
-    Field(description="operations per page"),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": limits.LIST_LIMIT}),
+    Field(description=f"operations per page (default {limits.LIST_LIMIT_DEFAULT})"),
 ]
 ItemsLimit = Annotated[
     Any,
     _AS_GIVEN,
-    WithJsonSchema({"type": ["integer", "null"], "minimum": 1, "maximum": ITEMS_LIMIT_MAX}),
-    Field(description=f"items per page (default {ITEMS_LIMIT_DEFAULT}); a page of long items holds fewer"),
+    WithJsonSchema({"type": ["integer", "null"], "minimum": 1, "maximum": limits.ITEMS_LIMIT}),
+    Field(description=f"items per page (default {limits.ITEMS_LIMIT_DEFAULT}); a page of long items holds fewer"),
 ]
 Outcome = Annotated[
     Any,
@@ -89,10 +86,6 @@ def as_tool_errors() -> Iterator[None]:
         yield
     except TrackerError as exc:
         raise ToolError(str(exc)) from None
-
-
-async def _off_loop(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-    return await anyio.to_thread.run_sync(fn, *args)  # the database calls block; the event loop must not
 
 
 class StatusTools:
@@ -120,20 +113,20 @@ class StatusTools:
         kind: Kind = None,
         status: Status = None,
         operation_type: OperationType = None,
-        limit: ListLimit = 20,
+        limit: ListLimit = limits.LIST_LIMIT_DEFAULT,
         cursor: Cursor = None,
     ) -> dict[str, Any]:
         """Recent batch operations and remote runs, newest first, optionally only one kind, status or
         operation_type. Returns {"operations": [{operation_id, kind, operation_type, status, progress, counts,
         started_at, completed_at, ...}], "next_cursor"}. next_cursor is null on the last page; otherwise pass it
         back with the same filters for the next page (pages never repeat or skip an operation, even while new
-        ones start). Operations are kept for <retention> after completion. limit: 1 to 100."""
+        ones start). Operations are kept for <retention> after completion. limit: 1 to <list_limit>."""
         with as_tool_errors():
             checked = (
                 optional_choice(kind, "kind", KINDS),
                 optional_choice(status, "status", STATUSES),
                 optional_operation_type(operation_type),
-                require_limit(limit, "limit", LIST_LIMIT_MAX, 20),
+                require_limit(limit, "limit", limits.LIST_LIMIT, limits.LIST_LIMIT_DEFAULT),
             )
             return await _off_loop(self.service.list_operations, *checked, cursor)
 
@@ -148,12 +141,12 @@ class StatusTools:
         text (outcome="failed") of an operation, in completion order. Returns {"found": true, "items": [...],
         "total_count", "status", "next_cursor"}; next_cursor is null when there are no more items (yet: a running
         operation gains items). Start with the *_next_cursor from get_batch_status, or with no cursor for the
-        first page. limit: 1 to 1000, default 100. {"found": false}: no such operation (kept for <retention>
+        first page. limit: 1 to <items_limit>, default <items_default>. {"found": false}: no such operation (kept for <retention>
         after completion)."""
         with as_tool_errors():
             checked_id = require_id(operation_id, "operation_id")
             checked_outcome = require_outcome(outcome)
-            checked_limit = require_limit(limit, "limit", ITEMS_LIMIT_MAX, ITEMS_LIMIT_DEFAULT)
+            checked_limit = require_limit(limit, "limit", limits.ITEMS_LIMIT, limits.ITEMS_LIMIT_DEFAULT)
             return await _off_loop(self.service.operation_items, checked_id, checked_outcome, cursor, checked_limit)
 
     async def cancel_operation(self, operation_id: OperationId) -> dict[str, Any]:
@@ -166,6 +159,15 @@ class StatusTools:
             checked = require_id(operation_id, "operation_id")
             return await _off_loop(self.service.cancel, checked)
 
+    def _doc_values(self) -> dict[str, str]:
+        """What the docstrings' <placeholders> say: the bounds from tracker.limits, the retention from settings."""
+        return {
+            "<retention>": self.service.retention,
+            "<list_limit>": str(limits.LIST_LIMIT),
+            "<items_limit>": str(limits.ITEMS_LIMIT),
+            "<items_default>": str(limits.ITEMS_LIMIT_DEFAULT),
+        }
+
     def register(self, server: MCPServer) -> None:
         tools: list[tuple[Callable[..., Any], ToolAnnotations]] = [
             (self.get_batch_status, READ_ONLY),
@@ -174,5 +176,7 @@ class StatusTools:
             (self.cancel_operation, DESTRUCTIVE),
         ]
         for fn, annotations in tools:
-            description = " ".join((fn.__doc__ or "").split()).replace("<retention>", self.service.retention)
+            description = " ".join((fn.__doc__ or "").split())
+            for placeholder, value in self._doc_values().items():
+                description = description.replace(placeholder, value)
             server.add_tool(fn, name=fn.__name__, description=description, annotations=annotations)

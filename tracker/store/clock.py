@@ -6,23 +6,17 @@ clock (the file is local), so the host's UTC time is the database's."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 from sqlalchemy import Connection, Engine
 
-from ..timeutil import utcnow
-
-
-def _truncated(value: datetime) -> datetime:
-    # Milliseconds, as every stored timestamp (timeutil.utcnow): stored and in-memory values then compare equal.
-    value = value.astimezone(timezone.utc)
-    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+from ..timeutil import to_ms, utcnow
 
 
 def db_now(conn: Connection) -> datetime:
     """The database's current time (UTC, milliseconds), on this connection."""
     if conn.dialect.name == "postgresql":
-        return _truncated(conn.exec_driver_sql("SELECT clock_timestamp()").scalar_one())
+        return to_ms(conn.exec_driver_sql("SELECT clock_timestamp()").scalar_one())
     return utcnow()
 
 

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Column, Connection, Engine, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
+from .. import limits
 from ..db import engine_location, write_connection
 from ..errors import OperationCancelled, OperationClosed, OperationNotFound
 from ..models import CANCELLED, RUNNING, Operation, OperationItem, OperationWriter
@@ -293,7 +294,9 @@ class Store:
             row = conn.execute(select(*RUN_COLUMNS).where(_OPS.c.request_id == request_id)).first()
         return record_from_row(row, RunRecord) if row is not None else None
 
-    def items(self, operation_id: str, ok: bool, after_seq: int = 0, limit: int = 100) -> list[ItemRecord]:
+    def items(
+        self, operation_id: str, ok: bool, after_seq: int = 0, limit: int = limits.ITEMS_LIMIT_DEFAULT
+    ) -> list[ItemRecord]:
         """Items of one outcome in completion order, after a seq (exclusive)."""
         query = (
             select(_ITEMS.c.seq, _ITEMS.c.ok, _ITEMS.c.item_id, _ITEMS.c.row_number, _ITEMS.c.error)
@@ -310,7 +313,7 @@ class Store:
         status: str | None = None,
         operation_type: str | None = None,
         before: tuple[datetime, str] | None = None,
-        limit: int = 20,
+        limit: int = limits.LIST_LIMIT_DEFAULT,
     ) -> list[OperationRecord]:
         """Newest first by (started_at, id); `before` is the last row of the previous page, so pages never overlap."""
         query = select(*SUMMARY_COLUMNS)

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from .. import limits
 from ..db import write_connection
 from ..errors import DuplicateRun
 from ..liveness import Process
@@ -160,7 +161,7 @@ class RunStore:
                 conn.execute(insert(_OPS).values(**row))
                 return self._get(conn, values["id"])
         except IntegrityError:
-            raise DuplicateRun("a run with this idempotency_key, request_id or batch row is already recorded") from None
+            raise DuplicateRun(f"row {values.get('row_number')} of batch {batch_id} already has a run") from None
         except DBAPIError as exc:
             return self._operations.found_after_lost_reply(exc, values["id"])
 
@@ -358,7 +359,7 @@ class RunStore:
                 ok=ok,
                 item_id=run.request_id if not ok else run.item_id,
                 row_number=run.row_number,
-                error=None if ok else (error or FAILED)[:4000],
+                error=None if ok else (error or FAILED)[:limits.ERROR_CHARS],
             )
         )
 
