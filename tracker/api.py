@@ -126,6 +126,12 @@ class Tracker:
             return None
         return self._read(lambda: self.store.get(operation_id))
 
+    def summary(self, operation_id: str) -> OperationRecord | None:
+        """As get(), without inputs and outputs: for polling a status without reading what may be large."""
+        if _unstorable(operation_id):
+            return None
+        return self._read(lambda: self.store.get_summary(operation_id))
+
     def get_by_request_id(self, request_id: str) -> RunRecord | None:
         if _unstorable(request_id, "request_id"):
             return None

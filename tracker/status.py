@@ -310,7 +310,7 @@ class StatusService:
             # The cursor key is public, so a well-formed cursor may still hold any number: seq is a 64-bit column.
             if isinstance(after_seq, bool) or not isinstance(after_seq, int) or not 0 <= after_seq < limits.MAX_SEQ:
                 raise InvalidInput("cursor is not a cursor from get_operation_items; omit it to start over")
-        record = self.tracker.get(operation_id)
+        record = self.tracker.summary(operation_id)
         if record is None:
             return self.not_found("Operation", operation_id)
         ok = outcome == "succeeded"
@@ -333,7 +333,7 @@ class StatusService:
         except OperationNotFound:
             return self.not_found("Operation", operation_id)
         except OperationClosed:
-            current = self.tracker.get(operation_id)
+            current = self.tracker.summary(operation_id)
             status = current.status if current is not None else "ended"
             raise OperationClosed(
                 f"operation_id {operation_id!r} is already {status}; only a running operation can be cancelled"

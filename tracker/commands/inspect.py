@@ -80,8 +80,8 @@ def _open(settings: Settings) -> Tracker:
     return Tracker(settings, create=False)
 
 
-def _get(tracker: Tracker, operation_id: str) -> OperationRecord:
-    record = tracker.get(operation_id)
+def _get(tracker: Tracker, operation_id: str, summary: bool = False) -> OperationRecord:
+    record = tracker.summary(operation_id) if summary else tracker.get(operation_id)
     if record is None:
         raise OperationNotFound(
             f"operation {operation_id!r} not found (never existed, or purged after the retention)"
@@ -232,7 +232,7 @@ def run_watch(args: argparse.Namespace, settings: Settings) -> int:
     interval = max(0.02, args.interval)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     with _open(settings) as tracker:
-        record = _get(tracker, args.id)
+        record = _get(tracker, args.id, summary=True)  # watching shows counts, never inputs or outputs
         if args.json:
             record = _watch_lines(tracker, record, interval, deadline)
         else:
@@ -248,7 +248,7 @@ def run_watch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _reread(tracker: Tracker, record: OperationRecord) -> OperationRecord:
-    fresh = tracker.get(record.id)
+    fresh = tracker.summary(record.id)
     if fresh is None:
         raise OperationNotFound(f"operation {record.id!r} disappeared while watching (purged)")
     return fresh

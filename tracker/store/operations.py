@@ -270,6 +270,12 @@ class Store:
             row = conn.execute(_GET_BY_ID, {"operation_id": operation_id}).first()
         return record_from_row(row, OperationDetail) if row is not None else None
 
+    def get_summary(self, operation_id: str) -> OperationRecord | None:
+        """Every field but inputs and outputs (which may be large): what status, items and cancel answers show."""
+        with self.engine.connect() as conn:
+            row = conn.execute(_GET_SUMMARY_BY_ID, {"operation_id": operation_id}).first()
+        return record_from_row(row, OperationRecord) if row is not None else None
+
     def get_with_first_items(
         self, operation_id: str, succeeded_limit: int, failed_limit: int
     ) -> tuple[OperationRecord, list[ItemRecord], list[ItemRecord]] | None:
