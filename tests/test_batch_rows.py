@@ -72,6 +72,7 @@ def test_status_list_adopt_and_poll_reads_never_select_inputs(backend_tracker: T
     assert {o["operation_id"] for o in service.list_operations(None, None, None, 20, None)["operations"]} >= {
         batch.id, grid_batch
     }
+    assert service.operation_items(batch.id, "succeeded", None, 10)["items"] == ["a"]
     status_reads = list(statements)
     table_only = RunsService(replace(backend_tracker.settings, upstream_key=""), engine)  # answers from the table
     assert asyncio.run(table_only.get_run_status("req-1"))["request_id"] == "req-1"  # shows outputs, not inputs
