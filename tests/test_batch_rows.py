@@ -160,7 +160,7 @@ def test_a_migrated_batch_is_resumed_and_submits_its_rows(
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                record = await asyncio.to_thread(runs.operations.get, RUNNING_ID)
+                record = await asyncio.to_thread(runs.store.get, RUNNING_ID)
                 if record is not None and record.is_terminal:
                     break
                 await asyncio.sleep(0.05)

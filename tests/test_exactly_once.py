@@ -477,7 +477,7 @@ def test_a_post_made_late_by_a_slow_row_write_waits_for_a_fresh_slot(settings: S
         client = HttpUpstream(settings.upstream_base, "k", limiter, transport=httpx.MockTransport(handler))
 
         runs = RunsService(settings, engine, client)
-        batch = runs.operations.create_operation(
+        batch = Store(runs.engine).create_operation(
             {"id": "batch_grid_run_late", "kind": "batch", "operation_type": "grid_run", "total": 2, "inputs": {}}
         )
         quick_write = runs.store.create_child

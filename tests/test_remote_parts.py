@@ -83,7 +83,7 @@ def test_a_batch_through_the_memory_upstream_ends_with_exact_counts(settings: Se
         try:
             started = await runs.run_grid_batch("g1", [{"n": str(n)} for n in range(1, 8)], concurrency=3)
             for _ in range(400):
-                batch = runs.operations.get(started["batch_operation_id"])
+                batch = runs.store.get(started["batch_operation_id"])
                 if batch.is_terminal:
                     break
                 await asyncio.sleep(0.02)
@@ -133,16 +133,16 @@ def test_adopter_tick_takes_over_a_batch_only_once_its_owner_is_gone(settings: S
                 },
                 [{"n": "1"}, {"n": "2"}],
             )
-            now = runs.operations.now()
+            now = runs.store.now()
             set_times(runs.engine, batch.id, owner_host="another-host", owner_pid=1, heartbeat_at=now)
             fresh = await runs.adopter.tick(now=now + timedelta(seconds=10))  # its lease still runs
             late = await runs.adopter.tick(now=now + timedelta(seconds=31))
             for _ in range(200):
-                if runs.operations.get(batch.id).status != RUNNING:
+                if runs.store.get(batch.id).status != RUNNING:
                     break
-                await runs.poller.tick(now=runs.operations.now() + timedelta(seconds=5))
+                await runs.poller.tick(now=runs.store.now() + timedelta(seconds=5))
                 await asyncio.sleep(0.02)
-            return fresh, late, runs.operations.get(batch.id)
+            return fresh, late, runs.store.get(batch.id)
         finally:
             await runs.aclose()
 
@@ -161,7 +161,7 @@ def test_an_upstream_refusal_fails_only_that_row(settings: Settings) -> None:
         try:
             started = await runs.run_grid_batch("g1", [{"n": "1"}, {"n": "2"}], concurrency=1)
             for _ in range(400):
-                batch = runs.operations.get(started["batch_operation_id"])
+                batch = runs.store.get(started["batch_operation_id"])
                 if batch.is_terminal:
                     return batch, runs.store.children(batch.id)
                 await asyncio.sleep(0.02)

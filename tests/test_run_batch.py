@@ -13,11 +13,10 @@ import pytest
 
 from tracker import InvalidInput, Settings
 from tracker.db import open_engine
-from tracker.limits import BATCH_ROWS as MAX_BATCH_ROWS
+from tracker.limits import BATCH_ROWS
 from tracker.remote import RunsService
 from tracker.remote.answers import INTERRUPTED
 from tracker.store import Store
-from tracker.timeutil import utcnow
 
 from .conftest import FakeUpstreamProcess
 
@@ -29,7 +28,7 @@ def _rows(count: int, tag: str = "") -> list[dict[str, str]]:
 async def _until_terminal(runs: RunsService, batch_id: str, timeout_s: float = 60.0, on_progress=None):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        record = await asyncio.to_thread(runs.operations.get, batch_id)
+        record = await asyncio.to_thread(runs.store.get, batch_id)
         assert record is not None
         if on_progress is not None:
             on_progress(record)
@@ -148,7 +147,7 @@ def test_cancel_stops_new_submissions(upstream_settings: Settings, fake_upstream
             batch_id = started["batch_operation_id"]
             while fake_upstream.stats()["posts"] < 4:
                 await asyncio.sleep(0.05)
-            await asyncio.to_thread(runs.operations.cancel, batch_id, utcnow())
+            await asyncio.to_thread(Store(runs.engine).cancel, batch_id)
             posts_at_cancel = fake_upstream.stats()["posts"]
             await asyncio.sleep(1.5)  # several slots' worth at 5/s
             worker_gone = batch_id not in runs.batches.workers
@@ -168,7 +167,7 @@ def test_cancel_stops_new_submissions(upstream_settings: Settings, fake_upstream
 BAD_BATCHES = [
     ({"rows": []}, "rows must be a non-empty list"),
     ({"rows": "a,b"}, "rows must be a non-empty list"),
-    ({"rows": [{"a": "1"}] * (MAX_BATCH_ROWS + 1)}, f"a batch takes at most {MAX_BATCH_ROWS}"),
+    ({"rows": [{"a": "1"}] * (BATCH_ROWS + 1)}, f"a batch takes at most {BATCH_ROWS}"),
     ({"rows": [{"a": "1"}, {"a": 2}]}, r"rows\[1\]\['a'\] must be a string"),
     ({"rows": [{"a": "1"}, {}]}, r"rows\[1\] must be a non-empty object"),
     ({"concurrency": 0}, "concurrency must be a whole number from 1 to 16"),

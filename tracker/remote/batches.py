@@ -145,7 +145,7 @@ class Batches:
         missing from its items, so no run is dropped by a batch that ends while answers are still arriving."""
         c = self.context
         while True:
-            batch = await c.db(c.operations.get, batch_id)
+            batch = await c.db(c.store.get, batch_id)
             if batch is None or batch.is_terminal:
                 return
             if await c.db(c.store.running_children, batch_id) == 0:
@@ -172,7 +172,7 @@ class Adopter:
         if not batches:
             return adopted
         if now is None:
-            now = await c.db(c.operations.now)
+            now = await c.db(c.store.now)
         for batch in batches:
             if batch.id in self.batches.workers or self.owner_alive(batch, now):
                 continue

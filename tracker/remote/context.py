@@ -16,7 +16,6 @@ from ..db import database_errors, engine_location
 from ..errors import DatabaseUnavailable, OperationNotFound
 from ..models import COMPLETED, FAILED
 from ..settings import Settings
-from ..store import Store
 from ..store.runs import RunRecord, RunStore
 from .answers import scrub, upstream_failure
 from .http import HttpUpstream
@@ -37,7 +36,6 @@ class RunContext:
         self.settings = settings
         self.engine = engine
         self.store = RunStore(engine)
-        self.operations = Store(engine)
         self.process = liveness.current()
         self.tasks = Supervisor()
         self.location = engine_location(engine)

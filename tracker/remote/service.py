@@ -31,7 +31,7 @@ class RunsService:
     def __init__(self, settings: Settings, engine: Engine, upstream: Upstream | None = None) -> None:
         self.context = RunContext(settings, engine, upstream)
         self.settings, self.engine = settings, engine
-        self.store, self.operations = self.context.store, self.context.operations
+        self.store = self.context.store
         self.submitter = Submitter(self.context)
         self.poller = Poller(self.context)
         self.batches = Batches(self.context, self.submitter)

@@ -55,6 +55,10 @@ class RunStore:
 
     # -- reads --------------------------------------------------------------------------------------------------
 
+    def now(self) -> datetime:
+        """The database's time (leases are judged by it)."""
+        return self._operations.now()
+
     def get(self, run_id: str) -> RunRecord | None:
         return self._one(_OPS.c.id == run_id)
 
