@@ -173,7 +173,7 @@ BAD_BATCHES = [
     ({"concurrency": 0}, "concurrency must be a whole number from 1 to 16"),
     ({"concurrency": True}, "concurrency must be a whole number from 1 to 16"),
     ({"mode": "later"}, "mode must be 'sync' or 'async'"),
-    ({"grid_id": " "}, "grid_id must be a non-empty string"),
+    ({"grid_id": " "}, "grid_id must not be empty"),
 ]
 
 

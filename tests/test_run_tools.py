@@ -87,7 +87,7 @@ async def test_async_run_polled_to_completion_and_idempotent(tmp_path: Path, fak
 
 BAD_CALLS = [
     ("run_grid", {"grid_id": "g1", "inputs": {}}, "inputs must be a non-empty object"),
-    ("run_grid", {"grid_id": "", "inputs": {"a": "1"}}, "grid_id must be a non-empty string"),
+    ("run_grid", {"grid_id": "", "inputs": {"a": "1"}}, "grid_id must not be empty"),
     ("run_grid", {"grid_id": "g1", "inputs": {"a": 1}}, "inputs['a'] must be a string"),
     ("run_grid", {"grid_id": "g1", "inputs": {"a": "1"}, "mode": "now"}, "mode must be 'sync' or 'async'"),
     ("run_grid_batch", {"grid_id": "g1", "rows": [{"a": "1"}] * 10_001}, "a batch takes at most 10000"),

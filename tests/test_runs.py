@@ -252,8 +252,8 @@ def test_idempotency_key_returns_the_existing_run_and_submits_nothing(
 
 
 BAD_RUNS = [
-    ({"grid_id": ""}, "grid_id must be a non-empty string"),
-    ({"grid_id": 7}, "grid_id must be a non-empty string"),
+    ({"grid_id": ""}, "grid_id must not be empty"),
+    ({"grid_id": 7}, "grid_id must be a string, not integer"),
     ({"grid_id": "g\x001"}, "grid_id contains a NUL character"),
     ({"inputs": {}}, "inputs must be a non-empty object"),
     ({"inputs": ["a"]}, "inputs must be a non-empty object"),
@@ -261,7 +261,7 @@ BAD_RUNS = [
     ({"inputs": {"email": "a\x00"}}, r"inputs\['email'\] contains a NUL character"),
     ({"mode": "fast"}, "mode must be 'sync' or 'async'"),
     ({"output_columns": "enriched"}, "output_columns must be a list"),
-    ({"source_id": ""}, "source_id must be a non-empty string"),
+    ({"source_id": ""}, "source_id must not be empty"),
     ({"idempotency_key": "k" * 300}, "idempotency_key is longer than 256"),
 ]
 

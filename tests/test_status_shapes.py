@@ -14,17 +14,8 @@ import pytest
 
 from tracker import InvalidInput, OperationClosed, Tracker, limits, status
 from tracker.ids import new_operation_id
-from tracker.status import (
-    STATUS_ERROR_CHARS,
-    StatusService,
-    decode_cursor,
-    encode_cursor,
-    optional_choice,
-    optional_operation_type,
-    require_id,
-    require_limit,
-    require_outcome,
-)
+from tracker.checks import optional_choice, optional_operation_type, require_id, require_limit
+from tracker.status import STATUS_ERROR_CHARS, StatusService, decode_cursor, encode_cursor, require_outcome
 from tracker.timeutil import utcnow
 
 from .conftest import OPERATION_FIELDS

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from . import limits, liveness
+from . import checks, limits, liveness
 from .db import database_errors, open_engine
 from .errors import InvalidInput, OperationClosed, OperationNotFound
 from .ids import new_operation_id
@@ -22,22 +22,8 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 
-def _operation_type(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInput("operation_type must be a non-empty string such as 'update', 'delete' or 'import'")
-    if len(value) > limits.OPERATION_TYPE_CHARS:
-        raise InvalidInput(f"operation_type is longer than {limits.OPERATION_TYPE_CHARS} characters")
-    if "\x00" in value:
-        raise InvalidInput("operation_type must not contain a NUL character")
-    return value.strip()
-
-
 def _total(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limits.INT32:
-        raise InvalidInput(
-            f"total must be a whole number from 0 to {limits.INT32} (the number of items the batch will process)"
-        )
-    return value
+    return checks.require_count(value, "total", 0, limits.INT32)
 
 
 def _unstorable(operation_id: Any, name: str = "operation_id") -> bool:
@@ -76,7 +62,7 @@ class Tracker:
         self, operation_type: str, total: int = 0, inputs: Any = None, resumable: bool = False
     ) -> BatchHandle:
         """Record a new running batch and return the handle to record its items into."""
-        operation_type = _operation_type(operation_type)
+        operation_type = checks.operation_type(operation_type)
         total = _total(total)
         inputs = check_json(inputs, "inputs")
         writer = _new_writer()
@@ -160,7 +146,7 @@ class Tracker:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= limits.LIST_LIMIT:
             raise InvalidInput(f"limit must be a whole number from 1 to {limits.LIST_LIMIT}")
         if operation_type is not None:
-            operation_type = _operation_type(operation_type)
+            operation_type = checks.operation_type(operation_type)
         return self._read(lambda: self.store.list_operations(kind, status, operation_type, before, limit))
 
     def cancel(self, operation_id: str, reason: str = "cancelled") -> OperationRecord:

@@ -16,6 +16,7 @@ from typing import Any
 from . import limits
 from .api import Tracker
 from .db import database_errors
+from .checks import type_name
 from .errors import InvalidInput, OperationClosed, OperationNotFound
 from .records import ItemRecord, OperationRecord
 from .settings import format_duration
@@ -40,53 +41,6 @@ _CHECKSUM_BYTES = 8
 
 
 # -- argument checks ------------------------------------------------------------------------------------------------
-
-
-def _type_name(value: Any) -> str:
-    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)
-
-
-def require_id(value: Any, name: str) -> str:
-    """An operation or request id: a non-blank string of at most limits.ID_CHARS characters."""
-    if not isinstance(value, str):
-        raise InvalidInput(f"{name} must be a string, not {_type_name(value)}")
-    if not value.strip():
-        raise InvalidInput(f"{name} must not be empty")
-    if len(value) > limits.ID_CHARS:
-        raise InvalidInput(f"{name} is longer than {limits.ID_CHARS} characters ({len(value)}); pass the id as returned")
-    if "\x00" in value:
-        # No id holds one, and PostgreSQL cannot even compare text with NUL: the same answer on every backend.
-        raise InvalidInput(f"{name} contains a NUL character; pass the id as returned")
-    return value
-
-
-def optional_choice(value: Any, name: str, choices: tuple[str, ...]) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or value not in choices:
-        raise InvalidInput(f"{name} must be one of {', '.join(choices)} (or omitted)")
-    return value
-
-
-def optional_operation_type(value: Any, name: str = "operation_type") -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInput(f"{name} must be a non-empty string such as 'update' or 'import' (or omitted)")
-    if len(value) > limits.OPERATION_TYPE_CHARS:
-        raise InvalidInput(f"{name} is longer than {limits.OPERATION_TYPE_CHARS} characters")
-    if "\x00" in value:
-        raise InvalidInput(f"{name} contains a NUL character")
-    return value.strip()
-
-
-def require_limit(value: Any, name: str, high: int, default: int) -> int:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
-        raise InvalidInput(f"{name} must be a whole number from 1 to {high}")
-    return value
 
 
 def require_outcome(value: Any, name: str = "outcome") -> str:
@@ -114,7 +68,7 @@ def decode_cursor(token: Any, purpose: str, tool: str, name: str = "cursor") -> 
     """The position a cursor of `purpose` holds; InvalidInput naming `name` if it is malformed, edited or foreign."""
     start_over = f"pass the next_cursor of the previous {tool} answer unchanged, or omit {name} to start over"
     if not isinstance(token, str):
-        raise InvalidInput(f"{name} must be a string, not {_type_name(token)}")
+        raise InvalidInput(f"{name} must be a string, not {type_name(token)}")
     if not token.strip() or len(token) > limits.CURSOR_CHARS:
         raise InvalidInput(f"{name} is not a cursor from {tool}; {start_over}")
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..checks import require_count, require_text
 from ..errors import InvalidInput
 from ..limits import BATCH_CONCURRENCY, BATCH_ROWS, ID_CHARS, INPUT_COLUMNS, INPUT_VALUE_CHARS, KEY_CHARS
 from .upstream import RunRequest
@@ -70,22 +71,17 @@ def check_idempotency_key(value: Any) -> str | None:
 
 
 def text(value: Any, name: str, max_chars: int = ID_CHARS) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInput(f"{name} must be a non-empty string")
-    if len(value) > max_chars:
-        raise InvalidInput(f"{name} is longer than {max_chars} characters")
-    no_nul(value, name)
-    return value.strip()
+    return require_text(value, name, max_chars).strip()
+
+
+def optional_text(value: Any, name: str, max_chars: int = ID_CHARS) -> str | None:
+    return None if value is None else text(value, name, max_chars)
 
 
 def no_nul(value: str, name: str) -> None:
     # PostgreSQL text and JSONB cannot hold NUL; refuse it everywhere so every backend answers alike.
     if "\x00" in value:
         raise InvalidInput(f"{name} contains a NUL character")
-
-
-def optional_text(value: Any, name: str, max_chars: int = ID_CHARS) -> str | None:
-    return None if value is None else text(value, name, max_chars)
 
 
 def check_inputs(value: Any, name: str = "inputs") -> dict[str, str]:
@@ -134,6 +130,4 @@ def check_rows(value: Any) -> list[dict[str, str]]:
 
 
 def check_concurrency(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= BATCH_CONCURRENCY:
-        raise InvalidInput(f"concurrency must be a whole number from 1 to {BATCH_CONCURRENCY}")
-    return value
+    return require_count(value, "concurrency", 1, BATCH_CONCURRENCY)

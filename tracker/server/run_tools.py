@@ -18,7 +18,7 @@ from ..errors import OperationNotFound
 from ..limits import BATCH_CONCURRENCY, BATCH_CONCURRENCY_DEFAULT, BATCH_ROWS, ID_CHARS, KEY_CHARS
 from ..remote import RunsService
 from ..settings import format_duration
-from ..status import require_id
+from ..checks import require_id
 from .status_tools import as_tool_errors
 
 _AS_GIVEN = PlainValidator(lambda value: value)  # no coercion: the service checks every value and names it

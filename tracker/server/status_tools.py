@@ -17,13 +17,10 @@ from ..aio import off_loop as _off_loop
 from ..api import Tracker
 from ..errors import TrackerError
 from ..models import KINDS, STATUSES
+from ..checks import optional_choice, optional_operation_type, require_id, require_limit
 from ..status import (
     OUTCOMES,
     StatusService,
-    optional_choice,
-    optional_operation_type,
-    require_id,
-    require_limit,
     require_outcome,
 )
 
