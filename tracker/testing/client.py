@@ -81,14 +81,15 @@ async def in_process(server: MCPServer) -> AsyncIterator[ToolClient]:
 async def stdio(
     env: Mapping[str, str],
     errlog: IO[str] | None = None,
-    args: Sequence[str] = ("serve",),
+    args: Sequence[str] = ("-m", "tracker", "serve"),
     cwd: str | Path | None = None,
     python: str = sys.executable,
 ) -> AsyncIterator[ToolClient]:
-    """A session on a fresh `python -m tracker <args>` subprocess with exactly this environment; its stderr goes
-    to `errlog` (default: ours). The initialize handshake, as MCP clients of today speak it."""
+    """A session on a fresh `python <args>` subprocess (`tracker serve` unless args say otherwise) with exactly
+    this environment; its stderr goes to `errlog` (default: ours). The initialize handshake, as MCP clients of
+    today speak it."""
     params = StdioServerParameters(
-        command=python, args=["-m", "tracker", *args], env=dict(env), cwd=str(cwd) if cwd is not None else None
+        command=python, args=list(args), env=dict(env), cwd=str(cwd) if cwd is not None else None
     )
     transport = stdio_client(params, errlog=errlog if errlog is not None else sys.stderr)
     async with Client(transport, mode="legacy", cache=None) as client:
@@ -150,7 +151,10 @@ def sync_served(settings: Settings) -> Any:
 
 
 def sync_stdio(
-    env: Mapping[str, str], errlog: IO[str] | None = None, args: Sequence[str] = ("serve",), cwd: str | Path | None = None
+    env: Mapping[str, str],
+    errlog: IO[str] | None = None,
+    args: Sequence[str] = ("-m", "tracker", "serve"),
+    cwd: str | Path | None = None,
 ) -> Any:
     """stdio() from plain code."""
     return _sync(stdio(env, errlog, args, cwd))
