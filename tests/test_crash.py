@@ -24,7 +24,7 @@ from tracker import Settings, Tracker
 from tracker.reaper import ORPHAN_ERROR, OWNER_GONE_GRACE_S, recover_orphans
 
 from .conftest import PYTHON, subprocess_env
-from .sync_mcp import integrity_check
+from .db_checks import integrity_check
 
 RECORDER = r"""
 import random, sys, tracker

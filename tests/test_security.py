@@ -25,7 +25,8 @@ from tracker.ids import new_operation_id
 from tracker.runs import RunsService
 
 from .conftest import FakeUpstreamProcess
-from .sync_mcp import Answer, SyncSession, sync_session
+from .sessions import SyncToolClient, sync_session
+from .sessions import ToolAnswer as Answer
 
 SECRET = "sk-test-SECRET-1234"
 WRONG = "sk-test-SECRET-WRONG-5678"
@@ -75,7 +76,7 @@ def assert_no_key(key: str, db: Path, errlog: Path, answers: list[Answer]) -> No
         assert key not in json.dumps(answer.value), answer.value
 
 
-def poll_until_ended(session: SyncSession, tool: str, args: dict[str, Any], answers: list[Answer]) -> Answer:
+def poll_until_ended(session: SyncToolClient, tool: str, args: dict[str, Any], answers: list[Answer]) -> Answer:
     deadline = time.monotonic() + 30
     while True:
         answer = session.call(tool, args)
