@@ -6,12 +6,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
-from tracker.testing.client import SyncToolClient, ToolAnswer, ToolClient, stdio, sync_stdio
+from tracker import Settings
+from tracker.testing.client import SyncToolClient, ToolAnswer, ToolClient, served, stdio, sync_served, sync_stdio
 
-from .conftest import REPO, subprocess_env
+from .conftest import REPO, FakeUpstreamProcess, subprocess_env
 
-__all__ = ["ToolAnswer", "ToolClient", "SyncToolClient", "mcp_session", "sync_session"]
+__all__ = [
+    "SyncToolClient", "ToolAnswer", "ToolClient", "mcp_session", "run_settings", "served", "sync_served", "sync_session",
+    "tracker_session",
+]
 
 
 def _env(db: Path | str, env: dict[str, str | None]) -> dict[str, str]:
@@ -40,3 +45,18 @@ def sync_session(
     """mcp_session() from plain code, on `python -m tracker <args>`."""
     with errlog.open("a") as log, sync_stdio(_env(db, env), log, ("-m", "tracker", *args), cwd=REPO) as session:
         yield session
+
+
+# -- remote runs: the upstream is the fake grid API (tests/conftest.py FakeUpstreamProcess) --------------------------
+
+RUN_POLL_INTERVAL = "0.3"  # poll runs faster than the 2 s default
+
+
+def run_settings(db: Path, fake: FakeUpstreamProcess, **env: str) -> Settings:
+    """Settings for an in-process `tracker serve` on `db` whose upstream is the fake."""
+    return Settings.from_env({**fake.env(), "TRACKER_POLL_INTERVAL": RUN_POLL_INTERVAL, **env}, db=str(db))
+
+
+def tracker_session(db: Path, fake: FakeUpstreamProcess, errlog: Path, **env: str) -> Any:
+    """A stdio session with a fresh `tracker serve` subprocess on `db`, its upstream the fake."""
+    return mcp_session(db, errlog, **fake.env(), TRACKER_POLL_INTERVAL=RUN_POLL_INTERVAL, **env)
