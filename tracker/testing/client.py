@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -24,8 +24,6 @@ from ..errors import TrackerError
 from ..settings import Settings
 
 CALL_TIMEOUT_S = 60.0  # a call that takes longer is a hung server: fail the test instead of waiting for ever
-
-T = TypeVar("T")
 
 
 class ToolCallError(TrackerError):
@@ -122,10 +120,6 @@ class SyncToolClient:
         self._portal = portal
         self.client = client
         self.tools: dict[str, Tool] = portal.call(client.list_tools)
-
-    def run(self, function: Any, *args: Any) -> Any:
-        """Run an async function (given the ToolClient) in the session's event loop."""
-        return self._portal.call(function, *args)
 
     def call(self, tool: str, arguments: Mapping[str, Any] | None = None, **kwargs: Any) -> ToolAnswer:
         return self._portal.call(lambda: self.client.call(tool, arguments, **kwargs))
