@@ -1,7 +1,7 @@
 """The MCP status tools through a client session: a real stdio subprocess where the process is the point
 (`python -m tracker`, two servers on one database, the host server of tests/host_server.py that mounts them), and
-`tracker serve` in process elsewhere (restart survival, the bad-input table, the 16 KB bound, stable list paging,
-cancel, unexpected errors)."""
+`tracker serve` (or the host server) in process elsewhere (restart survival, the bad-input table, the 16 KB bound,
+stable list paging, cancel, unexpected errors, the mounted host polled live)."""
 
 from __future__ import annotations
 
@@ -20,12 +20,14 @@ import pytest
 
 from tracker import Settings, Tracker, status
 from tracker.db import sqlite_module
+from tracker.testing.client import in_process
+from tracker.testing.client import served as _served
 from tracker.timeutil import iso
 
 from .conftest import OPERATION_FIELDS, PYTHON, subprocess_env
+from .host_server import build_host_server
 from .sessions import ToolClient
 from .sessions import mcp_session as _mcp_session
-from tracker.testing.client import served as _served
 
 HOST_SERVER = str(Path(__file__).with_name("host_server.py"))
 STATUS_TOOLS = {"get_batch_status", "get_run_status", "list_operations", "get_operation_items", "cancel_operation"}
@@ -509,8 +511,9 @@ async def test_cancel_is_seen_by_the_recording_worker(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_mounted_host_server_keeps_its_tools_and_is_polled_live_to_completion(tmp_path: Path) -> None:
-    async with mcp_session(tmp_path / "t.db", tmp_path / "stderr.log", args=[HOST_SERVER]) as session:
+async def test_mounted_host_server_keeps_its_tools_and_is_polled_live_to_completion(tracker: Tracker) -> None:
+    """In process; the two-servers test above runs the same host server as subprocesses."""
+    async with in_process(build_host_server(tracker)) as session:
         names = set(await session.list_tools())
         assert names == STATUS_TOOLS | {"ping", "bulk_update_tasks"}
         assert (await session.call("ping")).text == "pong"
