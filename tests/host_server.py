@@ -26,8 +26,8 @@ def _work(batch: BatchHandle, count: int, delay_ms: float, fail_every: int) -> N
             time.sleep(delay_ms / 1000)
 
 
-def main() -> None:
-    tracker = Tracker.open()
+def build_host_server(tracker: Tracker) -> MCPServer:
+    """The host's own tools, and tracker's status tools mounted beside them, over `tracker`."""
     server = MCPServer(name="tasks")
 
     def ping() -> str:
@@ -43,11 +43,15 @@ def main() -> None:
     server.add_tool(ping)
     server.add_tool(bulk_update_tasks)
     mount_status_tools(server, tracker)
+    return server
+
+
+def main() -> None:
+    tracker = Tracker.open()
     try:
-        anyio.run(server.run_stdio_async)
+        anyio.run(build_host_server(tracker).run_stdio_async)
     finally:
         tracker.close()
-
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import psycopg
@@ -23,7 +24,7 @@ from tracker.db import open_engine
 from tracker.testing.env import child_env
 
 from .conftest import PYTHON, REPO
-from .mcp_client import call, mcp_session
+from .sessions import ToolAnswer, mcp_session
 from .tcp_proxy import SilentListener, TcpProxy
 
 pytestmark = pytest.mark.timeout(90)
@@ -85,9 +86,10 @@ def _one_line_naming(message: str, port: int) -> None:
     ids=lambda c: " ".join(c),
 )
 def test_cli_against_a_silent_server_fails_in_one_line(silent: SilentListener, command: list[str]) -> None:
+    # A short bound keeps the test fast; that the bound is the one setting is tested below (7 s, and serve at 3 s).
     started = time.monotonic()
     result = subprocess.run(
-        [PYTHON, "-m", "tracker", *command], env=child_env(silent.url()), cwd=REPO,
+        [PYTHON, "-m", "tracker", *command], env=child_env(silent.url(), TRACKER_DB_TIMEOUT="2s"), cwd=REPO,
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=HANG,
     )
     elapsed = time.monotonic() - started
@@ -106,14 +108,14 @@ async def test_serve_on_a_silent_server_answers_initialize_and_one_line_tool_err
 ) -> None:
     with anyio.fail_after(HANG):
         async with mcp_session(silent.url(), tmp_path / "serve.log", TRACKER_DB_TIMEOUT="3s") as session:
-            assert {tool.name for tool in (await session.list_tools()).tools} == ALL_TOOLS
+            assert set(await session.list_tools()) == ALL_TOOLS
             for tool, arguments in VALID_CALLS.items():
                 started = time.monotonic()
-                is_error, message = await call(session, tool, **arguments)
+                is_error, message = _pair(await session.call(tool, **arguments))
                 print(f"{tool} against a silent server: error after {time.monotonic() - started:.1f}s: {message}")
                 assert is_error, message
                 _one_line_naming(message, silent.port)
-            assert (await session.list_tools()).tools  # still up
+            assert await session.list_tools()  # still up
     assert "Traceback" not in (tmp_path / "serve.log").read_text()
 
 
@@ -125,7 +127,7 @@ async def test_serve_uses_a_database_that_comes_back_and_survives_a_partition(
     with TcpProxy("127.0.0.1", port) as proxy, anyio.fail_after(3 * HANG):
         proxy.go_silent()  # silent from the start: serve cannot open the database
         async with mcp_session(_url(proxy.port, name), tmp_path / "serve.log", TRACKER_DB_TIMEOUT="3s") as session:
-            is_error, message = await call(session, "list_operations")
+            is_error, message = _pair(await session.call("list_operations"))
             assert is_error
             _one_line_naming(message, proxy.port)
 
@@ -135,7 +137,7 @@ async def test_serve_uses_a_database_that_comes_back_and_survives_a_partition(
 
             proxy.go_silent()  # a partition while it serves: the pooled connection stops answering
             started = time.monotonic()
-            is_error, message = await call(session, "list_operations")
+            is_error, message = _pair(await session.call("list_operations"))
             print(f"list_operations during a partition: error after {time.monotonic() - started:.1f}s: {message}")
             assert is_error
             _one_line_naming(message, proxy.port)
@@ -144,10 +146,15 @@ async def test_serve_uses_a_database_that_comes_back_and_survives_a_partition(
             assert (await _until_answered(session))["operations"] == []
 
 
+def _pair(answer: ToolAnswer) -> tuple[bool, Any]:
+    """(is_error, the error text or the structured answer)."""
+    return answer.is_error, answer.text if answer.is_error else answer.value
+
+
 async def _until_answered(session) -> dict:  # noqa: ANN001
     deadline = time.monotonic() + HANG
     while True:
-        is_error, value = await call(session, "list_operations")
+        is_error, value = _pair(await session.call("list_operations"))
         if not is_error:
             return value
         assert time.monotonic() < deadline, value

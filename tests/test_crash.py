@@ -25,7 +25,7 @@ from tracker.reaper import ORPHAN_ERROR, OWNER_GONE_GRACE_S, recover_orphans
 from tracker.testing.env import child_env
 
 from .conftest import PYTHON
-from .sync_mcp import integrity_check
+from .db_checks import integrity_check
 
 RECORDER = r"""
 import random, sys, tracker

@@ -6,8 +6,9 @@ numbers, forged cursors (including ones with a valid checksum, since the cursor 
 Every call must get an answer (a tool error with a one-line-ish message that is not the generic "unexpected
 failure" one, or a structured answer), the server must stay up (a good call right after answers), and a checksum
 of operations and operation_items, read through a separate connection, must not change for read-only tools and
-for rejected writes. One stdio session per test; the upstream is a refused 127.0.0.1 port and no API key is set,
-so nothing leaves the machine and failing runs fail at once."""
+for rejected writes. One in-process `tracker serve` session per test (the raw-frames test speaks stdio to a real
+subprocess); the upstream is a refused 127.0.0.1 port and no API key is set, so nothing leaves the machine and
+failing runs fail at once."""
 
 from __future__ import annotations
 
@@ -35,7 +36,10 @@ from tracker.testing.env import child_env
 from tracker.timeutil import iso, utcnow
 
 from .conftest import PYTHON, REPO
-from .sync_mcp import Answer, SyncSession, assert_counters_match_items, checksum, integrity_check, refused_port, sync_session
+from tracker.testing.client import SyncToolClient, sync_served
+from tracker.testing.client import ToolAnswer as Answer
+
+from .db_checks import assert_counters_match_items, checksum, integrity_check, refused_port
 
 FUZZ = settings(
     deadline=None,
@@ -309,17 +313,21 @@ def check_answer(tool: str, answer: Answer) -> None:
             assert answer.value.get("message"), answer.value
 
 
-def check_still_up(session: SyncSession, real: dict[str, Any]) -> None:
+def check_still_up(session: SyncToolClient, real: dict[str, Any]) -> None:
     good = session.call("get_batch_status", {"batch_operation_id": real["done"]})
     assert not good.is_error and good.value["found"] is True, good.text[:300]
     assert good.value["operation"]["progress"]["completed"] == 160
 
 
-def _server_env() -> dict[str, str | None]:
-    return {"TRACKER_FLUSH_INTERVAL": "0.05", "BITSCALE_API_KEY": None}
+def served(db: str, port: int | None = None) -> Any:
+    """`tracker serve` in this process on `db`, with no API key, its upstream (if any) a refused port."""
+    env = {"TRACKER_FLUSH_INTERVAL": "0.05"}
+    if port is not None:
+        env["BITSCALE_API_BASE"] = f"http://127.0.0.1:{port}/api/v1"
+    return sync_served(Settings.from_env(env, db=db))
 
 
-def _tools(session: SyncSession, read_only: bool) -> list[str]:
+def _tools(session: SyncToolClient, read_only: bool) -> list[str]:
     names = sorted(
         name for name, tool in session.tools.items()
         if bool(tool.annotations is not None and tool.annotations.read_only_hint) == read_only
@@ -332,21 +340,20 @@ def _tools(session: SyncSession, read_only: bool) -> list[str]:
 
 
 @pytest.mark.parametrize("examples", [pytest.param(100, id="sqlite")])
-def test_read_only_tools_answer_everything_and_write_nothing(tmp_path: Path, examples: int) -> None:
-    _fuzz_read_only(Settings.from_env({}, db=str(tmp_path / "t.db")), tmp_path, examples)
+def test_read_only_tools_answer_everything_and_write_nothing(
+    tmp_path: Path, examples: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    _fuzz_read_only(Settings.from_env({}, db=str(tmp_path / "t.db")), caplog, examples)
 
 
-def test_read_only_tools_on_postgresql(tmp_path: Path, postgres_server) -> None:  # noqa: ANN001
+def test_read_only_tools_on_postgresql(postgres_server, caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
     db = postgres_server.create_database(f"fuzz_{os.getpid()}_{time.monotonic_ns()}")
-    _fuzz_read_only(Settings.from_env({}, db=db), tmp_path, 60)
+    _fuzz_read_only(Settings.from_env({}, db=db), caplog, 60)
 
 
-def _fuzz_read_only(settings_: Settings, tmp_path: Path, examples: int) -> None:
+def _fuzz_read_only(settings_: Settings, caplog: pytest.LogCaptureFixture, examples: int) -> None:
     real = seed(settings_)
-    errlog = tmp_path / "server.log"
-    with refused_port() as port, sync_session(
-        settings_.db, errlog, BITSCALE_API_BASE=f"http://127.0.0.1:{port}/api/v1", **_server_env()
-    ) as session:
+    with refused_port() as port, served(settings_.db, port) as session:
         tools = _tools(session, read_only=True)
         strategies = {name: arguments(session.tools[name].input_schema, real) for name in tools}
         before = checksum(settings_.db)
@@ -361,11 +368,13 @@ def _fuzz_read_only(settings_: Settings, tmp_path: Path, examples: int) -> None:
             check_still_up(session, real)
 
         read_only_call()
-    assert "Traceback" not in errlog.read_text()
+    assert "Traceback" not in caplog.text
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_forged_cursors_with_valid_checksums(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+def test_forged_cursors_with_valid_checksums(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
     """The cursor checksum is not a secret, so any position can arrive well-formed: a real cursor's position with
     one field changed is a clear tool error or a page, on both backends, and nothing is written."""
     if backend == "sqlite":
@@ -374,9 +383,8 @@ def test_forged_cursors_with_valid_checksums(tmp_path: Path, backend: str, reque
         db = request.getfixturevalue("postgres_server").create_database(f"cursors_{os.getpid()}_{time.monotonic_ns()}")
     settings_ = Settings.from_env({}, db=db)
     real = seed(settings_)
-    errlog = tmp_path / "server.log"
     field_values = st.one_of(numbers, numbers, leaf, st.sampled_from(ODD_STRUCTURES))
-    with sync_session(db, errlog, **_server_env()) as session:
+    with served(db) as session:
         before = checksum(db)
 
         @settings(FUZZ, max_examples=60 if backend == "sqlite" else 30)
@@ -407,7 +415,7 @@ def test_forged_cursors_with_valid_checksums(tmp_path: Path, backend: str, reque
             assert checksum(db) == before
 
         forged()
-    assert "Traceback" not in errlog.read_text()
+    assert "Traceback" not in caplog.text
 
 
 HOSTILE_TABLE: list[Any] = [
@@ -450,11 +458,8 @@ def test_every_parameter_of_every_tool_takes_each_hostile_value(
         db = request.getfixturevalue("postgres_server").create_database(f"table_{os.getpid()}_{time.monotonic_ns()}")
     settings_ = Settings.from_env({}, db=db)
     real = seed(settings_)
-    errlog = tmp_path / "server.log"
     problems: list[str] = []
-    with refused_port() as port, sync_session(
-        db, errlog, BITSCALE_API_BASE=f"http://127.0.0.1:{port}/api/v1", **_server_env()
-    ) as session:
+    with refused_port() as port, served(db, port) as session:
         before = checksum(db)
         for read_only in (True, False):
             for tool in _tools(session, read_only):
@@ -473,15 +478,12 @@ def test_every_parameter_of_every_tool_takes_each_hostile_value(
     assert not problems, "\n".join(problems)
 
 
-def test_rejected_writes_change_nothing(tmp_path: Path) -> None:
+def test_rejected_writes_change_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Writing tools called with arguments their schema rejects: a tool error, nothing written. Calls that the
     schema allows but that name nothing (cancel of an unknown or ended operation) write nothing either."""
     settings_ = Settings.from_env({}, db=str(tmp_path / "t.db"))
     real = seed(settings_)
-    errlog = tmp_path / "server.log"
-    with refused_port() as port, sync_session(
-        settings_.db, errlog, BITSCALE_API_BASE=f"http://127.0.0.1:{port}/api/v1", **_server_env()
-    ) as session:
+    with refused_port() as port, served(settings_.db, port) as session:
         tools = _tools(session, read_only=False)
         strategies = {name: arguments(session.tools[name].input_schema, real) for name in tools}
         validators = {name: jsonschema.Draft202012Validator(session.tools[name].input_schema) for name in tools}
@@ -509,19 +511,18 @@ def test_rejected_writes_change_nothing(tmp_path: Path) -> None:
                 check_answer("cancel_operation", answer)
                 assert answer.is_error or answer.value["found"] is False, answer.text[:300]
                 assert checksum(settings_.db) == before
-    assert "Traceback" not in errlog.read_text()
+    assert "Traceback" not in caplog.text
 
 
-def test_writing_tools_always_answer_and_keep_the_database_whole(tmp_path: Path) -> None:
+def test_writing_tools_always_answer_and_keep_the_database_whole(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Writing tools with schema-valid and hostile arguments alike (run_grid may record failed runs, a batch may
     start, cancel may cancel): every call answers, the server stays up, and afterwards the file is intact and
     every operation's counters equal its item rows."""
     settings_ = Settings.from_env({}, db=str(tmp_path / "t.db"))
     real = seed(settings_)
-    errlog = tmp_path / "server.log"
-    with refused_port() as port, sync_session(
-        settings_.db, errlog, BITSCALE_API_BASE=f"http://127.0.0.1:{port}/api/v1", **_server_env()
-    ) as session:
+    with refused_port() as port, served(settings_.db, port) as session:
         tools = _tools(session, read_only=False)
         strategies = {name: arguments(session.tools[name].input_schema, real) for name in tools}
         valid = {name: from_schema(session.tools[name].input_schema, session.tools[name].input_schema)
@@ -547,7 +548,7 @@ def test_writing_tools_always_answer_and_keep_the_database_whole(tmp_path: Path)
             time.sleep(0.2)
     assert integrity_check(tmp_path / "t.db") == "ok"
     assert_counters_match_items(tmp_path / "t.db")
-    assert "Traceback" not in errlog.read_text()
+    assert "Traceback" not in caplog.text
 
 
 # -- frames the SDK client would never send -------------------------------------------------------------------------

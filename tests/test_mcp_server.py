@@ -1,30 +1,34 @@
-"""The MCP status tools through a real stdio client session against a subprocess (`python -m tracker serve`, or
-the host server of tests/host_server.py that mounts them): restart survival, two servers on one database,
-the bad-input table, the 16 KB bound, stable list paging, cancel, the mounted host server, unexpected errors."""
+"""The MCP status tools through a client session: a real stdio subprocess where the process is the point
+(`python -m tracker`, two servers on one database, the host server of tests/host_server.py that mounts them), and
+`tracker serve` (or the host server) in process elsewhere (restart survival, the bad-input table, the 16 KB bound,
+stable list paging, cancel, unexpected errors, the mounted host polled live)."""
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from mcp.client.session import ClientSession
 
 from tracker import Settings, Tracker, status
 from tracker.db import sqlite_module
+from tracker.testing.client import in_process
 from tracker.testing.env import child_env
+from tracker.testing.client import served as _served
 from tracker.timeutil import iso
 
 from .conftest import OPERATION_FIELDS, PYTHON
-from .mcp_client import answer, call
-from .mcp_client import mcp_session as _mcp_session
+from .host_server import build_host_server
+from .sessions import ToolClient
+from .sessions import mcp_session as _mcp_session
 
 HOST_SERVER = str(Path(__file__).with_name("host_server.py"))
 STATUS_TOOLS = {"get_batch_status", "get_run_status", "list_operations", "get_operation_items", "cancel_operation"}
@@ -39,6 +43,11 @@ def anyio_backend() -> str:
 def mcp_session(db: Path, errlog: Path, args: list[str] | None = None):  # noqa: ANN201
     """A client session with a fresh server subprocess on `db`, flushing fast; stderr goes to `errlog`."""
     return _mcp_session(db, errlog, args, **FAST_FLUSH)
+
+
+def served(db: Path):  # noqa: ANN201
+    """`tracker serve` in this process on `db`, flushing fast."""
+    return _served(Settings.from_env(FAST_FLUSH, db=str(db)))
 
 
 def run_python(code: str, db: Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -66,7 +75,7 @@ def db_snapshot(db: Path) -> list[tuple]:
 @pytest.mark.anyio
 async def test_python_m_tracker_serves_the_tools_with_annotations(tmp_path: Path) -> None:
     async with mcp_session(tmp_path / "t.db", tmp_path / "stderr.log", args=["-m", "tracker"]) as session:
-        tools = {tool.name: tool for tool in (await session.list_tools()).tools}
+        tools = await session.list_tools()
     assert set(tools) == STATUS_TOOLS | {"run_grid", "run_grid_batch"}  # run tools: tracker/server/run_tools.py
     for name in STATUS_TOOLS - {"cancel_operation"}:
         assert tools[name].annotations.read_only_hint is True
@@ -81,6 +90,7 @@ async def test_python_m_tracker_serves_the_tools_with_annotations(tmp_path: Path
 
 WRITER = """
 import json
+import logging
 from tracker import Tracker
 with Tracker.open() as tracker:
     done = tracker.start_batch("import", total=5, inputs={"file": "contacts.csv"})
@@ -101,11 +111,11 @@ async def test_status_survives_the_writer_and_a_server_started_after_it_exited(t
     writer = run_python(WRITER, db)
     assert writer.returncode == 0, writer.stderr
     ids = json.loads(writer.stdout)
-    async with mcp_session(db, tmp_path / "stderr.log") as session:
-        done = await answer(session, "get_batch_status", batch_operation_id=ids["done"])
-        running = await answer(session, "get_batch_status", batch_operation_id=ids["running"])
-        listed = await answer(session, "list_operations")
-        missing = await answer(session, "get_batch_status", batch_operation_id="batch_import_gone")
+    async with served(db) as session:
+        done = await session.answer("get_batch_status", batch_operation_id=ids["done"])
+        running = await session.answer("get_batch_status", batch_operation_id=ids["running"])
+        listed = await session.answer("list_operations")
+        missing = await session.answer("get_batch_status", batch_operation_id="batch_import_gone")
     assert done["found"] is True and OPERATION_FIELDS <= set(done["operation"])
     operation = done["operation"]
     assert (operation["batch_operation_id"], operation["operation_type"], operation["status"]) == (
@@ -132,13 +142,13 @@ async def test_two_servers_on_one_database_see_each_others_operations_while_they
         mcp_session(db, tmp_path / "a.log", args=[HOST_SERVER]) as a,
         mcp_session(db, tmp_path / "b.log", args=[HOST_SERVER]) as b,
     ):
-        a_id = (await answer(a, "bulk_update_tasks", count=150, delay_ms=10))["batch_operation_id"]
-        b_id = (await answer(b, "bulk_update_tasks", count=150, delay_ms=10))["batch_operation_id"]
-        a_seen_by_b = await answer(b, "get_batch_status", batch_operation_id=a_id)
-        b_seen_by_a = await answer(a, "get_batch_status", batch_operation_id=b_id)
+        a_id = (await a.answer("bulk_update_tasks", count=150, delay_ms=10))["batch_operation_id"]
+        b_id = (await b.answer("bulk_update_tasks", count=150, delay_ms=10))["batch_operation_id"]
+        a_seen_by_b = await b.answer("get_batch_status", batch_operation_id=a_id)
+        b_seen_by_a = await a.answer("get_batch_status", batch_operation_id=b_id)
         assert a_seen_by_b["operation"]["status"] == "running" and b_seen_by_a["operation"]["status"] == "running"
         for session in (a, b):
-            listed = await answer(session, "list_operations", status="running")
+            listed = await session.answer("list_operations", status="running")
             assert {row["operation_id"] for row in listed["operations"]} == {a_id, b_id}
         finals = {}
         for watcher, watched in ((b, a_id), (a, b_id)):
@@ -147,10 +157,10 @@ async def test_two_servers_on_one_database_see_each_others_operations_while_they
         assert final["status"] == "completed" and final["progress"]["completed"] == 150
 
 
-async def poll_to_end(session: ClientSession, batch_id: str, timeout_s: float) -> dict[str, Any]:
+async def poll_to_end(session: ToolClient, batch_id: str, timeout_s: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        operation = (await answer(session, "get_batch_status", batch_operation_id=batch_id))["operation"]
+        operation = (await session.answer("get_batch_status", batch_operation_id=batch_id))["operation"]
         if operation["status"] != "running":
             return operation
         await anyio.sleep(0.05)
@@ -163,8 +173,7 @@ async def poll_to_end(session: ClientSession, batch_id: str, timeout_s: float) -
 @dataclass
 class Shared:
     db: Path
-    errlog: Path
-    session: ClientSession
+    session: ToolClient
     done: str  # a completed batch with 120 successes and 3 failures
     running: str
     ok_cursor: str  # successful_ids_next_cursor of `done`
@@ -184,13 +193,12 @@ async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Shar
             done.record_failure("bad row", row_number=n + 1)
         done.finish()
         running = tracker.start_batch("update", total=10)
-    async with mcp_session(db, folder / "stderr.log") as session:
-        operation = (await answer(session, "get_batch_status", batch_operation_id=done.id))["operation"]
-        failed_page = await answer(session, "get_operation_items", operation_id=done.id, outcome="failed", limit=1)
-        listed = await answer(session, "list_operations", limit=1)
+    async with served(db) as session:
+        operation = (await session.answer("get_batch_status", batch_operation_id=done.id))["operation"]
+        failed_page = await session.answer("get_operation_items", operation_id=done.id, outcome="failed", limit=1)
+        listed = await session.answer("list_operations", limit=1)
         yield Shared(
             db,
-            folder / "stderr.log",
             session,
             done.id,
             running.id,
@@ -307,13 +315,13 @@ async def test_bad_input_is_a_tool_error_naming_the_parameter(
     shared: Shared, tool: str, make_args: Args, message: str
 ) -> None:
     before = db_snapshot(shared.db)
-    is_error, text = await call(shared.session, tool, **make_args(shared))
+    is_error, text = astuple(await shared.session.call(tool, make_args(shared)))[:2]
     assert is_error, text
     assert message in text
     assert len(text) < 400 and "SELECT" not in text and "Traceback" not in text
     assert db_snapshot(shared.db) == before
     # The server is still up: a good call in the same session answers.
-    still_up = await answer(shared.session, "get_batch_status", batch_operation_id=shared.running)
+    still_up = await shared.session.answer("get_batch_status", batch_operation_id=shared.running)
     assert still_up["operation"]["status"] == "running"
 
 
@@ -325,13 +333,15 @@ async def test_unknown_ids_are_found_false_not_errors(shared: Shared) -> None:
         ("get_operation_items", "operation_id"),
         ("cancel_operation", "operation_id"),
     ):
-        value = await answer(shared.session, tool, **{argument: "nope_0123"})
+        value = await shared.session.answer(tool, **{argument: "nope_0123"})
         assert value["found"] is False and '"nope_0123" not found' in value["message"], tool
         assert "kept for 1 hour after completion" in value["message"]
 
 
 @pytest.mark.anyio
-async def test_unexpected_exception_is_logged_with_traceback_and_generic_to_the_model(shared: Shared) -> None:
+async def test_unexpected_exception_is_logged_with_traceback_and_generic_to_the_model(
+    shared: Shared, caplog: pytest.LogCaptureFixture
+) -> None:
     conn = sqlite_module().connect(str(shared.db))
     try:
         # A row edited by hand into something the code cannot read: a crash, not an anticipated error.
@@ -341,15 +351,16 @@ async def test_unexpected_exception_is_logged_with_traceback_and_generic_to_the_
             "'garbage', 'garbage', 0)"
         )
         conn.commit()
-        is_error, text = await call(shared.session, "get_batch_status", batch_operation_id="batch_corrupt")
+        with caplog.at_level(logging.INFO):
+            is_error, text = astuple(await shared.session.call("get_batch_status", batch_operation_id="batch_corrupt"))[:2]
     finally:
         conn.execute("DELETE FROM operations WHERE id = 'batch_corrupt'")
         conn.commit()
         conn.close()
     assert is_error and text == "Error executing tool get_batch_status"
-    log = shared.errlog.read_text()
+    log = caplog.text
     assert "Traceback" in log and "time data 'garbage'" in log
-    assert (await answer(shared.session, "get_batch_status", batch_operation_id=shared.done))["found"] is True
+    assert (await shared.session.answer("get_batch_status", batch_operation_id=shared.done))["found"] is True
 
 
 # -- large batches, paging, cancel, the mounted host ----------------------------------------------------------------
@@ -365,19 +376,17 @@ async def test_status_of_a_100000_item_batch_stays_under_16_kb(tmp_path: Path, t
         else:
             batch.record_success(f"{n % 10}{long_id}" if n < 100 else f"contact-{n:06d}")
     batch.finish()
-    async with mcp_session(Path(tracker.settings.db), tmp_path / "stderr.log") as session:
-        result = await session.call_tool("get_batch_status", {"batch_operation_id": batch.id})
+    async with served(Path(tracker.settings.db)) as session:
+        result = await session.client.call_tool("get_batch_status", {"batch_operation_id": batch.id})
         operation = result.structured_content["operation"]
         last_ok = operation["successful_ids"][-1]
-        next_ok = await answer(
-            session,
+        next_ok = await session.answer(
             "get_operation_items",
             operation_id=batch.id,
             cursor=operation["successful_ids_next_cursor"],
             limit=1000,
         )
-        next_failed = await answer(
-            session,
+        next_failed = await session.answer(
             "get_operation_items",
             operation_id=batch.id,
             outcome="failed",
@@ -430,10 +439,10 @@ async def test_list_pages_have_no_duplicates_or_gaps_while_another_process_inser
     try:
         assert inserter.stdout is not None and inserter.stdout.readline().strip() == "inserting"
         seen: list[dict[str, Any]] = []
-        async with mcp_session(db, tmp_path / "stderr.log") as session:
+        async with served(db) as session:
             cursor = None
             while True:
-                page = await answer(session, "list_operations", kind="batch", limit=7, cursor=cursor)
+                page = await session.answer("list_operations", kind="batch", limit=7, cursor=cursor)
                 seen += page["operations"]
                 cursor = page["next_cursor"]
                 if cursor is None:
@@ -481,17 +490,17 @@ async def test_cancel_is_seen_by_the_recording_worker(tmp_path: Path) -> None:
     try:
         assert worker.stdout is not None
         batch_id = worker.stdout.readline().strip()
-        async with mcp_session(db, tmp_path / "stderr.log") as session:
-            while (await answer(session, "get_batch_status", batch_operation_id=batch_id))["operation"]["progress"][
+        async with served(db) as session:
+            while (await session.answer("get_batch_status", batch_operation_id=batch_id))["operation"]["progress"][
                 "completed"
             ] == 0:
                 await anyio.sleep(0.05)
-            cancelled = await answer(session, "cancel_operation", operation_id=batch_id)
+            cancelled = await session.answer("cancel_operation", operation_id=batch_id)
             assert cancelled["cancelled"] is True and cancelled["operation"]["status"] == "cancelled"
             out, _ = await anyio.to_thread.run_sync(lambda: worker.communicate(timeout=20))
             report = json.loads(out.strip().splitlines()[-1])
-            final = (await answer(session, "get_batch_status", batch_operation_id=batch_id))["operation"]
-            again_error, again = await call(session, "cancel_operation", operation_id=batch_id)
+            final = (await session.answer("get_batch_status", batch_operation_id=batch_id))["operation"]
+            again_error, again = astuple(await session.call("cancel_operation", operation_id=batch_id))[:2]
     finally:
         if worker.poll() is None:
             worker.kill()
@@ -503,24 +512,25 @@ async def test_cancel_is_seen_by_the_recording_worker(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_mounted_host_server_keeps_its_tools_and_is_polled_live_to_completion(tmp_path: Path) -> None:
-    async with mcp_session(tmp_path / "t.db", tmp_path / "stderr.log", args=[HOST_SERVER]) as session:
-        names = {tool.name for tool in (await session.list_tools()).tools}
+async def test_mounted_host_server_keeps_its_tools_and_is_polled_live_to_completion(tracker: Tracker) -> None:
+    """In process; the two-servers test above runs the same host server as subprocesses."""
+    async with in_process(build_host_server(tracker)) as session:
+        names = set(await session.list_tools())
         assert names == STATUS_TOOLS | {"ping", "bulk_update_tasks"}
-        assert (await session.call_tool("ping", {})).content[0].text == "pong"
+        assert (await session.call("ping")).text == "pong"
         started = time.monotonic()
-        batch_id = (await answer(session, "bulk_update_tasks", count=120, delay_ms=8, fail_every=10))[
+        batch_id = (await session.answer("bulk_update_tasks", count=120, delay_ms=8, fail_every=10))[
             "batch_operation_id"
         ]
         assert time.monotonic() - started < 5  # returned before the work (about 1 s) was done
         seen: list[int] = []
         while True:
-            operation = (await answer(session, "get_batch_status", batch_operation_id=batch_id))["operation"]
+            operation = (await session.answer("get_batch_status", batch_operation_id=batch_id))["operation"]
             seen.append(operation["progress"]["completed"])
             if operation["status"] != "running":
                 break
             await anyio.sleep(0.05)
-        listed = await answer(session, "list_operations", operation_type="update")
+        listed = await session.answer("list_operations", operation_type="update")
     assert seen == sorted(seen), "progress went backwards"
     assert any(0 < completed < 120 for completed in seen), f"no live progress seen: {seen}"
     assert operation["status"] == "completed"

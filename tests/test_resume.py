@@ -29,7 +29,7 @@ from tracker.remote import RunRequest
 from tracker.remote.http import HttpUpstream
 
 from .conftest import PYTHON, FakeUpstreamProcess
-from .run_session import answer, tracker_session
+from .sessions import tracker_session
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ async def test_sigkill_mid_batch_then_a_new_server_finishes_it(tmp_path: Path, f
     db = tmp_path / "t.db"
     rows = [{"email": f"k{n}@x.io", "company": "acme"} for n in range(1, 13)]
     async with tracker_session(db, fake_upstream, tmp_path / "first.log") as session:
-        started = await answer(session, "run_grid_batch", grid_id="g1", rows=rows)
+        started = await session.answer("run_grid_batch", grid_id="g1", rows=rows)
         batch_id = started["batch_operation_id"]
         engine = open_engine(Settings.from_env({}, db=str(db)))
         store = Store(engine)
@@ -156,19 +156,19 @@ async def test_sigkill_mid_batch_then_a_new_server_finishes_it(tmp_path: Path, f
         posts_at_kill = fake_upstream.stats()["posts"]
         with pytest.raises(Exception):  # noqa: B017,PT011 - the session is dead; any transport error will do
             with anyio.fail_after(5):
-                await session.call_tool("get_batch_status", {"batch_operation_id": batch_id})
+                await session.call("get_batch_status", batch_operation_id=batch_id)
     at_kill = store.get(batch_id)
     assert at_kill.status == "running" and 0 < at_kill.completed < 12 and posts_at_kill <= 9
 
     async with tracker_session(db, fake_upstream, tmp_path / "second.log") as session:
         deadline = time.monotonic() + 40
-        while (status := await answer(session, "get_batch_status", batch_operation_id=batch_id))["operation"][
+        while (status := await session.answer("get_batch_status", batch_operation_id=batch_id))["operation"][
             "status"
         ] == "running":
             assert time.monotonic() < deadline, status
             await anyio.sleep(0.25)
         operation = status["operation"]
-        run = await answer(session, "get_run_status", request_id=operation["successful_ids"][0])
+        run = await session.answer("get_run_status", request_id=operation["successful_ids"][0])
     final = store.get(batch_id)
     engine.dispose()
 

@@ -4,12 +4,15 @@ http(s) upstream base URLs. (The database file's mode 0600 is tested in test_dat
 The key tests drive real runs through `tracker -v serve` (debug logging on, so every log line is looked at)
 against an upstream on 127.0.0.1: the fake grid API, and a hostile one that echoes the key back in everything
 it answers. Then they grep the server's stderr, every text column of every table, the raw bytes of the
-database and its -wal/-shm files, and the text of every tool answer."""
+database and its -wal/-shm files, and the text of every tool answer. The echoed-body and base-URL cases run
+`tracker serve` in process and grep its debug log records instead (httpcore at INFO, as `tracker -v` sets it;
+the header case, a subprocess, is what tests that setting)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
 
 from tracker import InvalidInput, Settings
 from tracker.db import open_engine, sqlite_module
@@ -25,7 +29,8 @@ from tracker.ids import new_operation_id
 from tracker.remote import RunsService
 
 from .conftest import FakeUpstreamProcess
-from .sync_mcp import Answer, SyncSession, sync_session
+from .sessions import SyncToolClient, sync_served, sync_session
+from .sessions import ToolAnswer as Answer
 
 SECRET = "sk-test-SECRET-1234"
 WRONG = "sk-test-SECRET-WRONG-5678"
@@ -63,9 +68,8 @@ def everything_stored(db: Path) -> tuple[str, bytes]:
     return text, raw
 
 
-def assert_no_key(key: str, db: Path, errlog: Path, answers: list[Answer]) -> None:
+def assert_no_key(key: str, db: Path, log: str, answers: list[Answer]) -> None:
     text, raw = everything_stored(db)
-    log = errlog.read_text()
     assert log.strip(), "the server logged nothing: run with -v so that every log line is checked"
     assert key not in log, [line for line in log.splitlines() if key in line][:3]
     assert key not in text, [line for line in text.splitlines() if key in line][:3]
@@ -75,7 +79,7 @@ def assert_no_key(key: str, db: Path, errlog: Path, answers: list[Answer]) -> No
         assert key not in json.dumps(answer.value), answer.value
 
 
-def poll_until_ended(session: SyncSession, tool: str, args: dict[str, Any], answers: list[Answer]) -> Answer:
+def poll_until_ended(session: SyncToolClient, tool: str, args: dict[str, Any], answers: list[Answer]) -> Answer:
     deadline = time.monotonic() + 30
     while True:
         answer = session.call(tool, args)
@@ -120,7 +124,7 @@ def test_the_api_key_never_reaches_logs_database_or_answers(tmp_path: Path) -> N
         upstream.stop()
     errors = [a.text for a in answers if a.is_error]
     assert any("HTTP 500" in text for text in errors) and any("HTTP 401" in text for text in errors), errors
-    assert_no_key(SECRET, db, errlog, answers)
+    assert_no_key(SECRET, db, errlog.read_text(), answers)
 
 
 class EchoingUpstream(ThreadingHTTPServer):
@@ -189,24 +193,36 @@ def echoing_upstream(echo_in_headers: bool = False) -> Iterator[EchoingUpstream]
         server.server_close()
 
 
-def echo_scenario(tmp_path: Path, grids: tuple[str, ...], request_ids: tuple[str, ...]) -> None:
-    db, errlog = tmp_path / "t.db", tmp_path / "server.log"
+@pytest.fixture
+def debug_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Every log record at DEBUG, but httpcore's at INFO, as `tracker -v serve` logs."""
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.INFO, logger="httpcore")
+    return caplog
+
+
+def echo_scenario(
+    tmp_path: Path, log: pytest.LogCaptureFixture, grids: tuple[str, ...], request_ids: tuple[str, ...]
+) -> None:
+    db = tmp_path / "t.db"
     answers: list[Answer] = []
     with echoing_upstream() as upstream:
         env = {"BITSCALE_API_BASE": upstream.base_url, "BITSCALE_API_KEY": SECRET, "TRACKER_POLL_INTERVAL": "0.2"}
-        with sync_session(db, errlog, ("-v", "serve"), **env) as session:
+        with sync_served(Settings.from_env(env, db=str(db))) as session:
             for grid in grids:
                 answers.append(session.call("run_grid", {"grid_id": grid, "inputs": {"email": "a@x.io"}}))
             for request_id in request_ids:
                 poll_until_ended(session, "get_run_status", {"request_id": request_id}, answers)
             answers.append(session.call("list_operations", {"kind": "run", "limit": 100}))
-    assert_no_key(SECRET, db, errlog, answers)
+    assert_no_key(SECRET, db, log.text, answers)
 
 
-def test_an_upstream_that_echoes_the_key_cannot_make_tracker_keep_or_show_it(tmp_path: Path) -> None:
+def test_an_upstream_that_echoes_the_key_cannot_make_tracker_keep_or_show_it(
+    tmp_path: Path, debug_log: pytest.LogCaptureFixture
+) -> None:
     """401, 500 and 404 bodies, a non-JSON body, and a failed run's error (at submit and on a later poll), each
     holding the key. (A status poll answered with 5xx is retried with backoff: the fake-upstream test covers it.)"""
-    echo_scenario(tmp_path, ("refused", "broken", "text", "lost", "failed", "later"), ("req-lost", "req-later"))
+    echo_scenario(tmp_path, debug_log, ("refused", "broken", "text", "lost", "failed", "later"), ("req-lost", "req-later"))
 
 
 def test_a_key_echoed_in_a_response_header_stays_out_of_the_debug_log(tmp_path: Path) -> None:
@@ -232,16 +248,18 @@ BAD_BASES = [
 ]
 
 
-def test_only_http_and_https_upstreams_through_the_tool(tmp_path: Path) -> None:
+def test_only_http_and_https_upstreams_through_the_tool(tmp_path: Path, debug_log: pytest.LogCaptureFixture) -> None:
     """A bad BITSCALE_API_BASE: run_grid answers with a tool error naming the setting (never echoing the URL, which
     may hold credentials), records the run as failed, and the server stays up."""
-    db, errlog = tmp_path / "t.db", tmp_path / "server.log"
+    db = tmp_path / "t.db"
     base = "ftp://user:ftp-password@127.0.0.1/api"
-    with sync_session(db, errlog, ("-v", "serve"), BITSCALE_API_BASE=base, BITSCALE_API_KEY=SECRET) as session:
+    env = {"BITSCALE_API_BASE": base, "BITSCALE_API_KEY": SECRET}
+    with sync_served(Settings.from_env(env, db=str(db))) as session:
         answer = session.call("run_grid", {"grid_id": "g1", "inputs": {"email": "a@x.io"}, "mode": "sync"})
         listed = session.call("list_operations", {"kind": "run"})
     assert answer.is_error and "BITSCALE_API_BASE must be an http:// or https:// URL" in answer.text, answer.text
-    assert "ftp-password" not in answer.text and "ftp-password" not in errlog.read_text()
+    assert debug_log.text.strip(), "nothing was logged at DEBUG"
+    assert "ftp-password" not in answer.text and "ftp-password" not in debug_log.text
     assert not listed.is_error and [op["status"] for op in listed.value["operations"]] == ["failed"]
     assert "ftp-password" not in everything_stored(db)[0]
 

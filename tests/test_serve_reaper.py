@@ -12,7 +12,7 @@ from tracker.timeutil import utcnow
 
 from .conftest import PYTHON
 from .reap_helpers import finished_ago, set_times
-from .sync_mcp import sync_session
+from .sessions import sync_session
 
 
 def _dead_pid() -> int:

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _story(settings: Settings, fake: FakeUpstreamProcess, rows: int, kill_at: float, workdir: Path) -> int:
-    from ..server.client import serve_session  # the MCP SDK is imported only when the demo runs
+    from ..testing.client import stdio  # the MCP SDK is imported only when the demo runs
 
     console = Console()
     env = {
@@ -84,8 +84,8 @@ async def _story(settings: Settings, fake: FakeUpstreamProcess, rows: int, kill_
         # -- 1. an agent starts a batch on server A --------------------------------------------------------------
         killed = False
         try:
-            async with serve_session(env, errlog) as session:
-                started = await session.call("run_grid_batch", grid_id="demo-grid", rows=inputs, concurrency=2)
+            async with stdio(env, errlog) as session:
+                started = await session.answer("run_grid_batch", grid_id="demo-grid", rows=inputs, concurrency=2)
                 batch_id = started["batch_operation_id"]
                 record = tracker.get(batch_id)
                 assert record is not None
@@ -105,16 +105,16 @@ async def _story(settings: Settings, fake: FakeUpstreamProcess, rows: int, kill_
             f"{fake.stats()['posts']} rows submitted upstream"
         )
         # -- 2. a new server resumes it -----------------------------------------------------------------------------
-        async with serve_session(env, errlog) as session:
+        async with stdio(env, errlog) as session:
             await anyio.sleep(0.3)
             record = tracker.get(batch_id)
             server_b = record.owner_pid if record is not None else None
             console.print(f"server B (pid {server_b}) started on the same database and resumed the batch")
             await _watch(console, tracker, fake, batch_id, f"server B pid {server_b}", until=None)
             # -- 3. status, answered by the new server ----------------------------------------------------------
-            status = (await session.call("get_batch_status", batch_operation_id=batch_id))["operation"]
+            status = (await session.answer("get_batch_status", batch_operation_id=batch_id))["operation"]
             first_id = status["successful_ids"][0] if status["successful_ids"] else None
-            run_status = await session.call("get_run_status", request_id=first_id) if first_id else None
+            run_status = await session.answer("get_run_status", request_id=first_id) if first_id else None
     stats = fake.stats()
     summary = {
         "batch_operation_id": status["batch_operation_id"],
