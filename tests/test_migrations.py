@@ -82,3 +82,19 @@ def test_processes_opening_a_new_file_at_once_all_succeed(tmp_path: Path) -> Non
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM operations").scalar() == 4
     engine.dispose()
+
+
+def test_the_schema_head_constant_is_alembics_head(tmp_path: Path) -> None:
+    """db.SCHEMA_HEAD lets an up-to-date database open without importing Alembic: it must name the newest revision."""
+    from tracker.db import SCHEMA_HEAD
+
+    assert SCHEMA_HEAD == head_revision()
+    db = tmp_path / "t.db"
+    opened = "import sys, tracker; tracker.Tracker.open(sys.argv[1]).close(); print('alembic' in sys.modules)"
+    answers = [
+        subprocess.run(
+            [PYTHON, "-c", opened, str(db)], capture_output=True, text=True, timeout=60, env=child_env(db)
+        ).stdout.strip()
+        for _ in range(2)
+    ]
+    assert answers == ["True", "False"]  # the first open migrates the new file; the next one needs no Alembic
