@@ -102,3 +102,12 @@ def fake_upstream():
 def upstream_settings(db_path: Path, fake_upstream: FakeUpstreamProcess) -> Settings:
     """Settings for a fresh database whose upstream is the fake server (poll interval shortened for tests)."""
     return Settings.from_env(fake_upstream.env(), db=str(db_path), poll_interval_s=0.3)
+
+
+# The longest tests start first: under pytest-xdist (the suite runs with -n 4) they overlap the many short ones
+# instead of ending the run alone. The sort is stable, so the order within each group stays as collected.
+STARTS_FIRST = ("test_multihost.py", "test_packaging.py", "test_crash.py", "test_clocks.py", "test_database_files.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in STARTS_FIRST)

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import pytest
+
 from tracker.testing import env as testing_env
 
 from .conftest import PYTHON, REPO
@@ -39,6 +41,23 @@ def find_libfaketime() -> str | None:
         "/usr/local/lib/faketime/libfaketime.so.1",
     ]
     return next((path for path in candidates if os.path.exists(path)), None)
+
+
+def skewed(env: dict[str, str], offset_s: float) -> dict[str, str]:
+    """`env` for a Python process whose wall clock reads offset_s off (libfaketime preloaded; monotonic stays real).
+    Preloaded directly rather than through the `faketime` wrapper: the wrapper names a semaphore after its pid and
+    fails when a SIGKILLed predecessor with that pid left one behind."""
+    lib = find_libfaketime()
+    if lib is None:
+        pytest.fail("libfaketime is missing: install Debian's faketime package (.ci/run does)")
+    return {
+        **env,
+        "LD_PRELOAD": lib,
+        "FAKETIME": f"{offset_s:+g}s",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",  # the offset is on the wall clock; monotonic stays real
+        "FAKETIME_NO_CACHE": "1",
+        "PYTHONPATH": os.pathsep.join([str(FAKETIME_SITE), env.get("PYTHONPATH", "")]),
+    }
 
 
 def host_tool_problems() -> list[str]:
@@ -96,15 +115,7 @@ class Host:
     def child_env(self, **extra: str) -> dict[str, str]:
         env = testing_env.child_env(self.db_url, **self.env, **extra)
         env.pop("FAKETIME", None)
-        if self.skew_s:
-            lib = find_libfaketime()
-            assert lib is not None
-            env["LD_PRELOAD"] = lib
-            env["FAKETIME"] = f"{self.skew_s:+g}s"
-            env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"  # the offset is on the wall clock; monotonic stays real
-            env["FAKETIME_NO_CACHE"] = "1"
-            env["PYTHONPATH"] = os.pathsep.join([str(FAKETIME_SITE), env["PYTHONPATH"]])
-        return env
+        return skewed(env, self.skew_s) if self.skew_s else env
 
     def popen(self, command: Sequence[str], log: Path | None = None, **kwargs: Any) -> subprocess.Popen:
         stderr = open(log, "a") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - closed with the process

@@ -5,7 +5,6 @@ for a host clock stepped forward after it started; reapers running hours or seco
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -21,6 +20,7 @@ from tracker.testing.env import child_env
 from tracker.timeutil import iso, parse_iso, to_ms, utcnow
 
 from .conftest import PYTHON
+from .hosts import skewed
 from .reap_helpers import WRITERS, set_times
 
 pytestmark = pytest.mark.timeout(120)
@@ -43,16 +43,14 @@ t.close()  # the starter exits; other processes record the batch
 """
 
 
-def _faketime(offset: str) -> list[str]:
-    if shutil.which("faketime") is None:
-        pytest.fail("libfaketime is missing: install Debian's faketime package (.ci/run does)")
-    return ["faketime", "-f", offset]
+def _at(offset_s: float, db: str) -> dict[str, str]:
+    """The environment of a process on `db` whose clock reads offset_s off."""
+    return skewed(child_env(db), offset_s)
 
 
-def _reap(db: str, offset: str, *args: str) -> str:
+def _reap(db: str, offset_s: float, *args: str) -> str:
     done = subprocess.run(
-        [*_faketime(offset), PYTHON, "-m", "tracker", "reap", *args],
-        env=child_env(db), capture_output=True, text=True, timeout=60,
+        [PYTHON, "-m", "tracker", "reap", *args], env=_at(offset_s, db), capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -62,19 +60,19 @@ def test_a_clock_step_does_not_make_a_live_owner_look_dead(settings: Settings, t
     """The old pid-reuse test compared the process start, derived from /proc/stat's btime (which moves with the
     wall clock), with the operation's start: after a step of 5 s or more, `tracker reap` failed a live recorder."""
     recorder = subprocess.Popen(
-        [*_faketime("-30s"), PYTHON, "-c", RECORDER], env=child_env(settings.db), stdout=subprocess.PIPE, text=True
+        [PYTHON, "-c", RECORDER], env=_at(-30, settings.db), stdout=subprocess.PIPE, text=True
     )
     try:
-        batch_id, pid = recorder.stdout.readline().split()  # faketime's child is the recorder itself
+        batch_id, pid = recorder.stdout.readline().split()  
         time.sleep(OWNER_GONE_GRACE_S + 0.5)  # quiet longer than the grace a dead owner gets
-        _reap(settings.db, "+0s")
+        _reap(settings.db, 0)
         assert tracker.get(batch_id).status == "running"
         os.kill(int(pid), signal.SIGKILL)
     finally:
         recorder.kill()
         recorder.wait()
     time.sleep(OWNER_GONE_GRACE_S + 0.5)
-    _reap(settings.db, "+0s")  # now really gone: failed
+    _reap(settings.db, 0)  # now really gone: failed
     assert tracker.get(batch_id).status == "failed"
 
 
@@ -86,9 +84,9 @@ def test_a_reaper_whose_clock_runs_hours_ahead_purges_nothing_early(postgres_ser
         batch = tracker.start_batch("import", total=1)
         batch.record_success("a")
         batch.finish()
-        _reap(db, "+2h")
+        _reap(db, 7200)
         assert tracker.get(batch.id) is not None
-        _reap(db, "+0s", "--older-than", "0s")  # the same purge by the database's clock takes it
+        _reap(db, 0, "--older-than", "0s")  # the same purge by the database's clock takes it
         assert tracker.get(batch.id) is None
 
 
@@ -99,7 +97,7 @@ def test_a_reaper_whose_clock_runs_ahead_does_not_fail_a_live_owner_elsewhere(po
     with Tracker(Settings.from_env({}, db=db)) as tracker:
         batch = tracker.start_batch("import", total=1)
         set_times(tracker.engine, batch.id, owner_host="another-host", owner_pid=1, heartbeat_at=tracker.store.now())
-        _reap(db, "+90s")
+        _reap(db, 90)
         assert tracker.get(batch.id).status == "running"
 
 
@@ -118,7 +116,7 @@ def test_an_attached_worker_keeps_the_batch_alive_after_its_starter_exits(settin
         worker.flush()
         time.sleep(OWNER_GONE_GRACE_S + 0.4)
         assert recover_orphans(tracker.engine, lease_s=60) == 0
-        _reap(settings.db, "+0s")  # another process's reaper too
+        _reap(settings.db, 0)  # another process's reaper too
         assert tracker.get(batch_id).status == "running"
     worker.finish()
     record = tracker.get(batch_id)
