@@ -3,6 +3,7 @@
     TrackerError                  root: catch this for "anything tracker refused or could not do"
     ├── InvalidInput              a bad argument; nothing was written
     ├── DatabaseUnavailable       the database cannot be used or a driver call failed (tracker.db.database_errors)
+    │   └── NothingSent           ... before a request left: nothing was written or sent, so it can be tried again
     ├── OperationNotFound         no operation has that id
     ├── OperationClosed           the operation is terminal; the write was refused
     │   └── OperationCancelled    ... because it was cancelled: the worker should stop
@@ -11,8 +12,8 @@
         └── UpstreamOutcomeUnknown  a submission may have reached it, but no answer came back
 
 Not in the tree, because no caller sees them: tracker.postgres.NoAnswer is a psycopg OperationalError (the driver
-layer's own, which SQLAlchemy wraps and database_errors translates), and the store's and the runs service's private
-control-flow signals (names starting with _)."""
+layer's own, which SQLAlchemy wraps and database_errors translates), and the store's private control-flow signals
+(names starting with _)."""
 
 
 class TrackerError(Exception):
@@ -26,6 +27,11 @@ class InvalidInput(TrackerError):
 class DatabaseUnavailable(TrackerError):
     """The database location cannot be used (missing directory, no permission, not a database, corrupt), or a
     call to it failed (locked, unreachable, timed out)."""
+
+
+class NothingSent(DatabaseUnavailable):
+    """A database error before a request to the upstream left: nothing was written or sent, so it can be tried
+    again (a batch row goes back in the queue)."""
 
 
 class OperationNotFound(TrackerError):

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from .. import liveness
-from ..errors import DatabaseUnavailable, OperationClosed
+from ..errors import DatabaseUnavailable, NothingSent, OperationClosed
 from ..ids import new_operation_id
 from ..models import FAILED
 from ..records import OperationRecord
@@ -22,7 +22,7 @@ from ..timeutil import iso
 from .answers import INTERRUPTED
 from .context import OPERATION_TYPE, RunContext
 from .requests import BatchParams, BatchRequest
-from .submit import RowNotWritten, Submitter
+from .submit import Submitter
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class Batches:
                         row = await self._row(batch_id, number)
                         if not await self.submitter.submit_row(batch_id, request.run(row), number):
                             pending.clear()
-                    except RowNotWritten as exc:  # a passing database error before anything was sent
+                    except NothingSent as exc:  # a passing database error before anything was sent
                         log.warning("batch %s row %d: %s; trying it again later", batch_id, number, exc)
                         pending.append(number)
                         await asyncio.sleep(WORKER_RETRY_S)
@@ -137,7 +137,7 @@ class Batches:
         try:
             return await c.db(c.store.batch_row, batch_id, number)
         except DatabaseUnavailable as exc:
-            raise RowNotWritten(str(exc)) from None  # nothing was sent: the row can be tried again later
+            raise NothingSent(str(exc)) from None  # nothing was sent: the row can be tried again later
 
     async def _await_runs(self, batch_id: str, total: int) -> None:
         """Every row has been submitted (or settled): wait until every run has ended (the poller drives them),

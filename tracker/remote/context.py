@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from .. import liveness
 from ..aio import off_loop
 from ..db import database_errors, engine_location
-from ..errors import DatabaseUnavailable, OperationNotFound
+from ..errors import DatabaseUnavailable, TrackerError
 from ..models import COMPLETED, FAILED
 from ..settings import Settings
 from ..store.runs import RunRecord, RunStore
@@ -83,7 +83,7 @@ class RunContext:
         """Store what a submission answered: accepted (its request_id; from here any process may poll it), or
         already ended (a sync run)."""
         if answer["status"] == "running":
-            return await self.db(self.store.mark_submitted, record.id, answer["request_id"]) or record
+            return await self.db(self.store.mark_submitted, record.id, answer["request_id"])
         return await self.record_end(record.id, answer)
 
     async def record_end(self, run_id: str, answer: Answer) -> RunRecord:
@@ -93,17 +93,14 @@ class RunContext:
 
     async def finish(self, run_id: str, status: str, outputs: Any = None, error: str | None = None) -> RunRecord:
         key = self.settings.upstream_key
-        record = await self.db(self.store.finish, run_id, status, None, scrub(outputs, key), scrub(error, key))
-        if record is None:
-            raise OperationNotFound(f"run {run_id!r} not found")
-        return record
+        return await self.db(self.store.finish, run_id, status, None, scrub(outputs, key), scrub(error, key))
 
     def finish_now(self, run_id: str, status: str, error: str) -> None:
         """Blocking finish for cancellation paths, where awaiting again would be cancelled too."""
         try:
             with database_errors(self.location, "marking the run interrupted"):
                 self.store.finish(run_id, status, None, None, error)
-        except DatabaseUnavailable as exc:
+        except TrackerError as exc:  # the database failed, or the run is gone
             log.warning("run %s: %s", run_id, exc)
 
     def scrub(self, value: Any) -> Any:

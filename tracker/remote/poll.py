@@ -104,7 +104,7 @@ class Poller:
             answer = await c.upstream.run_status(record.request_id)
         except (UpstreamError, InvalidInput) as exc:
             error = str(exc)
-            updated = await c.db(c.store.note_poll, record.id, error, claim) or record
+            updated = await c.db(c.store.note_poll, record.id, error, claim)
             if updated.is_terminal:
                 return self.answer(updated)
             return self.answer(updated, stale=True, error=error)
@@ -115,7 +115,7 @@ class Poller:
                 record.id, FAILED, error=f"upstream no longer knows request_id {record.request_id} (HTTP 404)"
             )
         elif answer["status"] == "running":
-            updated = await c.db(c.store.note_poll, record.id, None, claim) or record
+            updated = await c.db(c.store.note_poll, record.id, None, claim)
         else:
             updated = await c.record_end(record.id, answer)
         return self.answer(updated)

@@ -16,7 +16,15 @@ import asyncio
 import logging
 from typing import Any
 
-from ..errors import DatabaseUnavailable, DuplicateRun, InvalidInput, UpstreamError, UpstreamOutcomeUnknown
+from ..errors import (
+    DatabaseUnavailable,
+    DuplicateRun,
+    InvalidInput,
+    NothingSent,
+    OperationClosed,
+    UpstreamError,
+    UpstreamOutcomeUnknown,
+)
 from ..ids import new_operation_id
 from ..models import FAILED
 from ..store.runs import RunRecord
@@ -25,14 +33,6 @@ from .context import OPERATION_TYPE, RunContext
 from .upstream import RunRequest
 
 log = logging.getLogger(__name__)
-
-
-class BatchStopped(Exception):
-    """The batch is no longer running (cancelled or ended): submit nothing more."""
-
-
-class RowNotWritten(Exception):
-    """A batch row's run could not be written (a database error) before its POST: nothing was sent."""
 
 
 def run_values(request: RunRequest, context: RunContext, **extra: Any) -> dict[str, Any]:
@@ -88,7 +88,7 @@ class Submitter:
 
     async def submit_row(self, batch_id: str, request: RunRequest, number: int) -> bool:
         """Submit input row `number` of a batch. True when the row is settled (submitted now, or already had a
-        run); False when the batch takes no more rows. RowNotWritten when nothing was sent and the row can be
+        run); False when the batch takes no more rows. NothingSent when nothing was sent and the row can be
         tried again."""
         c = self.context
         values = run_values(request, c, row_number=number, resumable=True)  # its batch's resumer settles it
@@ -96,9 +96,9 @@ class Submitter:
             try:
                 slot = await c.upstream.reserve()
             except DatabaseUnavailable as exc:
-                raise RowNotWritten(str(exc)) from None
+                raise NothingSent(str(exc)) from None
             child = await self._write_row(batch_id, values)
-        except BatchStopped:
+        except OperationClosed:
             return False
         except DuplicateRun:
             return True  # this row already has a run: never submit it again
@@ -125,7 +125,7 @@ class Submitter:
         c = self.context
         try:
             child = await self._write_row(batch_id, values)
-        except BatchStopped:
+        except OperationClosed:
             return False
         except DuplicateRun:
             return True
@@ -135,9 +135,6 @@ class Submitter:
     async def _write_row(self, batch_id: str, values: dict[str, Any]) -> RunRecord:
         c = self.context
         try:
-            child = await c.db(c.store.create_child, batch_id, values)
+            return await c.db(c.store.create_child, batch_id, values)
         except DatabaseUnavailable as exc:
-            raise RowNotWritten(str(exc)) from None  # nothing was sent: the row can be tried again later
-        if child is None:
-            raise BatchStopped()
-        return child
+            raise NothingSent(str(exc)) from None  # nothing was sent: the row can be tried again later

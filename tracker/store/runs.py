@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .. import limits
 from ..db import write_connection
-from ..errors import DuplicateRun
+from ..errors import DuplicateRun, OperationClosed, OperationNotFound
 from ..liveness import Process
 from ..models import COMPLETED, FAILED, RUNNING, Operation, OperationItem, RunBatchRow
 from ..records import OperationDetail, OperationRecord, RunRecord
@@ -152,15 +152,15 @@ class RunStore:
         except DBAPIError as exc:
             return self._operations.found_after_lost_reply(exc, values["id"])
 
-    def create_child(self, batch_id: str, values: dict[str, Any]) -> RunRecord | None:
+    def create_child(self, batch_id: str, values: dict[str, Any]) -> RunRecord:
         """Insert the run for one input row of a batch, only while the batch is running (a cancel stops new
-        submissions at this point). None when the batch is no longer running. DuplicateRun when that row already
+        submissions at this point): OperationClosed when it no longer runs, DuplicateRun when that row already
         has a run."""
         try:
             with write_connection(self.engine) as conn:
                 status = conn.execute(select(_OPS.c.status).where(_OPS.c.id == batch_id)).scalar()
                 if status != RUNNING:
-                    return None
+                    raise OperationClosed(f"batch {batch_id!r} is {status or 'gone'}: it takes no more rows")
                 row = _defaults({**values, "parent_id": batch_id}, db_now(conn))
                 conn.execute(insert(_OPS).values(**row))
                 return self._get(conn, values["id"])
@@ -169,7 +169,7 @@ class RunStore:
         except DBAPIError as exc:
             return self._operations.found_after_lost_reply(exc, values["id"])
 
-    def mark_submitted(self, run_id: str, request_id: str) -> RunRecord | None:
+    def mark_submitted(self, run_id: str, request_id: str) -> RunRecord:
         """The upstream accepted the run: remember its request_id. From here on, any process may poll it."""
         with write_connection(self.engine) as conn:
             now = db_now(conn)
@@ -207,7 +207,7 @@ class RunStore:
             )
             return result.rowcount == 1
 
-    def note_poll(self, run_id: str, error: str | None, token: str | None = None) -> RunRecord | None:
+    def note_poll(self, run_id: str, error: str | None, token: str | None = None) -> RunRecord:
         """A poll found the run still running (error None) or could not reach the upstream (error kept, so
         later answers say they are stale). Releases the poll's claim if it is still ours."""
         with write_connection(self.engine) as conn:
@@ -223,17 +223,17 @@ class RunStore:
                     .where(_OPS.c.id == run_id, _OPS.c.poll_claim == token)
                     .values(poll_claimed_until=None, poll_claim=None)
                 )
-            return self._get_or_none(conn, run_id)
+            return self._get(conn, run_id)
 
     def finish(
         self, run_id: str, status: str, now: datetime | None = None, outputs: Any = None, error: str | None = None
-    ) -> RunRecord | None:
+    ) -> RunRecord:
         """End a running run and, in the same transaction, record it as an item of its batch (if the batch is
         still running). Exactly once whoever races on it: only the caller whose guarded UPDATE changed the row
-        counts it in its batch. Returns the record, or None if the run is unknown; an ended run is unchanged."""
+        counts it in its batch. Returns the record (an ended run unchanged); OperationNotFound if it is unknown."""
         with write_connection(self.engine) as conn:
-            current = self._get_or_none(conn, run_id)
-            if current is None or current.is_terminal:
+            current = self._get(conn, run_id)
+            if current.is_terminal:
                 return current
             now = now or db_now(conn)
             ended = end_running(
@@ -378,7 +378,8 @@ class RunStore:
 
     def _get(self, conn: Connection, run_id: str) -> RunRecord:
         record = self._get_or_none(conn, run_id)
-        assert record is not None, run_id
+        if record is None:
+            raise OperationNotFound(f"run {run_id!r} not found")
         return record
 
 
