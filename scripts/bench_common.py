@@ -35,24 +35,12 @@ def percentile(samples: list[float], fraction: float) -> float:
 
 @asynccontextmanager
 async def mcp_session(db: Path, env: Mapping[str, str] | None = None, errlog: Path | None = None) -> AsyncIterator[Any]:
-    """An initialized client session with a fresh `python -m tracker serve` subprocess on `db`."""
-    from mcp.client.session import ClientSession
-    from mcp.client.stdio import StdioServerParameters, stdio_client
+    """A ToolClient (tracker.testing.client) on a fresh `python -m tracker serve` subprocess on `db`."""
+    from tracker.testing.client import stdio
 
-    params = StdioServerParameters(
-        command=sys.executable, args=["-m", "tracker", "serve"], env=child_env(db, **(env or {})), cwd=str(REPO)
-    )
     with open(errlog or os.devnull, "a") as log:
-        async with stdio_client(params, errlog=log) as (read, write), ClientSession(read, write) as session:
-            await session.initialize()
-            yield session
-
-
-async def call_tool(session: Any, tool: str, **arguments: Any) -> Any:
-    result = await session.call_tool(tool, arguments)
-    if result.is_error:
-        raise RuntimeError(f"{tool} failed: {result.content[0].text}")
-    return result.structured_content
+        async with stdio(child_env(db, **(env or {})), errlog=log, cwd=REPO) as client:
+            yield client
 
 
 def server_pid(parent: int | None = None) -> int:

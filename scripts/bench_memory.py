@@ -10,7 +10,7 @@ from pathlib import Path
 
 import anyio
 
-from bench_common import REPO, call_tool, mcp_session, memory_kb, reset_peak_rss, server_pid
+from bench_common import REPO, mcp_session, memory_kb, reset_peak_rss, server_pid
 
 RECORDER = """
 import sys
@@ -39,8 +39,8 @@ def figure_6_memory(workdir: Path, items: int) -> str:
         async with mcp_session(db, errlog=workdir / "serve.log") as session:
             pid = server_pid()
             for _ in range(20):  # first calls import and start what every later call uses
-                await call_tool(session, "get_batch_status", batch_operation_id="batch_import_" + "0" * 32)
-                await call_tool(session, "list_operations")
+                await session.answer("get_batch_status", batch_operation_id="batch_import_" + "0" * 32)
+                await session.answer("list_operations")
             await anyio.sleep(1.0)
             idle = memory_kb(pid)["VmRSS"]
             hwm_reset = reset_peak_rss(pid)
@@ -55,7 +55,7 @@ def figure_6_memory(workdir: Path, items: int) -> str:
             polls, peak, started = 0, idle, time.perf_counter()
             while True:
                 done = recorder.poll() is not None
-                answer = await call_tool(session, "get_batch_status", batch_operation_id=op_id)
+                answer = await session.answer("get_batch_status", batch_operation_id=op_id)
                 polls += 1
                 peak = max(peak, memory_kb(pid)["VmRSS"])
                 if done:

@@ -96,13 +96,13 @@ def figure_5_runs(workdir: Path, running: int, ended: int, clients: int, seconds
                 request_id = ids[n % len(ids)]
                 n += 1
                 called = time.perf_counter()
-                result = await session.call_tool("get_run_status", {"request_id": request_id})
+                result = await session.call("get_run_status", request_id=request_id)
                 latency[kind].append((time.perf_counter() - called) * 1000)
                 if result.is_error:
                     polls["errors"] += 1
                     continue
                 polls[kind] += 1
-                answer = result.structured_content or {}
+                answer = result.value or {}
                 polls["stale"] += bool(answer.get("stale"))
                 # A running run's poll that would wait for a rate-limit slot booked far ahead: answered from the table.
                 polls["from_table"] += "from tracker's table" in str(answer.get("message", ""))

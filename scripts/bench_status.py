@@ -10,7 +10,7 @@ from pathlib import Path
 
 import anyio
 
-from bench_common import call_tool, mcp_session, percentile, raw_connection
+from bench_common import mcp_session, percentile, raw_connection
 from bench_data import status_database
 from tracker import Settings, Tracker
 from tracker.status import StatusService
@@ -80,7 +80,7 @@ def mcp_ms(path: Path, ids: list[str], workdir: Path) -> list[float]:
             times = []
             for op_id in ids:
                 started = time.perf_counter()
-                answer = await call_tool(session, "get_batch_status", batch_operation_id=op_id)
+                answer = await session.answer("get_batch_status", batch_operation_id=op_id)
                 times.append((time.perf_counter() - started) * 1000)
                 assert answer["found"], op_id
             return times
