@@ -17,6 +17,7 @@ from tracker.db import open_engine
 from tracker.errors import UpstreamError
 from tracker.models import COMPLETED, FAILED, RUNNING
 from tracker.remote import MemoryUpstream, RunRequest, RunsService
+from tracker.remote.answers import NOT_SENT
 from tracker.remote.http import HttpUpstream
 from tracker.remote.memory import MemoryRun
 
@@ -180,3 +181,44 @@ def test_the_memory_upstream_answers_unknown_ids_with_none() -> None:
     upstream.runs["x"] = MemoryRun(RunRequest("g", {"a": "1"}), "x", polls_left=2)
     assert asyncio.run(upstream.run_status("x"))["status"] == "running"
     assert asyncio.run(upstream.run_status("y")) is None
+
+
+def test_a_row_stopped_while_waiting_for_a_fresh_slot_says_it_was_never_sent(settings: Settings) -> None:
+    """Its row was written, its slot went stale, and the server stopped while it waited for another: nothing was
+    sent, so the run says so (not "unknown", which would tell the user the upstream may have billed it)."""
+
+    class LateSlots(MemoryUpstream):
+        reserved = 0
+
+        async def reserve(self):  # noqa: ANN202
+            LateSlots.reserved += 1
+            if LateSlots.reserved > 1:
+                await asyncio.Event().wait()  # the fresh slot never comes
+            return object()
+
+        def on_time(self, slot) -> bool:  # noqa: ANN001
+            return False
+
+    upstream = LateSlots()
+
+    async def scenario() -> Any:
+        runs = _service(settings, upstream)
+        try:
+            batch = runs.store.create_batch(
+                {"id": "batch_grid_run_late", "kind": "batch", "operation_type": "grid_run", "total": 1,
+                 "inputs": {"grid_id": "g1", "mode": "async", "row_count": 1, "concurrency": 1}},
+                [{"n": "1"}],
+            )
+            submitting = asyncio.create_task(runs.submitter.submit_row(batch.id, RunRequest("g1", {"n": "1"}), 1))
+            while LateSlots.reserved < 2:
+                await asyncio.sleep(0.01)
+            submitting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await submitting
+            return runs.store.children(batch.id)
+        finally:
+            await runs.aclose()
+
+    (child,) = asyncio.run(scenario())
+    assert child.status == FAILED and child.error == NOT_SENT
+    assert upstream.submitted == []

@@ -106,8 +106,12 @@ class Submitter:
             return await self._record_unsent(batch_id, values, str(exc))
         if not c.upstream.on_time(slot):
             # Writing the row took long (a slow database): sent now, it would crowd the next slot's request into
-            # the same second. Wait for a fresh slot; the row already says "maybe submitted".
-            slot = await c.upstream.reserve()
+            # the same second. Wait for a fresh slot; stopped meanwhile, the row was never sent, and says so.
+            try:
+                slot = await c.upstream.reserve()
+            except BaseException:
+                c.finish_now(child.id, FAILED, error=NOT_SENT)
+                raise
         try:
             answer = await c.upstream.submit_run(request, slot)
         except asyncio.CancelledError:
