@@ -108,13 +108,24 @@ class Batches:
         pending = deque(n for n in range(1, row_count + 1) if n not in written)
         if pending:
             log.info("batch %s: %d of %d rows to submit", batch_id, len(pending), row_count)
-        heartbeat = c.tasks.every(
-            c.heartbeat_every_s, lambda: c.db(c.store.heartbeat, batch_id, c.process), f"heartbeat of {batch_id}"
-        )
+        owned = asyncio.Event()
+        owned.set()
+
+        async def beat() -> bool:
+            if await c.db(c.store.heartbeat, batch_id, c.process):
+                return True
+            log.warning("batch %s ended or was taken over by another process: this worker stops", batch_id)
+            owned.clear()  # our rows would race the new owner's resume step: submit no more
+            return False
+
+        heartbeat = c.tasks.every(c.heartbeat_every_s, beat, f"heartbeat of {batch_id}")
+        failures: list[Exception] = []
         try:
 
             async def submit_pending() -> None:
-                while pending:
+                """One submitter: rows until none is left. A row's error stops this submitter only: a sibling's POST
+                in flight must finish and be recorded, not be cancelled into "unknown"."""
+                while pending and owned.is_set() and not failures:
                     number = pending.popleft()
                     try:
                         row = await self._row(batch_id, number)
@@ -124,11 +135,14 @@ class Batches:
                         log.warning("batch %s row %d: %s; trying it again later", batch_id, number, exc)
                         pending.append(number)
                         await asyncio.sleep(WORKER_RETRY_S)
+                    except Exception as exc:  # noqa: BLE001 - raised below, once every submitter has stopped
+                        failures.append(exc)
 
-            async with asyncio.TaskGroup() as group:
-                for _ in range(min(request.concurrency, max(1, len(pending)))):
-                    group.create_task(submit_pending())
-            await self._await_runs(batch_id, row_count)
+            await asyncio.gather(*(submit_pending() for _ in range(min(request.concurrency, max(1, len(pending))))))
+            if failures:
+                raise failures[0]  # the worker resumes the batch (a database error) or the adopter will
+            if owned.is_set():
+                await self._await_runs(batch_id, row_count)
         finally:
             heartbeat.cancel()
 

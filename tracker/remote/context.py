@@ -40,6 +40,7 @@ class RunContext:
         self.tasks = Supervisor()
         self.location = engine_location(engine)
         self._upstream = upstream
+        self._given = upstream is not None
 
     @property
     def upstream(self) -> Upstream:
@@ -52,7 +53,8 @@ class RunContext:
 
     @property
     def has_upstream(self) -> bool:
-        return bool(self.settings.upstream_key) or self._upstream is not None
+        """An upstream was given, or the settings name one (an API key): without, nothing is polled or sent."""
+        return self._given or bool(self.settings.upstream_key)
 
     def owner_values(self) -> dict[str, Any]:
         return {"owner_host": self.process.host, "owner_pid": self.process.pid, "owner_process": self.process.identity}

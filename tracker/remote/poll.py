@@ -89,7 +89,17 @@ class Poller:
                 await self.poll(record, claim)
                 return True
 
-        return sum(await asyncio.gather(*(poll_one(r) for r in due)))
+        polled = 0
+        # Every poll runs to its end even when another fails (none is left running unsupervised); failures are
+        # logged and the runs are due again at the next pass.
+        for outcome in await asyncio.gather(*(poll_one(r) for r in due), return_exceptions=True):
+            if isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+            if isinstance(outcome, BaseException):
+                log.warning("background poll failed: %s", outcome)
+            else:
+                polled += outcome
+        return polled
 
     async def poll(self, record: RunRecord, claim: str) -> dict[str, Any]:
         """One GET of a run whose poll claim we hold, and its answer written (which releases the claim)."""

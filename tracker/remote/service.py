@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class RunsService:
-    """Runs and run batches over one database. Create inside the event loop that serves tools, call start() to
-    poll running runs and resume orphaned batches in the background, and aclose() at shutdown. `upstream`
+    """Runs and run batches over one database. Call start() inside the event loop that serves tools to poll
+    running runs and resume orphaned batches in the background, and aclose() at shutdown (run_lifespan does both). `upstream`
     defaults to the HTTP grid API of the settings; pass a MemoryUpstream (or any Upstream) to run without it."""
 
     def __init__(self, settings: Settings, engine: Engine, upstream: Upstream | None = None) -> None:
@@ -126,16 +126,23 @@ class RunsService:
         idle = max(0.05, min(0.5, s.poll_interval_s / 4))
         # The loops first: a database error in the first adoption pass must not leave this server without them.
         self.context.tasks.spawn(self._loop("background poll", self.poller.tick, idle, s.poll_interval_s))
-        self.context.tasks.spawn(self._loop("looking for orphaned batches", self.adopter.tick, ADOPT_EVERY_S))
+        # The adopt loop's first pass waits: the one below runs now, and two at once could both resume a batch of
+        # this process's own (a compare-and-set on the owner cannot tell them apart).
+        adopt = self._loop("looking for orphaned batches", self.adopter.tick, ADOPT_EVERY_S, wait_first=True)
+        self.context.tasks.spawn(adopt)
         try:
             await self.adopter.tick()
         except TrackerError as exc:
             log.warning("could not look for orphaned batches yet (the adopt loop retries): %s", exc)
 
     @staticmethod
-    async def _loop(what: str, tick: Callable[[], Awaitable[Any]], idle_s: float, error_pause_s: float = 0) -> None:
+    async def _loop(
+        what: str, tick: Callable[[], Awaitable[Any]], idle_s: float, error_pause_s: float = 0, wait_first: bool = False
+    ) -> None:
         """Run `tick` forever: again at once while it finds work, after idle_s when it finds none, and after a
         pause when it fails (the database or upstream may come back)."""
+        if wait_first:
+            await asyncio.sleep(idle_s)
         while True:
             try:
                 busy = await tick()

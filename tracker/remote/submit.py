@@ -69,18 +69,25 @@ class Submitter:
             # Stopped while waiting for its rate-limit slot, it was never sent: say so, not "unknown".
             c.finish_now(record.id, FAILED, error=INTERRUPTED if sent else NOT_SENT)
             raise
+        except DatabaseUnavailable:  # a rate-limit slot could not be claimed, for the POST or a retry the upstream
+            # had not acted on (429, 503, no connection): nothing runs upstream
+            await c.persist(lambda: c.finish(record.id, FAILED, error=NOT_SENT))
+            raise
         except UpstreamOutcomeUnknown as exc:
-            await c.finish(record.id, FAILED, error=f"unknown: {exc}")
+            unknown = f"unknown: {exc}"
+            await c.persist(lambda: c.finish(record.id, FAILED, error=unknown))
             raise UpstreamOutcomeUnknown(
                 f"run {record.id}: {exc}", status_code=exc.status_code, body_excerpt=exc.body_excerpt
             ) from None
         except UpstreamError as exc:
-            await c.finish(record.id, FAILED, error=str(exc))
+            refused = str(exc)
+            await c.persist(lambda: c.finish(record.id, FAILED, error=refused))
             raise UpstreamError(
                 f"run {record.id} was not accepted: {exc}", status_code=exc.status_code, body_excerpt=exc.body_excerpt
             ) from None
         except InvalidInput as exc:  # the upstream settings are unusable: nothing was sent
-            await c.finish(record.id, FAILED, error=str(exc))
+            unusable = str(exc)
+            await c.persist(lambda: c.finish(record.id, FAILED, error=unusable))
             raise
         finally:
             heartbeat.cancel()

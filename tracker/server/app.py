@@ -42,7 +42,8 @@ def mount_status_tools(server: MCPServer, tracker: Tracker, runs: RunsService | 
     """Add get_batch_status, get_run_status, list_operations, get_operation_items and cancel_operation to
     `server`, answering from `tracker`'s database. The server's own tools stay as they are. get_run_status polls
     the upstream when BITSCALE_API_KEY is set (else it answers from the table); pass the server's RunsService
-    if it has one."""
+    if it has one (and run `run_lifespan(runs)` as the server's lifespan, so its HTTP client is closed and running
+    runs are polled in the background too)."""
     StatusTools(tracker).register(server)
     mount_run_tools(server, runs or RunsService(tracker.settings, tracker.engine), status_only=True)
 
