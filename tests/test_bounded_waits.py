@@ -86,7 +86,8 @@ def _one_line_naming(message: str, port: int) -> None:
     ids=lambda c: " ".join(c),
 )
 def test_cli_against_a_silent_server_fails_in_one_line(silent: SilentListener, command: list[str]) -> None:
-    # A short bound keeps the test fast; that the bound is the one setting is tested below (7 s, and serve at 3 s).
+    # A short bound keeps the tests fast (2 s: connect_timeout is never shorter); that the bound is the one setting
+    # is tested below (7 s).
     started = time.monotonic()
     result = subprocess.run(
         [PYTHON, "-m", "tracker", *command], env=child_env(silent.url(), TRACKER_DB_TIMEOUT="2s"), cwd=REPO,
@@ -107,7 +108,7 @@ async def test_serve_on_a_silent_server_answers_initialize_and_one_line_tool_err
     tmp_path: Path, silent: SilentListener
 ) -> None:
     with anyio.fail_after(HANG):
-        async with mcp_session(silent.url(), tmp_path / "serve.log", TRACKER_DB_TIMEOUT="3s") as session:
+        async with mcp_session(silent.url(), tmp_path / "serve.log", TRACKER_DB_TIMEOUT="2s") as session:
             assert set(await session.list_tools()) == ALL_TOOLS
             for tool, arguments in VALID_CALLS.items():
                 started = time.monotonic()
@@ -126,7 +127,7 @@ async def test_serve_uses_a_database_that_comes_back_and_survives_a_partition(
     port, name = pg_database
     with TcpProxy("127.0.0.1", port) as proxy, anyio.fail_after(3 * HANG):
         proxy.go_silent()  # silent from the start: serve cannot open the database
-        async with mcp_session(_url(proxy.port, name), tmp_path / "serve.log", TRACKER_DB_TIMEOUT="3s") as session:
+        async with mcp_session(_url(proxy.port, name), tmp_path / "serve.log", TRACKER_DB_TIMEOUT="2s") as session:
             is_error, message = _pair(await session.call("list_operations"))
             assert is_error
             _one_line_naming(message, proxy.port)
@@ -158,7 +159,7 @@ async def _until_answered(session) -> dict:  # noqa: ANN001
         if not is_error:
             return value
         assert time.monotonic() < deadline, value
-        await anyio.sleep(0.5)
+        await anyio.sleep(0.1)
 
 
 # -- the library: a recorder's flush during a partition ------------------------------------------------------------
@@ -167,7 +168,7 @@ async def _until_answered(session) -> dict:  # noqa: ANN001
 def test_flush_during_a_partition_raises_and_keeps_the_group(pg_database: tuple[int, str]) -> None:
     port, name = pg_database
     # No time-based flushes: only the explicit ones below write.
-    env = {"TRACKER_DB_TIMEOUT": "3s", "TRACKER_FLUSH_INTERVAL": "1h"}
+    env = {"TRACKER_DB_TIMEOUT": "2s", "TRACKER_FLUSH_INTERVAL": "1h"}
     with TcpProxy("127.0.0.1", port) as proxy:
         tracker = Tracker.open(db=_url(proxy.port, name), env=env)
         try:

@@ -43,14 +43,22 @@ t.close()  # the starter exits; other processes record the batch
 """
 
 
-def _at(offset_s: float, db: str) -> dict[str, str]:
+# The reapers of the owner-liveness tests run with a short lease, so the grace a dead owner gets (the shorter of
+# the lease and OWNER_GONE_GRACE_S) is short too: the tests wait past it in well under a second.
+SHORT_LEASE_S = 0.5
+GRACE_S = min(SHORT_LEASE_S, OWNER_GONE_GRACE_S)
+
+
+def _at(offset_s: float, db: str, **extra: str) -> dict[str, str]:
     """The environment of a process on `db` whose clock reads offset_s off."""
-    return skewed(child_env(db), offset_s)
+    return skewed(child_env(db, **extra), offset_s)
 
 
-def _reap(db: str, offset_s: float, *args: str) -> str:
+def _reap(db: str, offset_s: float, *args: str, lease_s: float | None = None) -> str:
+    lease = {} if lease_s is None else {"TRACKER_HEARTBEAT_LEASE": f"{lease_s}s"}
     done = subprocess.run(
-        [PYTHON, "-m", "tracker", "reap", *args], env=_at(offset_s, db), capture_output=True, text=True, timeout=60,
+        [PYTHON, "-m", "tracker", "reap", *args], env=_at(offset_s, db, **lease), capture_output=True, text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -64,15 +72,15 @@ def test_a_clock_step_does_not_make_a_live_owner_look_dead(settings: Settings, t
     )
     try:
         batch_id, pid = recorder.stdout.readline().split()  
-        time.sleep(OWNER_GONE_GRACE_S + 0.5)  # quiet longer than the grace a dead owner gets
-        _reap(settings.db, 0)
+        time.sleep(GRACE_S + 0.5)  # quiet longer than the grace a dead owner gets
+        _reap(settings.db, 0, lease_s=SHORT_LEASE_S)
         assert tracker.get(batch_id).status == "running"
         os.kill(int(pid), signal.SIGKILL)
     finally:
         recorder.kill()
         recorder.wait()
-    time.sleep(OWNER_GONE_GRACE_S + 0.5)
-    _reap(settings.db, 0)  # now really gone: failed
+    time.sleep(GRACE_S + 0.5)
+    _reap(settings.db, 0, lease_s=SHORT_LEASE_S)  # now really gone: failed
     assert tracker.get(batch_id).status == "failed"
 
 
@@ -114,9 +122,9 @@ def test_an_attached_worker_keeps_the_batch_alive_after_its_starter_exits(settin
     for n in range(3):
         worker.record_success(f"item-{n}")
         worker.flush()
-        time.sleep(OWNER_GONE_GRACE_S + 0.4)
-        assert recover_orphans(tracker.engine, lease_s=60) == 0
-        _reap(settings.db, 0)  # another process's reaper too
+        time.sleep(GRACE_S + 0.4)
+        assert recover_orphans(tracker.engine, lease_s=SHORT_LEASE_S) == 0
+        _reap(settings.db, 0, lease_s=SHORT_LEASE_S)  # another process's reaper too
         assert tracker.get(batch_id).status == "running"
     worker.finish()
     record = tracker.get(batch_id)

@@ -96,7 +96,10 @@ def test_the_api_key_never_reaches_logs_database_or_answers(tmp_path: Path) -> N
     db, errlog = tmp_path / "t.db", tmp_path / "server.log"
     answers: list[Answer] = []
     try:
-        env = {"BITSCALE_API_BASE": upstream.base_url, "BITSCALE_API_KEY": SECRET, "TRACKER_POLL_INTERVAL": "0.2"}
+        env = {
+            "BITSCALE_API_BASE": upstream.base_url, "BITSCALE_API_KEY": SECRET, "TRACKER_POLL_INTERVAL": "0.2",
+            "BITSCALE_RATE_LIMIT": "50",  # the fake does not limit (rate_limit=0): the key's paths matter, not the pace
+        }
         with sync_session(db, errlog, ("-v", "serve"), **env) as session:
             answers.append(session.call("run_grid", {"grid_id": "g1", "inputs": {"email": "a@x.io"}, "mode": "sync"}))
             started = session.call("run_grid", {"grid_id": "g1", "inputs": {"email": "b@x.io"}, "mode": "async"})

@@ -53,6 +53,8 @@ class Settings:
     retention_s: float = 3600.0
     flush_interval_s: float = 0.25
     reap_interval_s: float = 300.0  # 0 turns the in-server reaper off
+    # A recorder on another host counts as alive while its heartbeat is younger than this; a dead owner on this host
+    # is judged gone once its heartbeat is quiet for min(this, reaper.OWNER_GONE_GRACE_S).
     heartbeat_lease_s: float = 60.0
     upstream_base: str = "https://api.bitscale.ai/api/v1"
     upstream_key: str = ""
@@ -73,6 +75,10 @@ class Settings:
             values["reap_interval_s"] = parse_duration(env["TRACKER_REAP_INTERVAL"], "TRACKER_REAP_INTERVAL")
         if env.get("TRACKER_FLUSH_INTERVAL"):
             values["flush_interval_s"] = parse_duration(env["TRACKER_FLUSH_INTERVAL"], "TRACKER_FLUSH_INTERVAL")
+        if env.get("TRACKER_HEARTBEAT_LEASE"):
+            values["heartbeat_lease_s"] = parse_duration(env["TRACKER_HEARTBEAT_LEASE"], "TRACKER_HEARTBEAT_LEASE")
+            if not values["heartbeat_lease_s"] > 0:
+                raise InvalidInput("TRACKER_HEARTBEAT_LEASE must be more than 0 (e.g. 60s)")
         if env.get("BITSCALE_API_BASE"):
             values["upstream_base"] = env["BITSCALE_API_BASE"].strip()
         if env.get("BITSCALE_API_KEY"):
