@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tracker import DatabaseUnavailable, Settings, Tracker
+from tracker import DatabaseUnavailable, InvalidInput, Settings, Tracker
 from tracker.db import sqlite_module
 from tracker.testing.env import child_env
 
@@ -112,3 +112,11 @@ def test_cli_db_current_and_upgrade(tmp_path: Path) -> None:
     assert upgraded.returncode == 0 and "empty ->" in upgraded.stdout
     after = run("db", "current")
     assert after.returncode == 0 and "up to date" in after.stdout
+
+
+@pytest.mark.parametrize("value", ["0s", "-5s", "soon", "1e999s"])
+def test_a_bad_heartbeat_lease_is_one_line_naming_the_variable(value: str) -> None:
+    with pytest.raises(InvalidInput, match="^TRACKER_HEARTBEAT_LEASE") as raised:
+        Settings.from_env({"TRACKER_HEARTBEAT_LEASE": value})
+    assert "\n" not in str(raised.value)
+    assert Settings.from_env({"TRACKER_HEARTBEAT_LEASE": "90s"}).heartbeat_lease_s == 90.0
