@@ -7,6 +7,7 @@
     ├── OperationNotFound         no operation has that id
     ├── OperationClosed           the operation is terminal; the write was refused
     │   └── OperationCancelled    ... because it was cancelled: the worker should stop
+    ├── ToolCallError             an MCP tool answered an error (the test kit's client, tracker.testing.client)
     ├── DuplicateRun              a run with that idempotency_key, request_id or batch row already exists
     └── UpstreamError             the upstream HTTP API failed (status_code, body_excerpt)
         └── UpstreamOutcomeUnknown  a submission may have reached it, but no answer came back
@@ -63,3 +64,8 @@ class UpstreamError(TrackerError):
 class UpstreamOutcomeUnknown(UpstreamError):
     """A submission may have reached the upstream but no answer came back (timeout, dropped connection);
     it is not resubmitted, because a second submission would run and bill the row twice."""
+
+
+class ToolCallError(TrackerError):
+    """An MCP tool answered an error, seen by tracker.testing.client (the message is the tool's name and its
+    error text)."""

@@ -20,14 +20,10 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.server.mcpserver import MCPServer
 from mcp.types import Tool
 
-from ..errors import TrackerError
+from ..errors import ToolCallError
 from ..settings import Settings
 
 CALL_TIMEOUT_S = 60.0  # a call that takes longer is a hung server: fail the test instead of waiting for ever
-
-
-class ToolCallError(TrackerError):
-    """A tool answered an error (the message is the tool's name and its error text)."""
 
 
 @dataclass(frozen=True)
