@@ -1,0 +1,100 @@
+"""`tracker serve` as the official TypeScript SDK client sees it (tests/ts_sdk.py, tests/ts_client/client.mjs): a
+real stdio subprocess on a tmp_path SQLite file, driven by a default `Client` of @modelcontextprotocol/sdk 1.x. That
+client validates every structuredContent against the tool's outputSchema, so a mismatch fails here as an error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tracker import Tracker
+
+from .conftest import OPERATION_FIELDS
+from .ts_sdk import call, run_client
+
+
+def _hints(read_only: bool, destructive: bool, idempotent: bool, open_world: bool) -> dict[str, bool]:
+    return {"readOnlyHint": read_only, "destructiveHint": destructive, "idempotentHint": idempotent, "openWorldHint": open_world}
+
+
+READS = _hints(read_only=True, destructive=False, idempotent=True, open_world=False)
+EXPECTED_ANNOTATIONS = {
+    "get_batch_status": READS,
+    "list_operations": READS,
+    "get_operation_items": READS,
+    "cancel_operation": _hints(read_only=False, destructive=True, idempotent=False, open_world=False),
+    "run_grid": _hints(read_only=False, destructive=False, idempotent=False, open_world=True),
+    "run_grid_batch": _hints(read_only=False, destructive=False, idempotent=False, open_world=True),
+    "get_run_status": _hints(read_only=True, destructive=False, idempotent=True, open_world=True),
+}
+
+
+def _answer(entry: dict[str, Any]) -> dict[str, Any]:
+    """A successful call's structured content, checked against its text content (the same JSON)."""
+    assert "error" not in entry, entry
+    result = entry["result"]
+    assert result["isError"] is False, result
+    assert [json.loads(text) for text in result["content"]] == [result["structuredContent"]]
+    return result["structuredContent"]
+
+
+def test_an_empty_database_through_the_typescript_client(tmp_path: Path) -> None:
+    long_id = "b" * 500
+    output = run_client(
+        tmp_path / "t.db",
+        [
+            call("list_operations"),
+            call("get_batch_status", batch_operation_id="batch_import_unknown"),
+            call("get_batch_status", batch_operation_id=long_id),
+        ],
+    )
+    tools = {tool["name"]: tool for tool in output["tools"]}
+    assert len(output["tools"]) == 7
+    assert {name: tool["annotations"] for name, tool in tools.items()} == EXPECTED_ANNOTATIONS
+    for tool in tools.values():
+        assert tool["inputSchema"]["type"] == "object" and tool["outputSchema"]["type"] == "object", tool["name"]
+    assert tools["get_batch_status"]["inputSchema"]["required"] == ["batch_operation_id"]
+
+    listed, unknown, bad = output["calls"]
+    assert _answer(listed) == {"operations": [], "count": 0, "next_cursor": None}
+    assert _answer(unknown) == {
+        "found": False,
+        "message": 'Batch operation "batch_import_unknown" not found. Operations are kept for 1 hour after completion.',
+    }
+    # A bad argument is a tool error of one line that names the argument, not a thrown protocol error or a
+    # traceback, and it does not echo the 500 characters back.
+    assert bad["result"]["isError"] is True and bad["result"]["structuredContent"] is None
+    [text] = bad["result"]["content"]
+    assert "\n" not in text and "batch_operation_id" in text and "128" in text
+    assert long_id not in text and "Traceback" not in output["stderr"]
+
+
+def test_a_batch_recorded_by_the_python_library_through_the_typescript_client(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    with Tracker.open(db=str(db)) as tracker:
+        batch = tracker.start_batch("import", total=5, inputs={"file": "contacts.csv"})
+        for n in (1, 2, 3):
+            batch.record_success(f"contact-{n}")
+        batch.record_failure("missing email", row_number=4)
+        batch.finish()
+    output = run_client(
+        db,
+        [
+            call("get_batch_status", batch_operation_id=batch.id),
+            call("list_operations", kind="batch"),
+            call("get_operation_items", operation_id=batch.id, outcome="failed"),
+        ],
+    )
+    status, listed, failed = (_answer(entry) for entry in output["calls"])
+    assert status["found"] is True and OPERATION_FIELDS <= set(status["operation"])
+    operation = status["operation"]
+    assert (operation["batch_operation_id"], operation["operation_type"], operation["status"]) == (
+        batch.id, "import", "completed"
+    )
+    assert operation["progress"] == {"completed": 4, "total": 5, "percent": 80.0}
+    assert operation["successful_ids"] == ["contact-1", "contact-2", "contact-3"]
+    assert operation["failed_items"] == [{"row_number": 4, "error": "missing email"}]
+    assert [row["operation_id"] for row in listed["operations"]] == [batch.id] and listed["next_cursor"] is None
+    assert failed["found"] is True and failed["total_count"] == 1 and failed["next_cursor"] is None
+    assert [item["error"] for item in failed["items"]] == ["missing email"]

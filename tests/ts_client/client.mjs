@@ -1,0 +1,106 @@
+// Drives an MCP stdio server with the official TypeScript SDK client, as a default client would.
+//
+// Input, one JSON document on stdin:
+//   {"server": {"command": "...", "args": [...], "env": {...}, "cwd": "..."},
+//    "calls": [{"tool": "name", "arguments": {...},
+//               "options": {"timeout": ms, "resetTimeoutOnProgress": bool, "maxTotalTimeout": ms, "progress": bool}}]}
+// "options" is optional; without it a call gets the SDK's defaults (a 60 s request timeout, no progress token).
+// "progress": true asks for progress notifications (the SDK sends a progressToken) and records them.
+//
+// Output, one JSON document on stdout:
+//   {"sdk_version": "...", "server": {name, version} | null, "tools": [{name, description, inputSchema, outputSchema, annotations}],
+//    "calls": [{"tool", "result": {isError, structuredContent, content: [text...]}, "progress": [...], "elapsed_ms"}
+//              | {"tool", "error": {message, code, name}, "progress": [...], "elapsed_ms"}],
+//    "stderr": "the server's stderr"}
+// A failure before the calls (spawn, initialize, tools/list) prints {"fatal": {...}, "stderr": ...} and exits 1.
+// The calls run one after another; an error in one call is recorded and the next call still runs.
+
+import { readFileSync } from "node:fs";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+
+// Read from the file: the package's "exports" map "./*" to dist/, so an import of its package.json finds another one.
+const SDK_VERSION = JSON.parse(
+  readFileSync(new URL("./node_modules/@modelcontextprotocol/sdk/package.json", import.meta.url), "utf8"),
+).version;
+
+async function readStdin() {
+  const chunks = [];
+  for await (const chunk of process.stdin) chunks.push(chunk);
+  return JSON.parse(Buffer.concat(chunks).toString("utf8"));
+}
+
+function describeError(err) {
+  return { message: String(err?.message ?? err), code: err?.code ?? null, name: err?.name ?? null };
+}
+
+function shapeResult(result) {
+  return {
+    isError: result.isError ?? false,
+    structuredContent: result.structuredContent ?? null,
+    content: (result.content ?? []).map((part) => (part.type === "text" ? part.text : { type: part.type })),
+  };
+}
+
+async function listAllTools(client) {
+  const tools = [];
+  let cursor;
+  do {
+    const page = await client.listTools(cursor === undefined ? undefined : { cursor });
+    tools.push(...page.tools);
+    cursor = page.nextCursor;
+  } while (cursor);
+  return tools.map((tool) => ({
+    name: tool.name,
+    description: tool.description ?? null,
+    inputSchema: tool.inputSchema ?? null,
+    outputSchema: tool.outputSchema ?? null,
+    annotations: tool.annotations ?? null,
+  }));
+}
+
+async function runCall(client, call) {
+  const { progress: wantProgress, ...requestOptions } = call.options ?? {};
+  const progress = [];
+  if (wantProgress) requestOptions.onprogress = (notification) => progress.push(notification);
+  const started = Date.now();
+  try {
+    const result = await client.callTool({ name: call.tool, arguments: call.arguments ?? {} }, undefined, requestOptions);
+    return { tool: call.tool, result: shapeResult(result), progress, elapsed_ms: Date.now() - started };
+  } catch (err) {
+    return { tool: call.tool, error: describeError(err), progress, elapsed_ms: Date.now() - started };
+  }
+}
+
+async function main() {
+  const input = await readStdin();
+  const { command, args = [], env, cwd } = input.server;
+  const transport = new StdioClientTransport({ command, args, env, cwd, stderr: "pipe" });
+  let stderr = "";
+  transport.stderr?.on("data", (chunk) => (stderr += chunk.toString("utf8")));
+  const client = new Client({ name: "tracker-ts-client", version: "1.0.0" });
+  const output = { sdk_version: SDK_VERSION, server: null, tools: [], calls: [] };
+  let fatal = null;
+  try {
+    await client.connect(transport);
+    output.server = client.getServerVersion() ?? null;
+    output.tools = await listAllTools(client);
+    for (const call of input.calls ?? []) output.calls.push(await runCall(client, call));
+  } catch (err) {
+    fatal = describeError(err);
+  } finally {
+    await client.close().catch(() => {});
+  }
+  output.stderr = stderr;
+  if (fatal) {
+    process.stdout.write(JSON.stringify({ fatal, stderr }) + "\n");
+    process.exitCode = 1;
+  } else {
+    process.stdout.write(JSON.stringify(output) + "\n");
+  }
+}
+
+main().catch((err) => {
+  process.stdout.write(JSON.stringify({ fatal: describeError(err), stderr: "" }) + "\n");
+  process.exitCode = 1;
+});
