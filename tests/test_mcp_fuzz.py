@@ -6,9 +6,9 @@ numbers, forged cursors (including ones with a valid checksum, since the cursor 
 Every call must get an answer (a tool error with a one-line message that is not the generic "unexpected
 failure" one, or a structured answer; an unknown or a missing argument is refused by its name), the server must
 stay up (a good call right after answers), and a checksum of operations and operation_items, read through a
-separate connection, must not change for read-only tools and for rejected writes. One in-process `tracker serve` session per test (the raw-frames test speaks stdio to a real
-subprocess); the upstream is a refused 127.0.0.1 port and no API key is set, so nothing leaves the machine and
-failing runs fail at once."""
+separate connection, must not change for read-only tools and for rejected writes. One in-process `tracker serve`
+session per test (the raw-frames test speaks stdio to a real subprocess); the upstream is a refused 127.0.0.1 port
+and no API key is set, so nothing leaves the machine and failing runs fail at once."""
 
 from __future__ import annotations
 
