@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mcp.server.mcpserver import MCPServer
+from mcp.types import ToolAnnotations
 
 from tracker import Tracker, limits
+from tracker.server.strict import add_strict_tool
 
 from .conftest import FakeUpstreamProcess
 from .db_checks import checksum
@@ -172,3 +175,21 @@ async def test_tools_mounted_on_a_host_server_are_strict_too(tracker: Tracker) -
         listed = await session.answer("list_operations", status="running")
     assert [op["operation_id"] for op in listed["operations"]] == [running]  # not cancelled
 
+
+
+@pytest.mark.anyio
+async def test_pydantic_text_never_reaches_the_caller() -> None:
+    """Behind the name check, a value pydantic itself refuses (tracker's parameters take any value, but a tool
+    added with add_strict_tool might not) is named, not echoed in pydantic's multi-line text."""
+    server = MCPServer(name="strict")
+
+    def count_to(n: int) -> int:
+        """A typed parameter pydantic validates."""
+        return n
+
+    add_strict_tool(server, count_to, "count_to", "count", ToolAnnotations(read_only_hint=True))
+    async with in_process(server) as session:
+        answer = await session.call("count_to", {"n": SECRET})
+        assert (await session.answer("count_to", n=3)) == {"result": 3}
+    assert_one_line_error(answer, "count_to", "invalid n")
+    assert SECRET not in answer.text
