@@ -3,12 +3,12 @@ tools added later are covered too) is called with arguments generated from its o
 with hostile values: wrong types, 1 MB strings, unicode and control characters, null bytes, negative and huge
 numbers, forged cursors (including ones with a valid checksum, since the cursor key is public), SQL-looking text.
 
-Every call must get an answer (a tool error with a one-line-ish message that is not the generic "unexpected
-failure" one, or a structured answer), the server must stay up (a good call right after answers), and a checksum
-of operations and operation_items, read through a separate connection, must not change for read-only tools and
-for rejected writes. One in-process `tracker serve` session per test (the raw-frames test speaks stdio to a real
-subprocess); the upstream is a refused 127.0.0.1 port and no API key is set, so nothing leaves the machine and
-failing runs fail at once."""
+Every call must get an answer (a tool error with a one-line message that is not the generic "unexpected
+failure" one, or a structured answer; an unknown or a missing argument is refused by its name), the server must
+stay up (a good call right after answers), and a checksum of operations and operation_items, read through a
+separate connection, must not change for read-only tools and for rejected writes. One in-process `tracker serve`
+session per test (the raw-frames test speaks stdio to a real subprocess); the upstream is a refused 127.0.0.1 port
+and no API key is set, so nothing leaves the machine and failing runs fail at once."""
 
 from __future__ import annotations
 
@@ -303,6 +303,7 @@ def check_answer(tool: str, answer: Answer) -> None:
         assert answer.text.strip(), f"{tool}: empty error"
         assert answer.text != f"Error executing tool {tool}", f"{tool}: an unexpected exception (see server log)"
         assert len(answer.text) < 2000, f"{tool}: error of {len(answer.text)} chars"
+        assert "\n" not in answer.text, f"{tool}: an error of more than one line: {answer.text[:300]}"
         for leak in ("Traceback", "SELECT ", "INSERT ", "UPDATE operations", "sqlalchemy", "psycopg", "sqlite3."):
             assert leak not in answer.text, f"{tool}: {answer.text[:300]}"
         # The database is healthy: an error blaming it means a bad value reached SQL (e.g. NUL on PostgreSQL).
@@ -311,6 +312,24 @@ def check_answer(tool: str, answer: Answer) -> None:
         assert isinstance(answer.value, dict), f"{tool}: {answer.text[:300]}"
         if answer.value.get("found") is False:
             assert answer.value.get("message"), answer.value
+
+
+def check_call(session: SyncToolClient, tool: str, args: dict[str, Any]) -> Answer:
+    """Call, check_answer, and check the argument names (CONTRACTS.md section 4): an unknown name is refused
+    naming it, else a missing required one is; a call whose names are right is never refused for its names."""
+    answer = session.call(tool, args)
+    check_answer(tool, answer)
+    schema = session.tools[tool].input_schema
+    unknown = [name for name in args if name not in schema.get("properties", {})]
+    missing = [name for name in schema.get("required", []) if name not in args]
+    if unknown:
+        assert answer.is_error and "unknown argument" in answer.text, f"{tool} took {unknown}: {answer.text[:300]}"
+        assert json.dumps(unknown[0]) in answer.text, f"{tool}: {answer.text[:300]}"
+    elif missing:
+        assert answer.is_error and f"{missing[0]} " in answer.text and " required" in answer.text, answer.text[:300]
+    else:
+        assert not re.search(r"unknown argument| (is|are) required$", answer.text), f"{tool}: {answer.text[:300]}"
+    return answer
 
 
 def check_still_up(session: SyncToolClient, real: dict[str, Any]) -> None:
@@ -363,7 +382,7 @@ def _fuzz_read_only(settings_: Settings, caplog: pytest.LogCaptureFixture, examp
         def read_only_call(data: st.DataObject) -> None:
             tool = data.draw(st.sampled_from(tools), label="tool")
             args = data.draw(strategies[tool], label="arguments")
-            check_answer(tool, session.call(tool, args))
+            check_call(session, tool, args)
             assert checksum(settings_.db) == before, f"{tool} changed the database"
             check_still_up(session, real)
 
@@ -411,7 +430,7 @@ def test_forged_cursors_with_valid_checksums(
                 tool, args = "get_operation_items", {"operation_id": real["done"], "outcome": outcome, "cursor": cursor}
             else:
                 tool, args = "list_operations", {"cursor": cursor}
-            check_answer(tool, session.call(tool, args))
+            check_call(session, tool, args)
             assert checksum(db) == before
 
         forged()
@@ -468,7 +487,7 @@ def test_every_parameter_of_every_tool_takes_each_hostile_value(
                     for value in HOSTILE_TABLE:
                         args = {**baseline_arguments(schema, real), name: value}
                         try:
-                            check_answer(tool, session.call(tool, args))
+                            check_call(session, tool, args)
                         except AssertionError as exc:
                             problems.append(f"{tool}({name}={str(value)[:20]!r}): {str(exc).splitlines()[0][:200]}")
                         if read_only and checksum(db) != before:
@@ -495,8 +514,7 @@ def test_rejected_writes_change_nothing(tmp_path: Path, caplog: pytest.LogCaptur
             tool = data.draw(st.sampled_from(tools), label="tool")
             args = data.draw(strategies[tool], label="arguments")
             assume(not validators[tool].is_valid(args))
-            answer = session.call(tool, args)
-            check_answer(tool, answer)
+            answer = check_call(session, tool, args)
             assert answer.is_error, f"{tool} accepted arguments its schema rejects: {answer.text[:300]}"
             assert checksum(settings_.db) == before, f"a rejected {tool} call changed the database"
             check_still_up(session, real)
@@ -533,7 +551,7 @@ def test_writing_tools_always_answer_and_keep_the_database_whole(
         def any_write(data: st.DataObject) -> None:
             tool = data.draw(st.sampled_from(tools), label="tool")
             args = data.draw(st.one_of(valid[tool], strategies[tool]), label="arguments")
-            check_answer(tool, session.call(tool, args))
+            check_call(session, tool, args)
             check_still_up(session, real)
 
         any_write()

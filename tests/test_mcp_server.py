@@ -222,7 +222,8 @@ Args = Callable[[Shared], dict[str, Any]]
 BATCH_ID = "batch_operation_id"
 LIST_LIMIT = "limit must be a whole number from 1 to 100"
 BAD_CALLS: list[tuple[str, str, Args, str]] = [
-    ("missing id", "get_batch_status", lambda s: {}, "batch_operation_id"),
+    ("missing id", "get_batch_status", lambda s: {}, f"{BATCH_ID} is required"),
+    ("unknown argument", "list_operations", lambda s: {"state": "running"}, 'unknown argument "state"'),
     ("empty id", "get_batch_status", lambda s: {BATCH_ID: ""}, f"{BATCH_ID} must not be empty"),
     ("blank id", "get_batch_status", lambda s: {BATCH_ID: "  \t"}, f"{BATCH_ID} must not be empty"),
     ("long id", "get_batch_status", lambda s: {BATCH_ID: "b" * 257}, f"{BATCH_ID} is longer than 128"),

@@ -20,6 +20,7 @@ from ..remote import RunsService
 from ..settings import format_duration
 from ..checks import require_id
 from .status_tools import as_tool_errors
+from .strict import add_strict_tool
 
 _AS_GIVEN = PlainValidator(lambda value: value)  # no coercion: the service checks every value and names it
 
@@ -131,7 +132,7 @@ class RunTools:
             tools[:0] = [(self.run_grid, STARTS_RUNS), (self.run_grid_batch, STARTS_RUNS)]
         for fn, hints in tools:
             description = " ".join((fn.__doc__ or "").split()).replace("<retention>", self.retention)
-            server.add_tool(fn, name=fn.__name__, description=description, annotations=hints)
+            add_strict_tool(server, fn, fn.__name__, description, hints)
 
 
 def mount_run_tools(server: MCPServer, runs_service: RunsService, status_only: bool = False) -> None:

@@ -23,6 +23,7 @@ from ..status import (
     StatusService,
     require_outcome,
 )
+from .strict import add_strict_tool
 
 _AS_GIVEN = PlainValidator(lambda value: value)  # no coercion: tracker.status checks the value
 
@@ -176,4 +177,4 @@ class StatusTools:
             description = " ".join((fn.__doc__ or "").split())
             for placeholder, value in self._doc_values().items():
                 description = description.replace(placeholder, value)
-            server.add_tool(fn, name=fn.__name__, description=description, annotations=annotations)
+            add_strict_tool(server, fn, fn.__name__, description, annotations)
