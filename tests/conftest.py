@@ -14,7 +14,8 @@ from tracker.testing.fake_upstream import FakeUpstreamProcess as _Launcher
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable  # for child processes; tracker.testing.env.child_env(db) makes them import this checkout
 
-# Every field of a batch OPERATION in ../shared/CONTRACTS.md section 1: always present in a status answer.
+# Every field of a batch OPERATION in ../shared/CONTRACTS.md section 1 that is always present in a status answer;
+# completed_at and execution_time_ms are there once known (left out while running, never null).
 OPERATION_FIELDS = {
     "batch_operation_id",
     "operation_type",
@@ -23,9 +24,8 @@ OPERATION_FIELDS = {
     "successful_ids",
     "failed_items",
     "started_at",
-    "completed_at",
-    "execution_time_ms",
 }
+ENDED_FIELDS = {"completed_at", "execution_time_ms"}
 
 
 @pytest.fixture

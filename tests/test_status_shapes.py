@@ -18,7 +18,7 @@ from tracker.checks import optional_choice, optional_operation_type, require_id,
 from tracker.status import STATUS_ERROR_CHARS, StatusService, decode_cursor, encode_cursor, require_outcome
 from tracker.timeutil import utcnow
 
-from .conftest import OPERATION_FIELDS
+from .conftest import ENDED_FIELDS, OPERATION_FIELDS
 
 
 
@@ -57,8 +57,8 @@ def test_running_batch_has_every_contract_field(tracker: Tracker, service: Statu
     assert (operation["operation_type"], operation["status"]) == ("update", "running")
     assert operation["progress"] == {"completed": 0, "total": 10, "percent": 0.0}
     assert operation["successful_ids"] == [] and operation["failed_items"] == []
-    assert operation["started_at"].endswith("Z") and operation["completed_at"] is None
-    assert operation["execution_time_ms"] is None
+    assert operation["started_at"].endswith("Z")
+    assert not ENDED_FIELDS & set(operation)  # left out while unknown, never null (CONTRACTS.md section 1)
     assert operation["successful_ids_truncated"] is False and operation["successful_ids_next_cursor"] is None
 
 
@@ -79,7 +79,7 @@ def test_completed_batch_shape_and_failure_keys(tracker: Tracker, service: Statu
         {"id": "d", "row_number": 4, "error": "both"},
     ]
     assert operation["execution_time_ms"] == record.execution_time_ms
-    assert operation["completed_at"] is not None
+    assert operation["completed_at"].endswith("Z") and ENDED_FIELDS <= set(operation)
     json.dumps(operation)  # JSON-ready as it is
 
 

@@ -140,9 +140,10 @@ def bounded_page(
 def operation_dict(
     record: OperationRecord, successful: list[ItemRecord], failures: list[ItemRecord]
 ) -> dict[str, Any]:
-    """CONTRACTS.md section 1 OPERATION (every field always present) plus tracker's own fields: counts, the
-    error, and for each list a truncation flag and the get_operation_items cursor for the rest.
-    `successful` and `failures` are the first items, fetched with one row more than a page."""
+    """CONTRACTS.md section 1 OPERATION plus tracker's own fields: counts, the error, and for each list a
+    truncation flag and the get_operation_items cursor for the rest. The original's optional fields
+    (completed_at, execution_time_ms) are left out while unknown, never null: clients typed against it read a null
+    as a value. `successful` and `failures` are the first items, fetched with one row more than a page."""
     ids, last_ok, ok_truncated = bounded_page(
         successful, STATUS_PAGE_IDS, STATUS_PAGE_BYTES, lambda item: item.item_id, at_least_one=False
     )
@@ -153,7 +154,7 @@ def operation_dict(
         lambda item: failure_dict(item, STATUS_ERROR_CHARS),
         at_least_one=False,
     )
-    return {
+    operation: dict[str, Any] = {
         "batch_operation_id": record.id,
         "operation_type": record.operation_type,
         "status": record.status,
@@ -161,8 +162,13 @@ def operation_dict(
         "successful_ids": ids,
         "failed_items": failed,
         "started_at": iso(record.started_at),
-        "completed_at": iso(record.completed_at),
-        "execution_time_ms": record.execution_time_ms,
+    }
+    if record.completed_at is not None:
+        operation["completed_at"] = iso(record.completed_at)
+    if record.execution_time_ms is not None:
+        operation["execution_time_ms"] = record.execution_time_ms
+    return {
+        **operation,
         "kind": record.kind,
         "succeeded_count": record.succeeded_count,
         "failed_count": record.failed_count,
