@@ -95,10 +95,7 @@ class Batches:
             return
         params = batch.inputs
         row_count: int = params["row_count"]  # the rows themselves are read one at a time, as they are submitted
-        request = BatchParams(
-            params["grid_id"], params["mode"], params.get("output_columns"), params.get("source_id"),
-            params.get("concurrency", 1),
-        )
+        request = BatchParams.from_params(params)
         if resumed:
             for child in await c.db(c.store.children, batch_id, True, False):
                 log.warning("batch %s row %s was interrupted during submit: marked failed", batch_id, child.row_number)

@@ -25,6 +25,14 @@ class BatchParams:
     source_id: str | None
     concurrency: int
 
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> BatchParams:
+        """Back from what params() stored (batches written before `concurrency` was kept submit one at a time)."""
+        return cls(
+            params["grid_id"], params["mode"], params.get("output_columns"), params.get("source_id"),
+            params.get("concurrency", 1),
+        )
+
     def run(self, row: dict[str, str]) -> RunRequest:
         return RunRequest(self.grid_id, row, self.mode, self.output_columns, self.source_id)
 
