@@ -80,7 +80,8 @@ async def test_python_m_tracker_serves_the_tools_with_annotations(tmp_path: Path
     for name in STATUS_TOOLS - {"cancel_operation"}:
         assert tools[name].annotations.read_only_hint is True
     cancel = tools["cancel_operation"].annotations
-    assert (cancel.read_only_hint, cancel.destructive_hint, cancel.idempotent_hint) == (False, True, False)
+    # Repeating a cancel changes nothing (the operation stays cancelled; the repeat says so): idempotent.
+    assert (cancel.read_only_hint, cancel.destructive_hint, cancel.idempotent_hint) == (False, True, True)
     for name in ("get_batch_status", "get_run_status"):
         assert "every 2-5 seconds" in tools[name].description
         assert "kept for 1 hour after completion" in tools[name].description

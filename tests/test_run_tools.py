@@ -31,7 +31,7 @@ async def test_tools_are_listed_once_with_schemas_and_annotations(tmp_path: Path
     assert {"run_grid", "run_grid_batch", "get_run_status", "get_batch_status", "cancel_operation"} <= set(tools)
     run_grid = tools["run_grid"]
     assert run_grid.input_schema["required"] == ["grid_id", "inputs"]
-    assert run_grid.input_schema["properties"]["inputs"]["additionalProperties"] == {"type": "string"}
+    assert run_grid.input_schema["properties"]["inputs"]["additionalProperties"] == {"type": "string", "maxLength": 10_000}
     assert run_grid.input_schema["properties"]["mode"]["enum"] == ["sync", "async"]
     assert (run_grid.annotations.read_only_hint, run_grid.annotations.open_world_hint) == (False, True)
     assert tools["run_grid_batch"].input_schema["properties"]["rows"]["maxItems"] == 10_000

@@ -23,7 +23,7 @@ EXPECTED_ANNOTATIONS = {
     "get_batch_status": READS,
     "list_operations": READS,
     "get_operation_items": READS,
-    "cancel_operation": _hints(read_only=False, destructive=True, idempotent=False, open_world=False),
+    "cancel_operation": _hints(read_only=False, destructive=True, idempotent=True, open_world=False),
     "run_grid": _hints(read_only=False, destructive=False, idempotent=False, open_world=True),
     "run_grid_batch": _hints(read_only=False, destructive=False, idempotent=False, open_world=True),
     "get_run_status": _hints(read_only=True, destructive=False, idempotent=True, open_world=True),

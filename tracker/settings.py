@@ -60,6 +60,9 @@ class Settings:
     upstream_key: str = ""
     upstream_rate_per_s: float = 5.0
     poll_interval_s: float = 2.0
+    # A sync run_grid answers within this long: with the outputs, or "running" and the ids to poll. Under the 60 s
+    # a default MCP client waits for a request, whatever the upstream's own sync window (120 s).
+    sync_wait_s: float = 50.0
     # Longest wait for a database server (PostgreSQL): connecting, each statement or commit, a lock. After it,
     # DatabaseUnavailable, whether the server is slow, silent or partitioned away.
     db_timeout_s: float = 10.0
@@ -87,6 +90,8 @@ class Settings:
             values["upstream_rate_per_s"] = _positive_number(env["BITSCALE_RATE_LIMIT"], "BITSCALE_RATE_LIMIT")
         if env.get("TRACKER_POLL_INTERVAL"):
             values["poll_interval_s"] = parse_duration(env["TRACKER_POLL_INTERVAL"], "TRACKER_POLL_INTERVAL")
+        if env.get("TRACKER_SYNC_WAIT"):
+            values["sync_wait_s"] = parse_duration(env["TRACKER_SYNC_WAIT"], "TRACKER_SYNC_WAIT")
         if env.get("TRACKER_DB_TIMEOUT"):
             values["db_timeout_s"] = parse_duration(env["TRACKER_DB_TIMEOUT"], "TRACKER_DB_TIMEOUT")
             if not values["db_timeout_s"] > 0:

@@ -20,6 +20,16 @@ from .checks import type_name
 from .errors import InvalidInput, OperationClosed, OperationNotFound
 from .records import ItemRecord, OperationRecord
 from .settings import format_duration
+from .shapes import (
+    BatchStatus,
+    Cancelled,
+    FailedItem,
+    Operation,
+    OperationItems,
+    OperationPage,
+    OperationSummary,
+    Progress,
+)
 from .timeutil import iso, parse_iso
 
 OUTCOMES = ("succeeded", "failed")
@@ -103,19 +113,19 @@ def _json_bytes(value: Any) -> int:
     return len(json.dumps(value, ensure_ascii=False, indent=2).encode()) + 8
 
 
-def progress(record: OperationRecord) -> dict[str, Any]:
+def progress(record: OperationRecord) -> Progress:
     return {"completed": record.completed, "total": record.total, "percent": record.percent}
 
 
-def failure_dict(item: ItemRecord, error_chars: int | None = None) -> dict[str, Any]:
+def failure_dict(item: ItemRecord, error_chars: int | None = None) -> FailedItem:
     """{id?, row_number?, error}: a key only when the failure has it."""
-    failure: dict[str, Any] = {}
+    failure: dict[str, Any] = {}  # shapes.FailedItem
     if item.item_id is not None:
         failure["id"] = item.item_id
     if item.row_number is not None:
         failure["row_number"] = item.row_number
     failure["error"] = item.error if error_chars is None else _clip(item.error, error_chars)
-    return failure
+    return failure  # type: ignore[return-value]
 
 
 def bounded_page(
@@ -137,9 +147,7 @@ def bounded_page(
     return page, last_seq, len(page) < len(items)
 
 
-def operation_dict(
-    record: OperationRecord, successful: list[ItemRecord], failures: list[ItemRecord]
-) -> dict[str, Any]:
+def operation_dict(record: OperationRecord, successful: list[ItemRecord], failures: list[ItemRecord]) -> Operation:
     """CONTRACTS.md section 1 OPERATION plus tracker's own fields: counts, the error, and for each list a
     truncation flag and the get_operation_items cursor for the rest. The original's optional fields
     (completed_at, execution_time_ms) are left out while unknown, never null: clients typed against it read a null
@@ -154,25 +162,16 @@ def operation_dict(
         lambda item: failure_dict(item, STATUS_ERROR_CHARS),
         at_least_one=False,
     )
-    operation: dict[str, Any] = {
+    core = _core(record)
+    return {  # the contract's fields first, in its order
         "batch_operation_id": record.id,
-        "operation_type": record.operation_type,
-        "status": record.status,
-        "progress": progress(record),
+        "operation_type": core.pop("operation_type"),
+        "status": core.pop("status"),
+        "progress": core.pop("progress"),
         "successful_ids": ids,
         "failed_items": failed,
-        "started_at": iso(record.started_at),
-    }
-    if record.completed_at is not None:
-        operation["completed_at"] = iso(record.completed_at)
-    if record.execution_time_ms is not None:
-        operation["execution_time_ms"] = record.execution_time_ms
-    return {
-        **operation,
-        "kind": record.kind,
-        "succeeded_count": record.succeeded_count,
-        "failed_count": record.failed_count,
-        "error": _clip(record.error, SUMMARY_ERROR_CHARS),
+        **core,
+        **_counts(record),
         "successful_ids_truncated": ok_truncated,
         "successful_ids_next_cursor": _items_cursor(record.id, "succeeded", last_ok) if ok_truncated else None,
         "failed_items_truncated": failed_truncated,
@@ -180,24 +179,37 @@ def operation_dict(
     }
 
 
-def summary_dict(record: OperationRecord) -> dict[str, Any]:
-    """One row of list_operations: counts and times, no item lists."""
-    summary: dict[str, Any] = {
-        "operation_id": record.id,
-        "kind": record.kind,
+def _core(record: OperationRecord) -> dict[str, Any]:
+    """shapes.OperationCore of a record, but for `kind` and the counts (which follow in the answers)."""
+    core: dict[str, Any] = {
         "operation_type": record.operation_type,
         "status": record.status,
         "progress": progress(record),
+        "started_at": iso(record.started_at),
+    }
+    if record.completed_at is not None:
+        core["completed_at"] = iso(record.completed_at)
+    if record.execution_time_ms is not None:
+        core["execution_time_ms"] = record.execution_time_ms
+    return core
+
+
+def _counts(record: OperationRecord) -> dict[str, Any]:
+    return {
+        "kind": record.kind,
         "succeeded_count": record.succeeded_count,
         "failed_count": record.failed_count,
-        "started_at": iso(record.started_at),
-        "completed_at": iso(record.completed_at),
-        "execution_time_ms": record.execution_time_ms,
         "error": _clip(record.error, SUMMARY_ERROR_CHARS),
     }
+
+
+def summary_dict(record: OperationRecord) -> OperationSummary:
+    """One row of list_operations: counts and times, no item lists; a run's fields only once known."""
+    summary: dict[str, Any] = {"operation_id": record.id, **_core(record), **_counts(record)}
     if record.kind == "run":
-        summary.update(request_id=record.request_id, grid_id=record.grid_id, mode=record.mode)
-    return summary
+        run = {"request_id": record.request_id, "grid_id": record.grid_id, "mode": record.mode}
+        summary.update({name: value for name, value in run.items() if value is not None})
+    return summary  # type: ignore[return-value]
 
 
 def _items_cursor(operation_id: str, outcome: str, after_seq: int | None) -> str:
@@ -215,13 +227,13 @@ class StatusService:
         self.tracker = tracker
         self.retention = format_duration(tracker.settings.retention_s)
 
-    def not_found(self, noun: str, operation_id: str, kept: str = "Operations") -> dict[str, Any]:
+    def not_found(self, noun: str, operation_id: str, kept: str = "Operations") -> Any:
         return {
             "found": False,
             "message": f'{noun} "{operation_id}" not found. {kept} are kept for {self.retention} after completion.',
         }
 
-    def batch_status(self, operation_id: str) -> dict[str, Any]:
+    def batch_status(self, operation_id: str) -> BatchStatus:
         # One snapshot read: a status poll is the hot read path (figure 2 of scripts/bench.py).
         with database_errors(self.tracker.store.location):
             found = self.tracker.store.get_with_first_items(operation_id, STATUS_PAGE_IDS + 1, STATUS_PAGE_FAILURES + 1)
@@ -231,7 +243,7 @@ class StatusService:
 
     def list_operations(
         self, kind: str | None, status: str | None, operation_type: str | None, limit: int, cursor: Any
-    ) -> dict[str, Any]:
+    ) -> OperationPage:
         filters = [kind, status, operation_type]
         before = None
         if cursor is not None:
@@ -257,7 +269,7 @@ class StatusService:
             next_cursor = encode_cursor("list", t=iso(last.started_at), i=last.id, f=filters)
         return {"operations": [summary_dict(r) for r in page], "count": len(page), "next_cursor": next_cursor}
 
-    def operation_items(self, operation_id: str, outcome: str, cursor: Any, limit: int) -> dict[str, Any]:
+    def operation_items(self, operation_id: str, outcome: str, cursor: Any, limit: int) -> OperationItems:
         after_seq = 0
         if cursor is not None:
             position = decode_cursor(cursor, "items", "get_operation_items")
@@ -287,7 +299,7 @@ class StatusService:
             "next_cursor": _items_cursor(operation_id, outcome, last_seq) if more else None,
         }
 
-    def cancel(self, operation_id: str) -> dict[str, Any]:
+    def cancel(self, operation_id: str) -> Cancelled:
         try:
             self.tracker.cancel(operation_id, "cancelled by cancel_operation")
         except OperationNotFound:
@@ -296,6 +308,6 @@ class StatusService:
             current = self.tracker.summary(operation_id)
             status = current.status if current is not None else "ended"
             raise OperationClosed(
-                f"operation_id {operation_id!r} is already {status}; only a running operation can be cancelled"
+                f"operation_id names an operation that is already {status}; only a running operation can be cancelled"
             ) from None
         return {"cancelled": True, **self.batch_status(operation_id)}

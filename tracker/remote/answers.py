@@ -11,6 +11,7 @@ from ..limits import UPSTREAM_ERROR_CHARS
 from ..models import COMPLETED, RUNNING
 from ..records import OperationRecord
 from ..settings import Settings
+from ..shapes import Run
 from ..timeutil import iso
 
 INTERRUPTED = (
@@ -27,15 +28,12 @@ def run_answer(
     stale: bool = False,
     error: str | None = None,
     queued_s: float | None = None,
-) -> dict[str, Any]:
-    """The run as get_run_status shows it. stale: the status is the last one known (the upstream could not be
-    asked); queued_s: the answer is from the table because the rate limit is booked that far ahead."""
-    answer: dict[str, Any] = {
-        "mode": record.mode,
-        "status": record.status,
-        "grid_id": record.grid_id,
-        "request_id": record.request_id,
-    }
+) -> Run:
+    """The run as get_run_status (and run_grid) shows it: shapes.Run, each optional field only once known. stale:
+    the status is the last one known (the upstream could not be asked); queued_s: the answer is from the table
+    because the rate limit is booked that far ahead."""
+    answer: dict[str, Any] = {"mode": record.mode, "status": record.status, "grid_id": record.grid_id}
+    answer["request_id"] = record.request_id
     if record.status == COMPLETED:
         answer["outputs"] = record.outputs
     if record.status == RUNNING and record.request_id is not None:
@@ -58,9 +56,14 @@ def run_answer(
             f"Still running as of last_polled_at (this answer is from tracker's table: the upstream's rate limit"
             f" is booked about {queued_s:.0f} s ahead). Call get_run_status again in 5 s."
         )
+    elif record.status == RUNNING and record.request_id is None:
+        answer["message"] = (
+            "Still running: the upstream has not answered the submission yet. Call get_run_status with this"
+            f" operation_id as request_id in {settings.poll_interval_s:g}-5 s."
+        )
     elif record.status == RUNNING:
         answer["message"] = f"Still running; call get_run_status again in {settings.poll_interval_s:g}-5 s."
-    return answer
+    return {name: value for name, value in answer.items() if value is not None}  # type: ignore[return-value]
 
 
 def poll_url(base_url: str, request_id: str) -> str | None:

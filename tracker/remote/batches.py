@@ -18,6 +18,7 @@ from ..errors import DatabaseUnavailable, NothingSent, OperationClosed
 from ..ids import new_operation_id
 from ..models import FAILED
 from ..records import OperationRecord
+from ..shapes import BatchStarted
 from ..timeutil import iso
 from .answers import INTERRUPTED
 from .context import OPERATION_TYPE, RunContext
@@ -36,7 +37,7 @@ class Batches:
         self.submitter = submitter
         self.workers: dict[str, asyncio.Task[Any]] = {}
 
-    async def create(self, request: BatchRequest) -> dict[str, Any]:
+    async def create(self, request: BatchRequest) -> BatchStarted:
         """Record the batch and start its worker; returns the answer of run_grid_batch."""
         c = self.context
         record = await c.db(

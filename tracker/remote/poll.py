@@ -13,6 +13,7 @@ from ..errors import InvalidInput, OperationNotFound, TrackerError, UpstreamErro
 from ..ids import new_operation_id
 from ..limits import ID_CHARS
 from ..models import COMPLETED, FAILED, RUNNING
+from ..shapes import Run
 from ..store.runs import FIRST_SEEN, RunRecord
 from .answers import NO_UPSTREAM, run_answer, upstream_failure
 from .context import OPERATION_TYPE, RunContext
@@ -36,10 +37,10 @@ class Poller:
         self._queued: set[str] = set()  # runs whose poll waits for its rate-limit slot in the background
         self._slots = asyncio.Semaphore(POLLERS)
 
-    def answer(self, record: RunRecord, **shown: Any) -> dict[str, Any]:
+    def answer(self, record: RunRecord, **shown: Any) -> Run:
         return run_answer(record, self.context.settings, **shown)
 
-    async def status_of(self, record: RunRecord) -> dict[str, Any]:
+    async def status_of(self, record: RunRecord) -> Run:
         """get_run_status of a recorded run: from the table when it has ended (or was never accepted), else after
         a poll if one is due and this caller wins its claim."""
         c = self.context
@@ -101,7 +102,7 @@ class Poller:
                 polled += outcome
         return polled
 
-    async def poll(self, record: RunRecord, claim: str) -> dict[str, Any]:
+    async def poll(self, record: RunRecord, claim: str) -> Run:
         """One GET of a run whose poll claim we hold, and its answer written (which releases the claim)."""
         c = self.context
         assert record.request_id is not None
@@ -130,7 +131,7 @@ class Poller:
             updated = await c.record_end(record.id, answer)
         return self.answer(updated)
 
-    async def look_up(self, request_id: str) -> dict[str, Any]:
+    async def look_up(self, request_id: str) -> Run:
         """A request_id tracker never saw (started elsewhere): ask the upstream once and keep what it says."""
         c = self.context
         if not c.has_upstream:
@@ -141,7 +142,7 @@ class Poller:
             answer = await c.upstream.run_status(request_id)
         except UpstreamError as exc:
             raise UpstreamError(
-                f"request_id {request_id!r} is not in tracker and the upstream could not be asked: {exc}",
+                f"request_id is not in tracker and the upstream could not be asked: {exc}",
                 status_code=exc.status_code,
                 body_excerpt=exc.body_excerpt,
             ) from None

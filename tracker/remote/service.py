@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 
 from ..errors import DuplicateRun, InvalidInput, TrackerError
 from ..settings import Settings
+from ..shapes import BatchStarted, Run
 from ..store.runs import RunRecord
 from .batches import ADOPT_EVERY_S, Adopter, Batches
 from .context import RunContext
@@ -21,6 +22,9 @@ from .submit import Submitter, run_values
 from .upstream import Upstream
 
 log = logging.getLogger(__name__)
+
+Progress = Callable[[float, str], Awaitable[None]]  # (seconds waited, message): a progress notification
+SYNC_PROGRESS_EVERY_S = 5.0  # well under any client's request timeout, which progress may reset
 
 
 class RunsService:
@@ -46,10 +50,13 @@ class RunsService:
         output_columns: list[str] | None = None,
         source_id: str | None = None,
         idempotency_key: str | None = None,
-    ) -> dict[str, Any]:
-        """Submit one run. sync: wait (without blocking other work) up to the upstream's window and return its
-        outputs, else its request_id. async: return the request_id at once. A repeated idempotency_key returns
-        the run already recorded for it and submits nothing."""
+        progress: Progress | None = None,
+    ) -> Run:
+        """Submit one run and answer within settings.sync_wait_s: the upstream's answer (sync: outputs when it
+        finished in time, else its request_id; async: the request_id), or, if the upstream has not answered by
+        then, the run as recorded (running, with its operation_id to poll). `progress(seconds_waited, message)` is
+        called every SYNC_PROGRESS_EVERY_S meanwhile. A repeated idempotency_key returns the run already recorded
+        for it and submits nothing."""
         request = check_run(grid_id, inputs, mode, output_columns, source_id)
         key = check_idempotency_key(idempotency_key)
         c = self.context
@@ -64,12 +71,25 @@ class RunsService:
             if existing is None:
                 raise
             return await self._replay(existing, request.grid_id, request.inputs)
-        # The submission runs in the service's own task: a client that gives up on the call (or cancels it)
-        # does not cut the POST short, and the outcome is still recorded.
+        # The submission runs in the service's own task: a client that gives up on the call (or cancels it), or
+        # this call answering at its bound, does not cut the POST short, and the outcome is still recorded.
         task = c.tasks.spawn(self.submitter.submit_single(record, request))
-        return self.poller.answer(await asyncio.shield(task))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + max(0.0, self.settings.sync_wait_s)
+        while (remaining := deadline - loop.time()) > 0:
+            done, _ = await asyncio.wait({task}, timeout=min(SYNC_PROGRESS_EVERY_S, remaining))
+            if done:
+                return self.poller.answer(task.result())
+            if progress is not None and deadline - loop.time() > 0:
+                waited = loop.time() - started
+                await progress(waited, f"run {record.id}: waiting for the upstream ({waited:.0f} s)")
+        if task.done():
+            return self.poller.answer(task.result())
+        # Past the bound: answer as the upstream does past its window. The POST goes on; its answer is recorded.
+        return self.poller.answer(await c.db(self.store.get, record.id) or record)
 
-    async def _replay(self, existing: RunRecord, grid_id: str, inputs: dict[str, str]) -> dict[str, Any]:
+    async def _replay(self, existing: RunRecord, grid_id: str, inputs: dict[str, str]) -> Run:
         recorded = existing.inputs.get("inputs") if isinstance(existing.inputs, dict) else None
         if existing.grid_id != grid_id or recorded != inputs:
             raise InvalidInput(
@@ -79,7 +99,7 @@ class RunsService:
             return {**await self.poller.status_of(existing), "replayed": True}
         return {**self.poller.answer(existing), "replayed": True}
 
-    async def get_run_status(self, request_id: str) -> dict[str, Any]:
+    async def get_run_status(self, request_id: str) -> Run:
         """The run's status. Ended runs come from the table (no upstream request); a running one is re-polled
         when its last poll is older than the poll interval; when the upstream cannot be reached (or none is
         configured) the last known status comes back with stale: true and the error. An id tracker never saw is
@@ -101,7 +121,7 @@ class RunsService:
         output_columns: list[str] | None = None,
         source_id: str | None = None,
         concurrency: int = 4,
-    ) -> dict[str, Any]:
+    ) -> BatchStarted:
         """Record a batch of runs and return its batch_operation_id at once; a background worker submits each row
         (as a run linked to the batch) and polls the runs until each has ended."""
         return await self.batches.create(check_batch(grid_id, rows, mode, output_columns, source_id, concurrency))

@@ -10,14 +10,25 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import ToolAnnotations
 from pydantic import Field, PlainValidator, WithJsonSchema
 
 from ..errors import OperationNotFound
-from ..limits import BATCH_CONCURRENCY, BATCH_CONCURRENCY_DEFAULT, BATCH_ROWS, ID_CHARS, KEY_CHARS
+from ..limits import (
+    BATCH_CONCURRENCY,
+    BATCH_CONCURRENCY_DEFAULT,
+    BATCH_ROWS,
+    ID_CHARS,
+    INPUT_COLUMNS,
+    INPUT_VALUE_CHARS,
+    KEY_CHARS,
+)
 from ..remote import RunsService
+from ..remote.service import Progress
+from ..remote.requests import MODES
 from ..settings import format_duration
+from ..shapes import BatchStarted, Run, RunStatus
 from ..checks import require_id
 from .status_tools import as_tool_errors
 from .strict import add_strict_tool
@@ -28,29 +39,34 @@ GridId = Annotated[
     str, _AS_GIVEN, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": ID_CHARS}),
     Field(description="the grid to run"),
 ]
+_INPUTS_SCHEMA = {
+    "type": "object", "minProperties": 1, "maxProperties": INPUT_COLUMNS,
+    "propertyNames": {"minLength": 1, "maxLength": ID_CHARS},
+    "additionalProperties": {"type": "string", "maxLength": INPUT_VALUE_CHARS},
+}
 Inputs = Annotated[
-    dict[str, str], _AS_GIVEN,
-    WithJsonSchema({"type": "object", "minProperties": 1, "additionalProperties": {"type": "string"}}),
-    Field(description="input column label -> value for the new row"),
+    dict[str, str], _AS_GIVEN, WithJsonSchema(_INPUTS_SCHEMA),
+    Field(description="input column label -> value for the new row (get_grid_details lists the labels)"),
 ]
 Rows = Annotated[
     list[dict[str, str]], _AS_GIVEN,
-    WithJsonSchema(
-        {
-            "type": "array", "minItems": 1, "maxItems": BATCH_ROWS,
-            "items": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "string"}},
-        }
-    ),
+    WithJsonSchema({"type": "array", "minItems": 1, "maxItems": BATCH_ROWS, "items": _INPUTS_SCHEMA}),
     Field(description=f"one inputs object per run, at most {BATCH_ROWS}"),
 ]
-Mode = Annotated[str, _AS_GIVEN, WithJsonSchema({"enum": ["sync", "async"]})]
+Mode = Annotated[str, _AS_GIVEN, WithJsonSchema({"type": "string", "enum": list(MODES)})]
+# Optional arguments are simply not required; each schema has one type (no ["string", "null"] arrays, which
+# strict clients warn about). The checks still take an explicit null as "omitted".
 OutputColumns = Annotated[
-    list[str] | None, _AS_GIVEN, WithJsonSchema({"type": ["array", "null"], "items": {"type": "string"}}),
+    list[str] | None, _AS_GIVEN,
+    WithJsonSchema({"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": ID_CHARS}}),
     Field(description="column ids to return; omit for all"),
 ]
-OptionalText = Annotated[str | None, _AS_GIVEN, WithJsonSchema({"type": ["string", "null"]})]
+SourceId = Annotated[
+    str | None, _AS_GIVEN, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": ID_CHARS}),
+    Field(description="the upstream's source_id for the new row, if any"),
+]
 IdempotencyKey = Annotated[
-    str | None, _AS_GIVEN, WithJsonSchema({"type": ["string", "null"], "maxLength": KEY_CHARS}),
+    str | None, _AS_GIVEN, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": KEY_CHARS}),
     Field(description="any unique string; calling again with the same key returns the same run, submitted once"),
 ]
 Concurrency = Annotated[
@@ -66,6 +82,17 @@ STARTS_RUNS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idem
 POLLS = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
 
 
+def _progress_to(ctx: Context | None) -> Progress | None:
+    """Progress notifications to the caller of this request (the SDK sends none unless it gave a progressToken)."""
+    if ctx is None:
+        return None
+
+    async def report(waited: float, message: str) -> None:
+        await ctx.report_progress(waited, message=message)
+
+    return report
+
+
 class RunTools:
     def __init__(self, runs: RunsService) -> None:
         self.runs = runs
@@ -77,18 +104,22 @@ class RunTools:
         inputs: Inputs,
         mode: Mode = "sync",
         output_columns: OutputColumns = None,
-        source_id: OptionalText = None,
+        source_id: SourceId = None,
         idempotency_key: IdempotencyKey = None,
-    ) -> dict[str, Any]:
-        """Run a grid on one new row of inputs (this spends credits). mode="sync" waits up to the upstream's
-        window (about 2 minutes) and returns {mode, status: "completed", outputs: {column_id: {value, name}}}; if
-        the run takes longer, or with mode="async", it returns {status: "running", request_id, poll_url}: then
-        call get_run_status(request_id) every 2-5 seconds. Every run is recorded, so its status survives
-        restarts. Pass an idempotency_key when you might retry: a repeated key returns the recorded run and
-        submits nothing. An error mentioning "unknown" means the upstream may have the run; do not resubmit
-        blindly."""
+        ctx: Context | None = None,
+    ) -> Run:
+        """Run a grid on one new row of inputs (this spends credits; get_grid_details lists the input labels).
+        mode="sync" waits at most <sync_wait> and returns {mode, status: "completed", outputs: {column_id: {value,
+        name}}}; if the run takes longer, or with mode="async", it returns {status: "running", operation_id,
+        request_id, poll_url} (request_id once the upstream gave one): then call get_run_status with the
+        request_id (or the operation_id) every 2-5 seconds. Every answer names the run's operation_id, and every
+        run is recorded, so its status survives restarts and a lost call. Pass an idempotency_key when you might
+        retry: a repeated key returns the recorded run and submits nothing. An error mentioning "unknown" means
+        the upstream may have the run; do not resubmit blindly."""
         with as_tool_errors():
-            return await self.runs.run_grid(grid_id, inputs, mode, output_columns, source_id, idempotency_key)
+            return await self.runs.run_grid(
+                grid_id, inputs, mode, output_columns, source_id, idempotency_key, progress=_progress_to(ctx)
+            )
 
     async def run_grid_batch(
         self,
@@ -96,9 +127,9 @@ class RunTools:
         rows: Rows,
         mode: Mode = "async",
         output_columns: OutputColumns = None,
-        source_id: OptionalText = None,
+        source_id: SourceId = None,
         concurrency: Concurrency = BATCH_CONCURRENCY_DEFAULT,
-    ) -> dict[str, Any]:
+    ) -> BatchStarted:
         """Run a grid once per row of inputs, in the background (each run spends credits). Returns at once with
         {batch_operation_id, status: "running", total}; poll get_batch_status(batch_operation_id) every 2-5
         seconds for progress. When it ends, successful_ids are the runs' request_ids (pass one to get_run_status
@@ -108,7 +139,7 @@ class RunTools:
         with as_tool_errors():
             return await self.runs.run_grid_batch(grid_id, rows, mode, output_columns, source_id, concurrency)
 
-    async def get_run_status(self, request_id: RequestId) -> dict[str, Any]:
+    async def get_run_status(self, request_id: RequestId) -> RunStatus:
         """Status of a grid run by the request_id that run_grid returned: {found: true, mode, status, grid_id,
         outputs (when completed), error (when failed)}. status is running, completed, failed or cancelled. While
         running, call again every 2-5 seconds (tracker asks the upstream at most once per poll interval). stale:
@@ -132,6 +163,7 @@ class RunTools:
             tools[:0] = [(self.run_grid, STARTS_RUNS), (self.run_grid_batch, STARTS_RUNS)]
         for fn, hints in tools:
             description = " ".join((fn.__doc__ or "").split()).replace("<retention>", self.retention)
+            description = description.replace("<sync_wait>", format_duration(self.runs.settings.sync_wait_s))
             add_strict_tool(server, fn, fn.__name__, description, hints)
 
 

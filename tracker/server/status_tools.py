@@ -23,6 +23,7 @@ from ..status import (
     StatusService,
     require_outcome,
 )
+from ..shapes import BatchStatus, Cancelled, OperationItems, OperationPage
 from .strict import add_strict_tool
 
 _AS_GIVEN = PlainValidator(lambda value: value)  # no coercion: tracker.status checks the value
@@ -38,19 +39,19 @@ OperationId = Annotated[
 Cursor = Annotated[
     Any,
     _AS_GIVEN,
-    WithJsonSchema({"type": ["string", "null"]}),
+    WithJsonSchema({"type": "string", "maxLength": limits.CURSOR_CHARS}),
     Field(description="next_cursor from the previous page; omit it for the first page"),
 ]
 Kind = Annotated[
-    Any, _AS_GIVEN, WithJsonSchema({"enum": [*KINDS, None]}), Field(description="only batches, or only remote runs")
+    Any, _AS_GIVEN, WithJsonSchema({"type": "string", "enum": list(KINDS)}), Field(description="only batches, or only remote runs")
 ]
 Status = Annotated[
-    Any, _AS_GIVEN, WithJsonSchema({"enum": [*STATUSES, None]}), Field(description="only operations in this status")
+    Any, _AS_GIVEN, WithJsonSchema({"type": "string", "enum": list(STATUSES)}), Field(description="only operations in this status")
 ]
 OperationType = Annotated[
     Any,
     _AS_GIVEN,
-    WithJsonSchema({"type": ["string", "null"], "maxLength": limits.OPERATION_TYPE_CHARS}),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": limits.OPERATION_TYPE_CHARS}),
     Field(description="only this operation_type, e.g. import"),
 ]
 ListLimit = Annotated[
@@ -62,18 +63,19 @@ ListLimit = Annotated[
 ItemsLimit = Annotated[
     Any,
     _AS_GIVEN,
-    WithJsonSchema({"type": ["integer", "null"], "minimum": 1, "maximum": limits.ITEMS_LIMIT}),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": limits.ITEMS_LIMIT}),
     Field(description=f"items per page (default {limits.ITEMS_LIMIT_DEFAULT}); a page of long items holds fewer"),
 ]
 Outcome = Annotated[
     Any,
     _AS_GIVEN,
-    WithJsonSchema({"enum": list(OUTCOMES)}),
+    WithJsonSchema({"type": "string", "enum": list(OUTCOMES)}),
     Field(description="succeeded: the successful ids; failed: the failures with their errors"),
 ]
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
-DESTRUCTIVE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False)
+# Cancelling again changes nothing (the operation stays cancelled; the repeat says so): idempotent.
+CANCELS = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
 
 
 @contextmanager
@@ -92,7 +94,7 @@ class StatusTools:
     def __init__(self, tracker: Tracker) -> None:
         self.service = StatusService(tracker)
 
-    async def get_batch_status(self, batch_operation_id: BatchOperationId) -> dict[str, Any]:
+    async def get_batch_status(self, batch_operation_id: BatchOperationId) -> BatchStatus:
         """Status of a batch operation (update, delete, import, ...) that a tool started and handed you a
         batch_operation_id for. Returns {"found": true, "operation": {batch_operation_id, operation_type, status,
         progress: {completed, total, percent}, successful_ids, failed_items: [{id?, row_number?, error}],
@@ -113,7 +115,7 @@ class StatusTools:
         operation_type: OperationType = None,
         limit: ListLimit = limits.LIST_LIMIT_DEFAULT,
         cursor: Cursor = None,
-    ) -> dict[str, Any]:
+    ) -> OperationPage:
         """Recent batch operations and remote runs, newest first, optionally only one kind, status or
         operation_type. Returns {"operations": [{operation_id, kind, operation_type, status, progress, counts,
         started_at, completed_at, ...}], "next_cursor"}. next_cursor is null on the last page; otherwise pass it
@@ -134,7 +136,7 @@ class StatusTools:
         outcome: Outcome = "succeeded",
         cursor: Cursor = None,
         limit: ItemsLimit = None,
-    ) -> dict[str, Any]:
+    ) -> OperationItems:
         """Pages through all the successful ids (outcome="succeeded") or all the failures with their full error
         text (outcome="failed") of an operation, in completion order. Returns {"found": true, "items": [...],
         "total_count", "status", "next_cursor"}; next_cursor is null when there are no more items (yet: a running
@@ -147,7 +149,7 @@ class StatusTools:
             checked_limit = require_limit(limit, "limit", limits.ITEMS_LIMIT, limits.ITEMS_LIMIT_DEFAULT)
             return await _off_loop(self.service.operation_items, checked_id, checked_outcome, cursor, checked_limit)
 
-    async def cancel_operation(self, operation_id: OperationId) -> dict[str, Any]:
+    async def cancel_operation(self, operation_id: OperationId) -> Cancelled:
         """Cancels a running batch operation or run: its status becomes cancelled at once, and the process doing
         the work stops at its next recorded item; items already done stay done. Returns {"cancelled": true,
         "found": true, "operation": ...} as get_batch_status does. Cancelling an operation that already completed,
@@ -171,7 +173,7 @@ class StatusTools:
             (self.get_batch_status, READ_ONLY),
             (self.list_operations, READ_ONLY),
             (self.get_operation_items, READ_ONLY),
-            (self.cancel_operation, DESTRUCTIVE),
+            (self.cancel_operation, CANCELS),
         ]
         for fn, annotations in tools:
             description = " ".join((fn.__doc__ or "").split())
