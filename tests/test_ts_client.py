@@ -98,3 +98,78 @@ def test_a_batch_recorded_by_the_python_library_through_the_typescript_client(tm
     assert [row["operation_id"] for row in listed["operations"]] == [batch.id] and listed["next_cursor"] is None
     assert failed["found"] is True and failed["total_count"] == 1 and failed["next_cursor"] is None
     assert [item["error"] for item in failed["items"]] == ["missing email"]
+
+
+def _type_arrays(schema: Any, where: str = "") -> list[str]:
+    """Where a JSON schema uses a type array (["string", "null"]) or a null enum value: strict clients warn."""
+    found: list[str] = []
+    if isinstance(schema, dict):
+        if isinstance(schema.get("type"), list):
+            found.append(f"{where}: type {schema['type']}")
+        if isinstance(schema.get("enum"), list) and None in schema["enum"]:
+            found.append(f"{where}: enum with null")
+        for key, value in schema.items():
+            found += _type_arrays(value, f"{where}/{key}")
+    elif isinstance(schema, list):
+        for n, value in enumerate(schema):
+            found += _type_arrays(value, f"{where}/{n}")
+    return found
+
+
+def test_every_tool_describes_its_answer_without_type_arrays(tmp_path: Path) -> None:
+    output = run_client(tmp_path / "t.db", [])
+    for tool in output["tools"]:
+        name, out = tool["name"], tool["outputSchema"]
+        # Before: {"type": "object", "additionalProperties": true}, which tells a client nothing.
+        assert out.get("properties") and out.get("required"), name
+        assert _type_arrays(tool["inputSchema"]) == [] and _type_arrays(out) == [], name
+        assert tool["inputSchema"]["additionalProperties"] is False, name
+    schemas = {tool["name"]: tool["outputSchema"] for tool in output["tools"]}
+    operation = schemas["get_batch_status"]["properties"]["operation"]
+    assert {"batch_operation_id", "progress", "successful_ids", "failed_items", "started_at"} <= set(operation["required"])
+    assert not {"completed_at", "execution_time_ms"} & set(operation["required"])  # left out while running
+    # One definition of the operation for every tool that shows it.
+    assert schemas["cancel_operation"]["properties"]["operation"] == operation
+    run = schemas["run_grid"]
+    assert {"operation_id", "status"} <= set(run["required"]) and "request_id" not in run["required"]
+
+
+def test_bad_arguments_through_the_typescript_client(tmp_path: Path) -> None:
+    secret = "sk-live-123"
+    output = run_client(
+        tmp_path / "t.db",
+        [
+            call("list_operations", state="running"),  # a misspelt status: before, every operation came back
+            call("run_grid", grid_id="g", secret=secret),
+            call("run_grid", grid_id=secret),  # inputs missing: before, pydantic's text echoed grid_id
+            call("get_batch_status", batch_operation_id=12),
+            call("list_operations", limit=1000),
+            call("get_operation_items", operation_id="x", outcome=secret),
+        ],
+    )
+    expected = ["state", "secret", "inputs", "batch_operation_id", "limit", "outcome"]
+    for entry, name in zip(output["calls"], expected, strict=True):
+        assert "error" not in entry, entry  # a tool error, not a protocol error
+        result = entry["result"]
+        assert result["isError"] is True and result["structuredContent"] is None, entry
+        [text] = result["content"]
+        assert "\n" not in text and name in text, text
+        assert secret not in text and "input_value" not in text and "pydantic" not in text, text
+    assert "Traceback" not in output["stderr"]
+
+
+def test_a_running_batch_leaves_its_end_fields_out_for_the_typescript_client(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    with Tracker.open(db=str(db)) as tracker:
+        batch = tracker.start_batch("import", total=3)
+        batch.record_success("contact-1")
+        batch.flush()
+        output = run_client(
+            db, [call("get_batch_status", batch_operation_id=batch.id), call("list_operations", status="running")]
+        )
+        batch.finish()
+    status, listed = (_answer(entry) for entry in output["calls"])  # each validated against its outputSchema
+    operation = status["operation"]
+    assert operation["status"] == "running" and operation["progress"]["completed"] == 1
+    assert not {"completed_at", "execution_time_ms"} & set(operation), operation  # before: both null
+    assert not {"completed_at", "execution_time_ms"} & set(listed["operations"][0])
