@@ -15,6 +15,7 @@ from ..settings import Settings
 from ..store.runs import RunRecord
 from .batches import ADOPT_EVERY_S, Adopter, Batches
 from .context import RunContext
+from .grids import GridReads
 from .poll import Poller
 from .requests import check_batch, check_idempotency_key, check_run, text
 from .submit import Submitter, run_values
@@ -36,6 +37,7 @@ class RunsService:
         self.poller = Poller(self.context)
         self.batches = Batches(self.context, self.submitter)
         self.adopter = Adopter(self.context, self.batches)
+        self.grids = GridReads(self.context)  # get_workspace_details, list_grids, get_grid_details, get_grid_curl
         self._started = False
 
     async def run_grid(
