@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(90)
 
 ALL_TOOLS = {
     "get_batch_status", "get_run_status", "list_operations", "get_operation_items", "cancel_operation",
-    "run_grid", "run_grid_batch",
+    "run_grid", "run_grid_batch", "get_workspace_details", "list_grids", "get_grid_details", "get_grid_curl",
 }
 VALID_CALLS = {
     "get_batch_status": {"batch_operation_id": "batch_import_x"},
@@ -41,6 +41,10 @@ VALID_CALLS = {
     "cancel_operation": {"operation_id": "batch_import_x"},
     "run_grid": {"grid_id": "g", "inputs": {"a": "b"}, "mode": "async"},
     "run_grid_batch": {"grid_id": "g", "rows": [{"a": "b"}]},
+    "get_workspace_details": {},
+    "list_grids": {"search": "lead"},
+    "get_grid_details": {"grid_id": "g"},
+    "get_grid_curl": {"grid_id": "g"},
 }
 HANG = 40.0  # seconds: far beyond the bound, well under the pytest timeout
 

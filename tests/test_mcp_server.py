@@ -32,6 +32,7 @@ from .sessions import mcp_session as _mcp_session
 
 HOST_SERVER = str(Path(__file__).with_name("host_server.py"))
 STATUS_TOOLS = {"get_batch_status", "get_run_status", "list_operations", "get_operation_items", "cancel_operation"}
+GRID_TOOLS = {"get_workspace_details", "list_grids", "get_grid_details", "get_grid_curl"}  # server/grid_tools.py
 FAST_FLUSH = {"TRACKER_FLUSH_INTERVAL": "0.05"}
 
 
@@ -76,7 +77,7 @@ def db_snapshot(db: Path) -> list[tuple]:
 async def test_python_m_tracker_serves_the_tools_with_annotations(tmp_path: Path) -> None:
     async with mcp_session(tmp_path / "t.db", tmp_path / "stderr.log", args=["-m", "tracker"]) as session:
         tools = await session.list_tools()
-    assert set(tools) == STATUS_TOOLS | {"run_grid", "run_grid_batch"}  # run tools: tracker/server/run_tools.py
+    assert set(tools) == STATUS_TOOLS | {"run_grid", "run_grid_batch"} | GRID_TOOLS  # run tools: server/run_tools.py
     for name in STATUS_TOOLS - {"cancel_operation"}:
         assert tools[name].annotations.read_only_hint is True
     cancel = tools["cancel_operation"].annotations

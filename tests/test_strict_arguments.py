@@ -23,7 +23,7 @@ from tracker.testing.client import in_process
 
 TOOLS = {
     "get_batch_status", "list_operations", "get_operation_items", "cancel_operation", "run_grid", "run_grid_batch",
-    "get_run_status",
+    "get_run_status", "get_workspace_details", "list_grids", "get_grid_details", "get_grid_curl",
 }
 SECRET = "sk-SECRET-4f1c"
 
@@ -50,6 +50,10 @@ def good_arguments(tool: str, running: str, value: str = "a@x.io") -> dict[str, 
         "run_grid": {"grid_id": "g1", "inputs": {"email": value}, "mode": "async", "idempotency_key": value},
         "run_grid_batch": {"grid_id": "g1", "rows": [{"email": value}], "source_id": value},
         "get_run_status": {"request_id": running},
+        "get_workspace_details": {},
+        "list_grids": {"search": value, "page": 1, "limit": 5},
+        "get_grid_details": {"grid_id": "g1"},
+        "get_grid_curl": {"grid_id": "g1"},
     }[tool]
 
 
@@ -86,7 +90,7 @@ async def test_an_unknown_argument_is_a_one_line_error_naming_it_and_nothing_run
         schema = (await session.list_tools())[tool].input_schema
         before = checksum(db)
         answer = await session.call(tool, {**good_arguments(tool, running), "state": SECRET})
-        takes = ", ".join(schema["properties"])
+        takes = ", ".join(schema["properties"]) or "no arguments"
         assert_one_line_error(answer, tool, f'unknown argument "state" for {tool}; it takes {takes}')
         assert SECRET not in answer.text
         assert checksum(db) == before
@@ -115,6 +119,8 @@ REQUIRED = [
         "run_grid": ["grid_id", "inputs"],
         "run_grid_batch": ["grid_id", "rows"],
         "get_run_status": ["request_id"],
+        "get_grid_details": ["grid_id"],
+        "get_grid_curl": ["grid_id"],
     }.items()
     for name in names
 ]

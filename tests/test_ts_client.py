@@ -10,7 +10,7 @@ from typing import Any
 
 from tracker import Tracker
 
-from .conftest import OPERATION_FIELDS
+from .conftest import OPERATION_FIELDS, FakeUpstreamProcess
 from .ts_sdk import call, run_client
 
 
@@ -19,6 +19,7 @@ def _hints(read_only: bool, destructive: bool, idempotent: bool, open_world: boo
 
 
 READS = _hints(read_only=True, destructive=False, idempotent=True, open_world=False)
+READS_UPSTREAM = _hints(read_only=True, destructive=False, idempotent=True, open_world=True)
 EXPECTED_ANNOTATIONS = {
     "get_batch_status": READS,
     "list_operations": READS,
@@ -26,7 +27,11 @@ EXPECTED_ANNOTATIONS = {
     "cancel_operation": _hints(read_only=False, destructive=True, idempotent=True, open_world=False),
     "run_grid": _hints(read_only=False, destructive=False, idempotent=False, open_world=True),
     "run_grid_batch": _hints(read_only=False, destructive=False, idempotent=False, open_world=True),
-    "get_run_status": _hints(read_only=True, destructive=False, idempotent=True, open_world=True),
+    "get_run_status": READS_UPSTREAM,
+    "get_workspace_details": READS_UPSTREAM,
+    "list_grids": READS_UPSTREAM,
+    "get_grid_details": READS_UPSTREAM,
+    "get_grid_curl": READS_UPSTREAM,
 }
 
 
@@ -50,7 +55,7 @@ def test_an_empty_database_through_the_typescript_client(tmp_path: Path) -> None
         ],
     )
     tools = {tool["name"]: tool for tool in output["tools"]}
-    assert len(output["tools"]) == 7
+    assert len(output["tools"]) == 11
     assert {name: tool["annotations"] for name, tool in tools.items()} == EXPECTED_ANNOTATIONS
     for tool in tools.values():
         assert tool["inputSchema"]["type"] == "object" and tool["outputSchema"]["type"] == "object", tool["name"]
@@ -173,3 +178,33 @@ def test_a_running_batch_leaves_its_end_fields_out_for_the_typescript_client(tmp
     assert operation["status"] == "running" and operation["progress"]["completed"] == 1
     assert not {"completed_at", "execution_time_ms"} & set(operation), operation  # before: both null
     assert not {"completed_at", "execution_time_ms"} & set(listed["operations"][0])
+
+
+def test_the_grid_tools_through_the_typescript_client(tmp_path: Path, fake_upstream: FakeUpstreamProcess) -> None:
+    """The official client validates each structuredContent against the tool's outputSchema: the grid answers (the
+    upstream's fields, described or not) pass, and the key the fake echoes back is not in any of them."""
+    fake_upstream.configure(echo_key=True)
+    output = run_client(
+        tmp_path / "t.db",
+        [
+            call("get_workspace_details"),
+            call("list_grids", search="lead", limit=5),
+            call("get_grid_details", grid_id="g3"),
+            call("get_grid_curl", grid_id="g3"),
+            call("list_grids", page=0),
+        ],
+        **fake_upstream.env(),
+    )
+    tools = {tool["name"]: tool for tool in output["tools"]}
+    for name in ("get_workspace_details", "list_grids", "get_grid_details", "get_grid_curl"):
+        assert tools[name]["outputSchema"]["type"] == "object" and "required" in tools[name]["outputSchema"], name
+    workspace, page, grid, curl, bad = output["calls"]
+    workspace, page, grid, curl = (_answer(entry) for entry in (workspace, page, grid, curl))
+    assert workspace["credits"]["remaining"] == 10_000 and workspace["api_key"] == "***"
+    assert [g["id"] for g in page["grids"]] == ["g1", "g2"]
+    assert grid["sources"][0]["type"] == "bitscale_api"  # a field the output schema does not name, kept
+    assert curl["input_labels"] == ["company_name", "website"] and "$BITSCALE_API_KEY" in curl["curl"]
+    assert bad["result"]["isError"] is True and bad["result"]["content"] == [
+        "Error executing tool list_grids: page must be a whole number from 1 to 100000"
+    ]
+    assert fake_upstream.key not in json.dumps(output["calls"])

@@ -33,3 +33,9 @@ INPUT_VALUE_CHARS = 10_000
 UPSTREAM_ERROR_CHARS = 500  # an upstream's own failure text, as stored
 UPSTREAM_EXCERPT_CHARS = 200  # a body excerpt quoted in an UpstreamError
 MAX_RETRY_AFTER_S = 120.0  # a Retry-After longer than this is taken as this
+
+# -- grid reads (get_workspace_details, list_grids, get_grid_details, get_grid_curl) ---------------------------------
+GRID_SEARCH_CHARS = 200  # list_grids' search text
+GRIDS_LIMIT = 100  # list_grids: at most this many a page (the upstream's own maximum)
+GRIDS_LIMIT_DEFAULT = 20
+GRIDS_MAX_PAGE = 100_000  # list_grids' page (1-based): far beyond any workspace, still a bounded number

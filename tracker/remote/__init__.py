@@ -7,6 +7,7 @@
 - poll.py      polling runs: the claim, the foreground/background policy of get_run_status, the poll loop's tick
 - batches.py   run_grid_batch: the batch row, its worker, and the adopter of orphaned batches
 - answers.py   the one answer get_run_status gives, and the stored texts of a run's end
+- grids.py     the grid reads (workspace, list, details, curl): checks, shapes, the curl command
 - context.py   what the parts share (settings, stores, process, upstream, tasks); tasks.py supervises the tasks
 - service.py   RunsService, which wires them and schedules the loops
 """

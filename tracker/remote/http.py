@@ -73,8 +73,9 @@ def retry_after_seconds(value: str | None, default: float = 1.0, date: str | Non
 
 
 class HttpUpstream:
-    """The Upstream over HTTP: POST /grids/{grid_id}/run and GET /run/status/{request_id}. Create it inside the
-    event loop that uses it; close with `await client.aclose()`."""
+    """The Upstream over HTTP: POST /grids/{grid_id}/run, GET /run/status/{request_id}, and the reads GET /workspace,
+    GET /grids and GET /grids/{grid_id}. Create it inside the event loop that uses it; close with
+    `await client.aclose()`."""
 
     def __init__(
         self,
@@ -149,6 +150,19 @@ class HttpUpstream:
             )
         return answer
 
+    async def workspace(self) -> Answer:
+        return self._found(await self._request("GET", "/workspace", None, idempotent=True), "GET /workspace")
+
+    async def list_grids(self, search: str | None, page: int, limit: int) -> Answer:
+        params: dict[str, Any] = {"page": page, "limit": limit}
+        if search is not None:
+            params["search"] = search
+        # The query stays out of `what` (and so out of every error text): the search is the caller's text.
+        return self._found(await self._request("GET", "/grids", None, idempotent=True, params=params), "GET /grids")
+
+    async def grid(self, grid_id: str) -> Answer | None:
+        return await self._request("GET", f"/grids/{quote(grid_id, safe='')}", None, idempotent=True)
+
     async def queue_s(self) -> float:
         return 0.0 if self._limiter is None else await self._limiter.queue_s()
 
@@ -167,6 +181,7 @@ class HttpUpstream:
         idempotent: bool,
         sync: bool = False,
         slot: Slot | None = None,
+        params: dict[str, Any] | None = None,
     ) -> Answer | None:
         self._require_key()
         what = f"{method} {path}"
@@ -180,7 +195,8 @@ class HttpUpstream:
             try:
                 self.requests_sent += 1
                 response = await http.request(
-                    method, self.base_url + path, json=body, timeout=self._sync_timeout if sync else self._timeout
+                    method, self.base_url + path, json=body, params=params,
+                    timeout=self._sync_timeout if sync else self._timeout,
                 )
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # The request never left: safe to retry even a POST.
@@ -236,6 +252,13 @@ class HttpUpstream:
                     body_excerpt=self._excerpt(response.text),
                 )
             return answer
+
+    @staticmethod
+    def _found(answer: Answer | None, what: str) -> Answer:
+        """An endpoint that always exists answered 404: the base URL is wrong, not the argument."""
+        if answer is None:
+            raise UpstreamError(f"upstream answered {what} with HTTP 404: check BITSCALE_API_BASE", status_code=404)
+        return answer
 
     def _require_key(self) -> None:
         if not self._key:

@@ -16,6 +16,7 @@ from ..shapes import BatchStarted, Run
 from ..store.runs import RunRecord
 from .batches import ADOPT_EVERY_S, Adopter, Batches
 from .context import RunContext
+from .grids import GridReads
 from .poll import Poller
 from .requests import check_batch, check_idempotency_key, check_run, text
 from .submit import Submitter, run_values
@@ -40,6 +41,7 @@ class RunsService:
         self.poller = Poller(self.context)
         self.batches = Batches(self.context, self.submitter)
         self.adopter = Adopter(self.context, self.batches)
+        self.grids = GridReads(self.context)  # get_workspace_details, list_grids, get_grid_details, get_grid_curl
         self._started = False
 
     async def run_grid(

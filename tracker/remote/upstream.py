@@ -2,7 +2,9 @@
 (memory.py) both implement it, so batch and poll logic can be tested without a network or a subprocess.
 
 An answer is the upstream's JSON object as the grid API sends it: `{"status": "running", "request_id": ...}`,
-`{"status": "completed", "outputs": {...}}` or `{"status": "failed", "error": ...}` (CONTRACTS.md section 2)."""
+`{"status": "completed", "outputs": {...}}` or `{"status": "failed", "error": ...}` (CONTRACTS.md section 2). The
+read endpoints answer the workspace, a page of grids and one grid's details (their shapes: grids.py and
+tracker/testing/fake_upstream.py)."""
 
 from __future__ import annotations
 
@@ -57,6 +59,21 @@ class Upstream(Protocol):
     async def run_status(self, request_id: str) -> Answer | None:
         """GET the run's status: an answer, or None when the upstream does not know the id. Raises UpstreamError
         when it cannot be asked (after bounded retries)."""
+        ...
+
+    async def workspace(self) -> Answer:
+        """GET /workspace: the workspace the API key belongs to, as the upstream sends it. Takes a rate-limit slot;
+        retried as run_status is. Raises UpstreamError when it cannot be read."""
+        ...
+
+    async def list_grids(self, search: str | None, page: int, limit: int) -> Answer:
+        """GET /grids?search=&page=&limit=: one page of the workspace's grids (search None: no filter; the text is
+        sent as given, URL-encoded). Arguments are checked by the caller. Raises UpstreamError as workspace()."""
+        ...
+
+    async def grid(self, grid_id: str) -> Answer | None:
+        """GET /grids/{grid_id}: the grid's details (its columns, which of them are inputs), or None when the
+        upstream has no such grid. Raises UpstreamError as workspace()."""
         ...
 
     async def aclose(self) -> None:

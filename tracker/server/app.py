@@ -24,6 +24,7 @@ from ..errors import DatabaseUnavailable, TrackerError
 from ..reaper import PeriodicReaper
 from ..remote import RunsService
 from ..settings import Settings
+from .grid_tools import mount_grid_tools
 from .run_tools import mount_run_tools, run_lifespan
 from .status_tools import StatusTools
 
@@ -58,6 +59,7 @@ def _server_version() -> str:
 def _mount_all(server: MCPServer, tracker: Tracker, runs: RunsService) -> MCPServer:
     StatusTools(tracker).register(server)
     mount_run_tools(server, runs)
+    mount_grid_tools(server, runs)
     return server
 
 

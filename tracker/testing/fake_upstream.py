@@ -4,8 +4,20 @@
                                             [--failure-rate 0] [--run-failure-rate 0] [--rate-limit 5] [--latency 0]
 
 Prints one JSON line on stdout when ready: {"base_url": ..., "port": ..., "pid": ...}. Serves, under /api/v1:
-  POST /grids/{grid_id}/run       {"mode", "inputs", "output_columns"?, "source_id"?}  (X-API-KEY checked)
+  POST /grids/{grid_id}/run       {"mode", "inputs", "output_columns"?, "source_id"?}  (any grid id runs)
   GET  /run/status/{request_id}
+  GET  /workspace                 {"id", "name", "plan": {"name", "credits_included", "billing_interval"},
+                                   "credits": {"total", "used", "remaining"}, "members": {"total", "owners",
+                                   "admins", "editors"}}  (credits used: one per run)
+  GET  /grids?search=&page=&limit=  {"grids": [GRID without columns/settings/sources, plus "column_count"],
+                                   "page", "limit", "total"}: search is a case-insensitive substring of the name,
+                                   page 1-based (default 1), limit 1-100 (default 20); else 422
+  GET  /grids/{grid_id}           GRID, or 404 for a grid it does not know (GRIDS: g1, g2, g3, demo-grid)
+where GRID is {"id", "name", "description", "row_count", "created_at", "updated_at", "settings": {"auto_run",
+"auto_dedupe", "visibility", "dedupe_column_id"}, "columns": [{"id", "name", "type", "is_input", "label"
+(inputs only: the key of run inputs), "dependencies" (outputs only)}], "sources": [{"id", "name", "type"}]}.
+The output columns are those a run answers (enriched, score), so their ids work as output_columns.
+Every endpoint above checks X-API-KEY and shares one rate limit.
 and, for the test that drives it (no key needed, loopback only):
   GET  /_fake/stats   request counts, 429s, the busiest one-second window, submissions per distinct input
                       (?times=1 adds every arrival time)
@@ -17,7 +29,8 @@ Each API request, in order: key checked (401), rate limit checked (429 with Retr
 with probability `failure_rate` (HTTP `failure_status`, nothing done), then `latency` seconds of delay.
 A run lasts `run_seconds` (a range picks uniformly) and fails with probability `run_failure_rate`.
 `post_hang_s` > 0 makes a POST create its run and then stall that long before answering (a lost answer);
-`echo_key` makes failed runs repeat the caller's key in their error (a careless upstream)."""
+`echo_key` makes failed runs repeat the caller's key in their error, the workspace carry it as "api_key" and
+grid descriptions mention it (a careless upstream)."""
 
 from __future__ import annotations
 
@@ -37,11 +50,22 @@ from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 PREFIX = "/api/v1"
 RUN_PATH = re.compile(r"^/grids/([^/]+)/run$")
 STATUS_PATH = re.compile(r"^/run/status/([^/]+)$")
+GRID_PATH = re.compile(r"^/grids/([^/]+)$")
 DEFAULT_OUTPUT_COLUMNS = ["enriched", "score"]
+CREDITS_INCLUDED = 10_000
+# The grids GET /grids and GET /grids/{id} know: (id, name, description, input labels). The tests' grids are here.
+GRIDS = [
+    ("g1", "Lead enrichment", "work email in, company and role out", ["email"]),
+    ("g2", "Lead scoring", "scores a lead by its email", ["email"]),
+    ("g3", "Company research", "a company's size and industry from its name and website", ["company_name", "website"]),
+    ("demo-grid", "Demo: people and companies", "the grid `tracker demo` runs", ["email", "company"]),
+]
+CREATED_AT = "2026-01-05T09:00:00Z"
 
 
 def parse_range(text: str) -> tuple[float, float]:
@@ -65,6 +89,7 @@ class FakeUpstream:
         self.arrivals: list[float] = []
         self.counts: Counter[str] = Counter()
         self.submissions: Counter[str] = Counter()
+        self.runs_per_grid: Counter[str] = Counter()
 
     def admit(self, now: float) -> tuple[str, float]:
         """('ok'|'rate_limited'|'fail', retry_after) for one API request arriving now."""
@@ -102,13 +127,76 @@ class FakeUpstream:
             self.runs[request_id] = run
             self.counts["runs"] += 1
             self.submissions[input_key(grid_id, run["inputs"])] += 1
+            self.runs_per_grid[grid_id] += 1
             return run
+
+    def workspace(self, echo: str = "") -> dict[str, Any]:
+        with self.lock:
+            used = self.counts["runs"]
+        answer: dict[str, Any] = {
+            "id": "ws-fake-0001",
+            "name": "Fake workspace",
+            "plan": {"name": "Growth", "credits_included": CREDITS_INCLUDED, "billing_interval": "month"},
+            "credits": {"total": CREDITS_INCLUDED, "used": used, "remaining": max(0, CREDITS_INCLUDED - used)},
+            "members": {"total": 3, "owners": 1, "admins": 1, "editors": 1},
+        }
+        if echo:
+            answer["api_key"] = echo
+        return answer
+
+    def grid(self, grid_id: str, echo: str = "") -> dict[str, Any] | None:
+        for known, name, description, inputs in GRIDS:
+            if known == grid_id:
+                break
+        else:
+            return None
+        columns: list[dict[str, Any]] = [
+            {"id": f"col-{label}", "name": label.replace("_", " ").title(), "type": "text", "is_input": True,
+             "label": label}
+            for label in inputs
+        ]
+        columns += [
+            {"id": "enriched", "name": "Enriched", "type": "enrichment", "is_input": False,
+             "dependencies": [f"col-{label}" for label in inputs]},
+            {"id": "score", "name": "Score", "type": "formula", "is_input": False, "dependencies": ["enriched"]},
+        ]
+        with self.lock:
+            rows = self.runs_per_grid[grid_id]
+        return {
+            "id": grid_id,
+            "name": name,
+            "description": description + (f" (key {echo})" if echo else ""),
+            "row_count": rows,
+            "created_at": CREATED_AT,
+            "updated_at": CREATED_AT,
+            "settings": {"auto_run": True, "auto_dedupe": False, "visibility": "workspace", "dedupe_column_id": None},
+            "columns": columns,
+            "sources": [{"id": f"src-{grid_id}-api", "name": "BitScale API", "type": "bitscale_api"}],
+        }
+
+    def grid_page(self, query: dict[str, list[str]], echo: str = "") -> dict[str, Any] | str:
+        """A page of GET /grids, or the 422 error text."""
+        try:
+            page = int(query.get("page", ["1"])[-1])
+            limit = int(query.get("limit", ["20"])[-1])
+        except ValueError:
+            return "page and limit must be integers"
+        if page < 1 or not 1 <= limit <= 100:
+            return "page must be at least 1 and limit from 1 to 100"
+        search = query.get("search", [""])[-1].lower()
+        found = [grid_id for grid_id, name, _, _ in GRIDS if search in name.lower()]
+        grids = []
+        for grid_id in found[(page - 1) * limit:page * limit]:
+            details = self.grid(grid_id, echo) or {}
+            summary = {k: v for k, v in details.items() if k not in ("columns", "settings", "sources")}
+            grids.append({**summary, "column_count": len(details["columns"])})
+        return {"grids": grids, "page": page, "limit": limit, "total": len(found)}
 
     def stats(self, with_times: bool = False) -> dict[str, Any]:
         with self.lock:
             per_input = self.submissions
             return {
-                **{k: self.counts[k] for k in ("requests", "rate_limited", "failures_injected", "runs", "posts", "gets")},
+                **{k: self.counts[k] for k in ("requests", "rate_limited", "failures_injected", "runs", "posts", "gets", "reads")},
                 "distinct_inputs": len(per_input),
                 "max_submissions_per_input": max(per_input.values(), default=0),
                 "submissions_per_input": dict(per_input),
@@ -188,7 +276,10 @@ class Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         if self.path in ("/_fake/stats", "/_fake/stats?times=1"):
             return self._send(200, fake.stats(with_times=self.path.endswith("times=1")))
-        path = self.path.removeprefix(PREFIX)
+        url = urlsplit(self.path)
+        path = url.path.removeprefix(PREFIX)
+        if path in ("/workspace", "/grids") or GRID_PATH.match(path):
+            return self._read(path, parse_qs(url.query))
         match = STATUS_PATH.match(path)
         if not match:
             return self._send(404, {"error": "no such endpoint"})
@@ -200,6 +291,25 @@ class Handler(BaseHTTPRequestHandler):
         if run is None:
             return self._send(404, {"error": f"request {match.group(1)} not found"})
         self._send(200, run_view(run, time.time()))
+
+    def _read(self, path: str, query: dict[str, list[str]]) -> None:
+        """GET /workspace, /grids and /grids/{grid_id}."""
+        fake = self.server.fake
+        if not self._admitted():
+            return
+        with fake.lock:
+            fake.counts["reads"] += 1
+        echo = self.headers.get("X-API-KEY", "") if fake.options["echo_key"] else ""
+        if path == "/workspace":
+            return self._send(200, fake.workspace(echo))
+        if path == "/grids":
+            page = fake.grid_page(query, echo)
+            return self._send(422, {"error": page}) if isinstance(page, str) else self._send(200, page)
+        grid_id = unquote(path.removeprefix("/grids/"))
+        grid = fake.grid(grid_id, echo)
+        if grid is None:
+            return self._send(404, {"error": "grid not found"})
+        self._send(200, grid)
 
     def do_POST(self) -> None:  # noqa: N802
         fake = self.server.fake
