@@ -130,11 +130,13 @@ def test_every_tool_describes_its_answer_without_type_arrays(tmp_path: Path) -> 
         assert _type_arrays(tool["inputSchema"]) == [] and _type_arrays(out) == [], name
         assert tool["inputSchema"]["additionalProperties"] is False, name
     schemas = {tool["name"]: tool["outputSchema"] for tool in output["tools"]}
-    operation = schemas["get_batch_status"]["properties"]["operation"]
+    ref = schemas["get_batch_status"]["properties"]["operation"]["$ref"]  # "#/$defs/Operation"
+    operation = schemas["get_batch_status"]["$defs"][ref.rsplit("/", 1)[-1]]
     assert {"batch_operation_id", "progress", "successful_ids", "failed_items", "started_at"} <= set(operation["required"])
     assert not {"completed_at", "execution_time_ms"} & set(operation["required"])  # left out while running
     # One definition of the operation for every tool that shows it.
-    assert schemas["cancel_operation"]["properties"]["operation"] == operation
+    assert schemas["cancel_operation"]["properties"]["operation"] == {"$ref": ref}
+    assert schemas["cancel_operation"]["$defs"]["Operation"] == operation
     run = schemas["run_grid"]
     assert {"operation_id", "status"} <= set(run["required"]) and "request_id" not in run["required"]
 

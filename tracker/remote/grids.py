@@ -193,7 +193,7 @@ class GridReads:
         answer = await upstream.grid(checked)
         if answer is None:
             raise UpstreamError(
-                f"upstream has no grid {checked!r} (HTTP 404); list_grids shows this workspace's grids", status_code=404
+                "upstream has no such grid_id (HTTP 404); list_grids shows this workspace's grids", status_code=404
             )
         return shaped(self.context.scrub(answer), GridDetails, "GET /grids/{grid_id}")
 

@@ -128,7 +128,7 @@ class HttpUpstream:
         path = f"/grids/{quote(request.grid_id, safe='')}/run"
         answer = await self._request("POST", path, body, idempotent=False, sync=request.mode == "sync", slot=slot)
         if answer is None:
-            raise UpstreamError(f"upstream has no grid {request.grid_id!r} (HTTP 404)", status_code=404)
+            raise UpstreamError("upstream has no such grid_id (HTTP 404)", status_code=404)
         status = answer.get("status")
         if status not in RUN_STATUSES:
             raise UpstreamOutcomeUnknown(
