@@ -33,3 +33,6 @@ INPUT_VALUE_CHARS = 10_000
 UPSTREAM_ERROR_CHARS = 500  # an upstream's own failure text, as stored
 UPSTREAM_EXCERPT_CHARS = 200  # a body excerpt quoted in an UpstreamError
 MAX_RETRY_AFTER_S = 120.0  # a Retry-After longer than this is taken as this
+
+# -- the stdio transport -------------------------------------------------------------------------------------------
+STDIO_LINE_BYTES = 32 * 2**20  # one JSON-RPC line; a longer one is read in pieces, refused, and never held whole
