@@ -619,24 +619,24 @@ class RawServer:
 
 def test_raw_frames_no_client_would_send(tmp_path: Path) -> None:
     """Malformed JSON, invalid UTF-8, lone surrogates, 100,000 levels of nesting, a 5 MB line, numbers beyond any
-    range: the server stays up, answers every frame that is a valid JSON-RPC request, writes nothing, and a good
-    call afterwards works. (Frames that are not valid JSON-RPC, lone surrogates included, are dropped by the SDK's
-    stdio transport without an answer: they never reach tracker's code.)"""
+    range: the server stays up, answers every frame that carries an id, writes nothing, and a good call afterwards
+    works. (Frames that are not valid JSON-RPC, lone surrogates included, are answered by tracker's stdio transport
+    with a JSON-RPC error, id null where none can be read: tests/test_stdio_errors.py.)"""
     settings_ = Settings.from_env({}, db=str(tmp_path / "t.db"))
     real = seed(settings_)
     before = checksum(settings_.db)
     server = RawServer(tmp_path / "t.db", tmp_path / "server.log")
     call = '{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"%s","arguments":%s}}'
-    dropped = [
+    without_id = [  # answered with id null, which wait_for passes over
         b"not json at all",
         b"{",
         b"\xff\xfe\xfa invalid utf-8",
         b"[" * 100_000 + b"]" * 100_000,
-        b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":"not an object"}',
-        (call % (4, "get_batch_status", '{"batch_operation_id":"\\ud800"}')).encode(),
-        (call % (10, "run_grid", '{"grid_id":"\\ud800","inputs":{"\\ud800":"\\udfff"}}')).encode(),
     ]
     answered = {
+        2: b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":"not an object"}',
+        4: (call % (4, "get_batch_status", '{"batch_operation_id":"\\ud800"}')).encode(),
+        10: (call % (10, "run_grid", '{"grid_id":"\\ud800","inputs":{"\\ud800":"\\udfff"}}')).encode(),
         3: b'{"jsonrpc":"2.0","id":3,"method":"no/such/method","params":{}}',
         5: (call % (5, "get_batch_status", '{"batch_operation_id":"a\\u0000b"}')).encode(),
         6: (call % (6, "get_batch_status", '{"batch_operation_id":"' + "y" * 5_000_000 + '"}')).encode(),
@@ -650,7 +650,7 @@ def test_raw_frames_no_client_would_send(tmp_path: Path) -> None:
                                                 "clientInfo": {"name": "raw", "version": "0"}})
         assert "result" in init, init
         server.send(b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
-        for frame in [*dropped, *answered.values()]:
+        for frame in [*without_id, *answered.values()]:
             server.send(frame)
         for request_id in answered:
             answer = server.wait_for(request_id)

@@ -39,3 +39,6 @@ GRID_SEARCH_CHARS = 200  # list_grids' search text
 GRIDS_LIMIT = 100  # list_grids: at most this many a page (the upstream's own maximum)
 GRIDS_LIMIT_DEFAULT = 20
 GRIDS_MAX_PAGE = 100_000  # list_grids' page (1-based): far beyond any workspace, still a bounded number
+
+# -- the stdio transport -------------------------------------------------------------------------------------------
+STDIO_LINE_BYTES = 32 * 2**20  # one JSON-RPC line; a longer one is read in pieces, refused, and never held whole

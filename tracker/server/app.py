@@ -27,6 +27,7 @@ from ..settings import Settings
 from .grid_tools import mount_grid_tools
 from .run_tools import mount_run_tools, run_lifespan
 from .status_tools import StatusTools
+from .stdio import run_stdio
 
 log = logging.getLogger(__name__)
 
@@ -198,13 +199,13 @@ class _GatedServer(MCPServer):
 
 
 def serve(settings: Settings) -> None:
-    """Run the stdio server until the client closes stdin. stdout carries only the protocol. A database file
-    that cannot be used stops it at once (DatabaseUnavailable: one line, exit 1); a database server that does not
-    answer does not (see ServedDatabase)."""
+    """Run the stdio server until the client closes stdin. stdout carries only the protocol; a line that cannot be
+    parsed gets a JSON-RPC error answer (stdio.py). A database file that cannot be used stops it at once
+    (DatabaseUnavailable: one line, exit 1); a database server that does not answer does not (see ServedDatabase)."""
     database = ServedDatabase(settings)
     if not database.is_server:
         database.open_tracker()
     try:
-        anyio.run(database.build_server().run_stdio_async)
+        anyio.run(run_stdio, database.build_server())
     finally:
         database.close()
