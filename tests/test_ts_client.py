@@ -210,3 +210,18 @@ def test_the_grid_tools_through_the_typescript_client(tmp_path: Path, fake_upstr
         "Error executing tool list_grids: page must be a whole number from 1 to 100000"
     ]
     assert fake_upstream.key not in json.dumps(output["calls"])
+
+
+def test_a_request_nested_too_deeply_is_answered_and_the_next_one_served(tmp_path: Path) -> None:
+    output = run_client(
+        tmp_path / "t.db",
+        [
+            # Before: no answer at all; the client waited out its timeout (here 15 s, by default 60 s).
+            {"tool": "get_batch_status", "nested_arguments": 250, "options": {"timeout": 15_000}},
+            call("list_operations"),
+        ],
+    )
+    deep, listed = output["calls"]
+    assert "error" in deep and deep["error"]["code"] == -32600, deep
+    assert "nested too deeply" in deep["error"]["message"] and deep["elapsed_ms"] < 10_000
+    assert _answer(listed)["operations"] == []
