@@ -39,7 +39,7 @@ def test_the_strict_tools_listing_of_tracker_serve_lists_every_tool_and_prints_n
     listing = list_tracker_tools(tmp_path / "t.db")
     served = _served_tools(tmp_path / "in-process.db")
     assert [tool["name"] for tool in listing.tools] == [tool["name"] for tool in served], listing.describe()
-    assert len(listing.tools) == 7
+    assert len(listing.tools) == 11  # 5 status tools, run_grid, run_grid_batch and the 4 grid reads
     for listed, built in zip(listing.tools, served):
         assert listed["inputSchema"] == built["inputSchema"], listed["name"]
         assert listed.get("outputSchema") == built.get("outputSchema"), listed["name"]
@@ -143,7 +143,7 @@ def test_the_inspector_cli_opens_no_socket_and_runs_nothing_but_the_server(tmp_p
     traces.mkdir()
     wrapper = [strace, "-ff", "-qq", "-s", "512", "-e", "trace=%network,execve", "-e", "signal=none", "-o", str(traces / "t")]
     listing = list_tracker_tools(tmp_path / "t.db", wrapper=wrapper)
-    assert len(listing.tools) == 7, listing.describe()
+    assert len(listing.tools) == 11, listing.describe()
     text = "\n".join(path.read_text(errors="replace") for path in sorted(traces.iterdir()))
     assert text, "strace wrote no trace"
     outside, listens, programs = read_trace(text)
