@@ -168,3 +168,127 @@ class BatchStarted(TypedDict):
     total: int
     started_at: str
     message: str
+
+
+# -- the grid reads (tracker/remote/grids.py) ------------------------------------------------------------------------
+# The upstream's own answers (workspace, page, grid) keep every field the upstream sends, known or not
+# (extra="allow"): only the fields an agent relies on are required. Values are taken strictly, never coerced: an
+# answer is shown as the upstream sent it. get_grid_curl's answer is tracker's own, so it allows no other keys.
+
+UPSTREAM = ConfigDict(extra="allow", strict=True)
+OWN = ConfigDict(extra="forbid", strict=True)
+Number = int | float
+
+
+# -- the upstream's answers ------------------------------------------------------------------------------------------
+
+
+@with_config(UPSTREAM)
+class Plan(TypedDict, total=False):
+    name: str
+    credits_included: Number
+    billing_interval: str
+
+
+@with_config(UPSTREAM)
+class Credits(TypedDict, total=False):
+    total: Number
+    used: Number
+    remaining: Number
+
+
+@with_config(UPSTREAM)
+class Members(TypedDict, total=False):
+    total: int
+
+
+@with_config(UPSTREAM)
+class Workspace(TypedDict):
+    """The workspace the API key belongs to, as GET /workspace answers it (every other field kept as sent)."""
+
+    id: str
+    name: str
+    plan: NotRequired[Plan]
+    credits: NotRequired[Credits]
+    members: NotRequired[Members]
+
+
+@with_config(UPSTREAM)
+class GridSummary(TypedDict):
+    """A grid in a list_grids page: its id is what run_grid, get_grid_details and get_grid_curl take."""
+
+    id: str
+    name: str
+    description: NotRequired[str | None]
+    row_count: NotRequired[int]
+    column_count: NotRequired[int]
+    created_at: NotRequired[str]
+    updated_at: NotRequired[str]
+
+
+@with_config(UPSTREAM)
+class GridPage(TypedDict):
+    """One page of GET /grids: `total` grids match, `limit` a page, pages numbered from 1."""
+
+    grids: list[GridSummary]
+    page: NotRequired[int]
+    limit: NotRequired[int]
+    total: NotRequired[int]
+
+
+@with_config(UPSTREAM)
+class Column(TypedDict):
+    """A grid column. is_input: a run's inputs name it by its label; the others are outputs, named by id in
+    run_grid's output_columns."""
+
+    id: str
+    name: str
+    type: NotRequired[str]
+    is_input: NotRequired[bool]
+    label: NotRequired[str]
+    dependencies: NotRequired[list[str]]
+
+
+@with_config(UPSTREAM)
+class GridDetails(TypedDict):
+    """A grid's details, as GET /grids/{grid_id} answers them."""
+
+    id: str
+    name: str
+    description: NotRequired[str | None]
+    row_count: NotRequired[int]
+    created_at: NotRequired[str]
+    updated_at: NotRequired[str]
+    columns: list[Column]
+
+
+# -- tracker's own answer ----------------------------------------------------------------------------------------------
+
+
+@with_config(OWN)
+class OutputColumn(TypedDict):
+    id: str
+    name: str
+    type: NotRequired[str]
+
+
+@with_config(OWN)
+class RunBody(TypedDict):
+    mode: str
+    inputs: dict[str, str]
+
+
+@with_config(OWN)
+class GridCurl(TypedDict):
+    """How to run a grid outside the agent: the POST run_grid makes, as a curl command with the key as a shell
+    variable (never the key itself)."""
+
+    grid_id: str
+    grid_name: str
+    method: str
+    run_url: str
+    headers: dict[str, str]
+    request_body: RunBody
+    input_labels: list[str]
+    output_columns: list[OutputColumn]
+    curl: str

@@ -2,12 +2,9 @@
 (bounds from limits.py), one upstream read each through the shared rate limit and the upstream client's retries,
 answers scrubbed (the API key masked, even when the upstream echoes it) and checked against their shapes.
 
-The shapes below are the answers' one definition: the MCP tools return them, so the SDK derives each tool's
-output schema from them and validates each answer before it is sent. The upstream's own answers (workspace, page,
-grid) keep every field the upstream sends, known or not (`extra="allow"`): only the fields an agent relies on are
-required. Values are taken strictly, never coerced: an answer is shown as the upstream sent it, and one that does
-not fit is an UpstreamError naming the fields, not a half-converted answer. get_grid_curl's answer is tracker's
-own, so it allows no other keys.
+The answers' shapes are in tracker/shapes.py with every other tool's. An upstream answer is checked against its
+shape here and shown as the upstream sent it; one that does not fit is an UpstreamError naming the fields, not a
+half-converted answer.
 
 rotate_api_key is left out on purpose: it would put a live key into the model's context."""
 
@@ -18,137 +15,18 @@ import shlex
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
-from typing_extensions import NotRequired, TypedDict
+from pydantic import TypeAdapter, ValidationError
 
 from .. import limits
 from ..checks import require_count, require_id, require_limit, require_text
 from ..errors import UpstreamError
+from ..shapes import GridCurl, GridDetails, GridPage, OutputColumn, RunBody, Workspace
 from .context import RunContext
 from .upstream import Upstream
 
 NO_KEY = "BITSCALE_API_KEY is not set: tracker cannot read the workspace or grids of the upstream grid API"
 KEY_PLACEHOLDER = "$BITSCALE_API_KEY"  # what get_grid_curl shows instead of the key: the shell fills it in
 VALUE_PLACEHOLDER = "<value>"
-UPSTREAM = ConfigDict(extra="allow", strict=True)
-OWN = ConfigDict(extra="forbid", strict=True)
-Number = int | float
-
-
-# -- the upstream's answers ------------------------------------------------------------------------------------------
-
-
-@with_config(UPSTREAM)
-class Plan(TypedDict, total=False):
-    name: str
-    credits_included: Number
-    billing_interval: str
-
-
-@with_config(UPSTREAM)
-class Credits(TypedDict, total=False):
-    total: Number
-    used: Number
-    remaining: Number
-
-
-@with_config(UPSTREAM)
-class Members(TypedDict, total=False):
-    total: int
-
-
-@with_config(UPSTREAM)
-class Workspace(TypedDict):
-    """The workspace the API key belongs to, as GET /workspace answers it (every other field kept as sent)."""
-
-    id: str
-    name: str
-    plan: NotRequired[Plan]
-    credits: NotRequired[Credits]
-    members: NotRequired[Members]
-
-
-@with_config(UPSTREAM)
-class GridSummary(TypedDict):
-    """A grid in a list_grids page: its id is what run_grid, get_grid_details and get_grid_curl take."""
-
-    id: str
-    name: str
-    description: NotRequired[str | None]
-    row_count: NotRequired[int]
-    column_count: NotRequired[int]
-    created_at: NotRequired[str]
-    updated_at: NotRequired[str]
-
-
-@with_config(UPSTREAM)
-class GridPage(TypedDict):
-    """One page of GET /grids: `total` grids match, `limit` a page, pages numbered from 1."""
-
-    grids: list[GridSummary]
-    page: NotRequired[int]
-    limit: NotRequired[int]
-    total: NotRequired[int]
-
-
-@with_config(UPSTREAM)
-class Column(TypedDict):
-    """A grid column. is_input: a run's inputs name it by its label; the others are outputs, named by id in
-    run_grid's output_columns."""
-
-    id: str
-    name: str
-    type: NotRequired[str]
-    is_input: NotRequired[bool]
-    label: NotRequired[str]
-    dependencies: NotRequired[list[str]]
-
-
-@with_config(UPSTREAM)
-class GridDetails(TypedDict):
-    """A grid's details, as GET /grids/{grid_id} answers them."""
-
-    id: str
-    name: str
-    description: NotRequired[str | None]
-    row_count: NotRequired[int]
-    created_at: NotRequired[str]
-    updated_at: NotRequired[str]
-    columns: list[Column]
-
-
-# -- tracker's own answer ----------------------------------------------------------------------------------------------
-
-
-@with_config(OWN)
-class OutputColumn(TypedDict):
-    id: str
-    name: str
-    type: NotRequired[str]
-
-
-@with_config(OWN)
-class RunBody(TypedDict):
-    mode: str
-    inputs: dict[str, str]
-
-
-@with_config(OWN)
-class GridCurl(TypedDict):
-    """How to run a grid outside the agent: the POST run_grid makes, as a curl command with the key as a shell
-    variable (never the key itself)."""
-
-    grid_id: str
-    grid_name: str
-    method: str
-    run_url: str
-    headers: dict[str, str]
-    request_body: RunBody
-    input_labels: list[str]
-    output_columns: list[OutputColumn]
-    curl: str
-
-
 _ADAPTERS: dict[type, TypeAdapter[Any]] = {}
 
 

@@ -35,7 +35,9 @@ INSTRUCTIONS = (
     "tracker keeps the status of long-running batch operations and remote runs in a database shared by every "
     "process, so status survives restarts. Poll get_batch_status or get_run_status every 2-5 seconds while an "
     "operation is running; use list_operations to find operations and get_operation_items to page through "
-    "the ids or failures of a large batch."
+    "the ids or failures of a large batch. To run a grid: list_grids finds its grid_id, get_grid_details names its "
+    "input labels, run_grid runs one row (run_grid_batch many), and get_run_status polls a run by its request_id "
+    "or operation_id."
 )
 RETRY_OPEN_AFTER_S = 1.0  # a tool call within this long of a failed open answers its error without trying again
 

@@ -17,7 +17,7 @@ from pydantic import Field, PlainValidator, WithJsonSchema
 
 from .. import limits
 from ..remote import RunsService
-from ..remote.grids import GridCurl, GridDetails, GridPage, Workspace
+from ..shapes import GridCurl, GridDetails, GridPage, Workspace
 from .status_tools import as_tool_errors
 from .strict import add_strict_tool
 
