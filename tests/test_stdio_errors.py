@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import io
 import json
-import queue
-import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -24,12 +20,9 @@ from hypothesis import strategies as st
 from tracker.limits import STDIO_LINE_BYTES
 from tracker.server import stdio
 from tracker.server.stdio import LongLine, Refusal, read_envelope, take
-from tracker.testing.env import child_env
 
-from .conftest import PYTHON, REPO
+from .raw_stdio import LineServer
 
-ANSWER_S = 5.0  # an answer to a bad line comes at once; this long without one is a dropped line
-START_S = 60.0  # initialize, on a busy machine
 SECRET = "sk-live-7f3a9c1e5b2d4f6a8c0e"  # stands for any value a client sends: no answer or log line may repeat it
 
 
@@ -42,71 +35,6 @@ def tool_call(request_id: int | str, arguments: str) -> bytes:
         '{"jsonrpc":"2.0","id":%s,"method":"tools/call","params":{"name":"list_operations","arguments":%s}}'
         % (json.dumps(request_id), arguments)
     ).encode()
-
-
-class LineServer:
-    """`python -m tracker serve` spoken to in raw lines, stderr to a file."""
-
-    def __init__(self, db: Path, errlog: Path) -> None:
-        self.errlog = errlog
-        self._err = errlog.open("wb")
-        self.process = subprocess.Popen(
-            [PYTHON, "-m", "tracker", "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
-            env=child_env(db, BITSCALE_API_KEY=""), cwd=str(REPO),
-        )
-        self._lines: queue.Queue[bytes] = queue.Queue()
-        self._ids = iter(range(1000, 10**6))
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self._lines.put(line)
-        self._lines.put(b"")  # the server closed stdout
-
-    def send(self, line: bytes) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(line + b"\n")
-        self.process.stdin.flush()
-
-    def next_message(self, after: str, timeout_s: float = ANSWER_S) -> dict[str, Any]:
-        """The next line the server writes, which must be one JSON-RPC message."""
-        try:
-            line = self._lines.get(timeout=timeout_s)
-        except queue.Empty:
-            pytest.fail(f"no answer within {timeout_s:.0f} s after {after}: the server dropped it")
-        if not line:
-            pytest.fail(f"the server closed stdout after {after}: {self.errlog.read_text(errors='replace')[-2000:]}")
-        message = json.loads(line)
-        assert message.get("jsonrpc") == "2.0", line[:300]
-        return message
-
-    def request(self, method: str, params: dict[str, Any], timeout_s: float = ANSWER_S) -> dict[str, Any]:
-        request_id = next(self._ids)
-        self.send(json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}).encode())
-        answer = self.next_message(f"{method} (id {request_id})", timeout_s)
-        assert answer.get("id") == request_id, answer
-        return answer
-
-    def initialize(self) -> None:
-        params = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
-        assert "result" in self.request("initialize", params, START_S)
-        self.send(b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
-
-    def assert_still_serving(self) -> None:
-        tools = self.request("tools/list", {})["result"]["tools"]
-        assert "list_operations" in {tool["name"] for tool in tools}
-        assert self.process.poll() is None
-
-    def close(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._err.close()
 
 
 @pytest.fixture

@@ -6,11 +6,8 @@ missing or older than package-lock.json; a lock file serialises it between pytes
 
 from __future__ import annotations
 
-import fcntl
 import functools
-import hashlib
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,48 +17,19 @@ import pytest
 
 from tracker.testing.env import child_env
 
+from .npm_install import npm_ci, require_tool
+
 CLIENT_DIR = Path(__file__).with_name("ts_client")
 SCRIPT = CLIENT_DIR / "client.mjs"
-# Written after a successful `npm ci`: the hash of the package files that node_modules was installed from.
-STAMP = CLIENT_DIR / "node_modules" / ".tracker-installed"
-INSTALL_TIMEOUT_S = 300
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(
-            f"{name} not found on PATH: the TypeScript SDK tests need Node >= 18 and npm"
-            " (.ci/run installs Debian's nodejs and npm packages)",
-            pytrace=False,
-        )
-    return path
-
-
-def _package_hash() -> str:
-    digest = hashlib.sha256()
-    for name in ("package.json", "package-lock.json"):
-        digest.update((CLIENT_DIR / name).read_bytes())
-    return digest.hexdigest()
+NEEDED_BY = "the TypeScript SDK tests need Node >= 18 and npm"
 
 
 @functools.cache
 def installed() -> str:
     """The node executable, once `npm ci` has installed the pinned SDK (at most once per session, and only when the
     lock changed since the last install)."""
-    node = _tool("node")
-    npm = _tool("npm")
-    wanted = _package_hash()
-    with (CLIENT_DIR / ".npm-ci.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not STAMP.is_file() or STAMP.read_text() != wanted:
-            done = subprocess.run(
-                [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"],
-                cwd=CLIENT_DIR, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S,
-            )
-            if done.returncode != 0:
-                pytest.fail(f"npm ci in {CLIENT_DIR} failed ({done.returncode}):\n{done.stderr[-4000:]}", pytrace=False)
-            STAMP.write_text(wanted)
+    node = require_tool("node", NEEDED_BY)
+    npm_ci(CLIENT_DIR, NEEDED_BY)
     return node
 
 
