@@ -19,7 +19,6 @@ from tracker.db import open_engine
 from tracker.models import COMPLETED, RUNNING
 from tracker.remote import MemoryUpstream, RunsService
 from tracker.remote import service as service_module
-from tracker.settings import Settings as SettingsClass
 from tracker.server.run_tools import mount_run_tools, run_lifespan
 from tracker.testing.client import in_process
 
@@ -116,8 +115,8 @@ def test_a_cancelled_call_leaves_the_run_recorded_and_pollable(settings: Setting
 
 
 def test_the_bound_is_a_setting_under_a_default_clients_timeout() -> None:
-    assert SettingsClass.from_env({}, db="x").sync_wait_s < 60
-    assert SettingsClass.from_env({"TRACKER_SYNC_WAIT": "90s"}, db="x").sync_wait_s == 90
+    assert Settings.from_env({}, db="x").sync_wait_s < 60
+    assert Settings.from_env({"TRACKER_SYNC_WAIT": "90s"}, db="x").sync_wait_s == 90
 
 
 @pytest.fixture

@@ -162,15 +162,11 @@ def operation_dict(record: OperationRecord, successful: list[ItemRecord], failur
         lambda item: failure_dict(item, STATUS_ERROR_CHARS),
         at_least_one=False,
     )
-    core = _core(record)
-    return {  # the contract's fields first, in its order
+    return {
         "batch_operation_id": record.id,
-        "operation_type": core.pop("operation_type"),
-        "status": core.pop("status"),
-        "progress": core.pop("progress"),
+        **_core(record),
         "successful_ids": ids,
         "failed_items": failed,
-        **core,
         **_counts(record),
         "successful_ids_truncated": ok_truncated,
         "successful_ids_next_cursor": _items_cursor(record.id, "succeeded", last_ok) if ok_truncated else None,
@@ -180,7 +176,7 @@ def operation_dict(record: OperationRecord, successful: list[ItemRecord], failur
 
 
 def _core(record: OperationRecord) -> dict[str, Any]:
-    """shapes.OperationCore of a record, but for `kind` and the counts (which follow in the answers)."""
+    """The contract's fields of shapes.OperationCore; the end times only once it has ended."""
     core: dict[str, Any] = {
         "operation_type": record.operation_type,
         "status": record.status,

@@ -32,8 +32,9 @@ def run_answer(
     """The run as get_run_status (and run_grid) shows it: shapes.Run, each optional field only once known. stale:
     the status is the last one known (the upstream could not be asked); queued_s: the answer is from the table
     because the rate limit is booked that far ahead."""
-    answer: dict[str, Any] = {"mode": record.mode, "status": record.status, "grid_id": record.grid_id}
-    answer["request_id"] = record.request_id
+    answer: dict[str, Any] = {
+        "mode": record.mode, "status": record.status, "grid_id": record.grid_id, "request_id": record.request_id
+    }
     if record.status == COMPLETED:
         answer["outputs"] = record.outputs
     if record.status == RUNNING and record.request_id is not None:

@@ -10,6 +10,7 @@ rotate_api_key is left out on purpose: it would put a live key into the model's 
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 from typing import Any
@@ -27,16 +28,15 @@ from .upstream import Upstream
 NO_KEY = "BITSCALE_API_KEY is not set: tracker cannot read the workspace or grids of the upstream grid API"
 KEY_PLACEHOLDER = "$BITSCALE_API_KEY"  # what get_grid_curl shows instead of the key: the shell fills it in
 VALUE_PLACEHOLDER = "<value>"
-_ADAPTERS: dict[type, TypeAdapter[Any]] = {}
+@functools.cache
+def _adapter(shape: type) -> TypeAdapter[Any]:
+    return TypeAdapter(shape)
 
 
 def shaped(answer: Any, shape: type, what: str) -> Any:
     """`answer` unchanged if it fits `shape`; else UpstreamError naming the fields (never their values)."""
-    adapter = _ADAPTERS.get(shape)
-    if adapter is None:
-        adapter = _ADAPTERS[shape] = TypeAdapter(shape)
     try:
-        adapter.validate_python(answer)
+        _adapter(shape).validate_python(answer)
     except ValidationError as exc:
         fields = sorted({".".join(str(part) for part in error["loc"]) or "(the answer)" for error in exc.errors()})
         shown = ", ".join(fields[:5]) + (f" and {len(fields) - 5} more" if len(fields) > 5 else "")

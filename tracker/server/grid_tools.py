@@ -12,36 +12,31 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import MCPServer
-from mcp.types import ToolAnnotations
-from pydantic import Field, PlainValidator, WithJsonSchema
+from pydantic import Field, WithJsonSchema
 
 from .. import limits
 from ..remote import RunsService
 from ..shapes import GridCurl, GridDetails, GridPage, Workspace
 from .status_tools import as_tool_errors
-from .strict import add_strict_tool
-
-_AS_GIVEN = PlainValidator(lambda value: value)  # no coercion: the service checks every value and names it
+from .run_tools import READS_UPSTREAM
+from .strict import AS_GIVEN, ID_SCHEMA, add_strict_tool, describe
 
 # One type per argument, never a type array: an optional argument is one that is not required.
 GridId = Annotated[
-    str, _AS_GIVEN, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": limits.ID_CHARS}),
-    Field(description="the grid's id, as list_grids shows it"),
+    str, AS_GIVEN, WithJsonSchema(ID_SCHEMA), Field(description="the grid's id, as list_grids shows it"),
 ]
 Search = Annotated[
-    str, _AS_GIVEN, WithJsonSchema({"type": "string", "maxLength": limits.GRID_SEARCH_CHARS}),
+    str, AS_GIVEN, WithJsonSchema({"type": "string", "maxLength": limits.GRID_SEARCH_CHARS}),
     Field(description="only grids whose name contains this text (case-insensitive); omit for all"),
 ]
 Page = Annotated[
-    int, _AS_GIVEN, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": limits.GRIDS_MAX_PAGE}),
+    int, AS_GIVEN, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": limits.GRIDS_MAX_PAGE}),
     Field(description="page number, from 1"),
 ]
 Limit = Annotated[
-    int, _AS_GIVEN, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": limits.GRIDS_LIMIT}),
+    int, AS_GIVEN, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": limits.GRIDS_LIMIT}),
     Field(description=f"grids per page, 1 to {limits.GRIDS_LIMIT}"),
 ]
-
-READS_UPSTREAM = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
 
 
 class GridTools:
@@ -87,11 +82,9 @@ class GridTools:
         tools: list[Callable[..., Any]] = [
             self.get_workspace_details, self.list_grids, self.get_grid_details, self.get_grid_curl,
         ]
+        values = {"<limit_default>": str(limits.GRIDS_LIMIT_DEFAULT), "<limit_max>": str(limits.GRIDS_LIMIT)}
         for fn in tools:
-            description = " ".join((fn.__doc__ or "").split())
-            description = description.replace("<limit_default>", str(limits.GRIDS_LIMIT_DEFAULT))
-            description = description.replace("<limit_max>", str(limits.GRIDS_LIMIT))
-            add_strict_tool(server, fn, fn.__name__, description, READS_UPSTREAM)
+            add_strict_tool(server, fn, fn.__name__, describe(fn, values), READS_UPSTREAM)
 
 
 def mount_grid_tools(server: MCPServer, runs_service: RunsService) -> None:

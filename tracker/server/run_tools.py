@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import ToolAnnotations
-from pydantic import Field, PlainValidator, WithJsonSchema
+from pydantic import Field, WithJsonSchema
 
 from ..errors import OperationNotFound
 from ..limits import (
@@ -31,13 +31,11 @@ from ..settings import format_duration
 from ..shapes import BatchStarted, Run, RunStatus
 from ..checks import require_id
 from .status_tools import as_tool_errors
-from .strict import add_strict_tool
+from .strict import AS_GIVEN, ID_SCHEMA, add_strict_tool, describe
 
-_AS_GIVEN = PlainValidator(lambda value: value)  # no coercion: the service checks every value and names it
 
 GridId = Annotated[
-    str, _AS_GIVEN, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": ID_CHARS}),
-    Field(description="the grid to run"),
+    str, AS_GIVEN, WithJsonSchema(ID_SCHEMA), Field(description="the grid to run"),
 ]
 _INPUTS_SCHEMA = {
     "type": "object", "minProperties": 1, "maxProperties": INPUT_COLUMNS,
@@ -45,41 +43,41 @@ _INPUTS_SCHEMA = {
     "additionalProperties": {"type": "string", "maxLength": INPUT_VALUE_CHARS},
 }
 Inputs = Annotated[
-    dict[str, str], _AS_GIVEN, WithJsonSchema(_INPUTS_SCHEMA),
+    dict[str, str], AS_GIVEN, WithJsonSchema(_INPUTS_SCHEMA),
     Field(description="input column label -> value for the new row (get_grid_details lists the labels)"),
 ]
 Rows = Annotated[
-    list[dict[str, str]], _AS_GIVEN,
+    list[dict[str, str]], AS_GIVEN,
     WithJsonSchema({"type": "array", "minItems": 1, "maxItems": BATCH_ROWS, "items": _INPUTS_SCHEMA}),
     Field(description=f"one inputs object per run, at most {BATCH_ROWS}"),
 ]
-Mode = Annotated[str, _AS_GIVEN, WithJsonSchema({"type": "string", "enum": list(MODES)})]
+Mode = Annotated[str, AS_GIVEN, WithJsonSchema({"type": "string", "enum": list(MODES)})]
 # Optional arguments are simply not required; each schema has one type (no ["string", "null"] arrays, which
 # strict clients warn about). The checks still take an explicit null as "omitted".
 OutputColumns = Annotated[
-    list[str] | None, _AS_GIVEN,
-    WithJsonSchema({"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": ID_CHARS}}),
+    list[str] | None, AS_GIVEN,
+    WithJsonSchema({"type": "array", "items": ID_SCHEMA}),
     Field(description="column ids to return; omit for all"),
 ]
 SourceId = Annotated[
-    str | None, _AS_GIVEN, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": ID_CHARS}),
+    str | None, AS_GIVEN, WithJsonSchema(ID_SCHEMA),
     Field(description="the upstream's source_id for the new row, if any"),
 ]
 IdempotencyKey = Annotated[
-    str | None, _AS_GIVEN, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": KEY_CHARS}),
+    str | None, AS_GIVEN, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": KEY_CHARS}),
     Field(description="any unique string; calling again with the same key returns the same run, submitted once"),
 ]
 Concurrency = Annotated[
-    int, _AS_GIVEN, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": BATCH_CONCURRENCY}),
+    int, AS_GIVEN, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": BATCH_CONCURRENCY}),
     Field(description="runs submitted at a time (the shared rate limit applies regardless)"),
 ]
 RequestId = Annotated[
-    str, _AS_GIVEN, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": ID_CHARS}),
+    str, AS_GIVEN, WithJsonSchema(ID_SCHEMA),
     Field(description="the request_id that run_grid returned (or the run's operation_id)"),
 ]
 
 STARTS_RUNS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True)
-POLLS = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
+READS_UPSTREAM = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=True)
 
 
 def _progress_to(ctx: Context | None) -> Progress | None:
@@ -158,13 +156,12 @@ class RunTools:
 
     def register(self, server: MCPServer, status_only: bool = False) -> None:
         """Add the three tools, or only get_run_status (for a server that starts no runs itself)."""
-        tools: list[tuple[Callable[..., Any], ToolAnnotations]] = [(self.get_run_status, POLLS)]
+        tools: list[tuple[Callable[..., Any], ToolAnnotations]] = [(self.get_run_status, READS_UPSTREAM)]
         if not status_only:
             tools[:0] = [(self.run_grid, STARTS_RUNS), (self.run_grid_batch, STARTS_RUNS)]
         for fn, hints in tools:
-            description = " ".join((fn.__doc__ or "").split()).replace("<retention>", self.retention)
-            description = description.replace("<sync_wait>", format_duration(self.runs.settings.sync_wait_s))
-            add_strict_tool(server, fn, fn.__name__, description, hints)
+            values = {"<retention>": self.retention, "<sync_wait>": format_duration(self.runs.settings.sync_wait_s)}
+            add_strict_tool(server, fn, fn.__name__, describe(fn, values), hints)
 
 
 def mount_run_tools(server: MCPServer, runs_service: RunsService, status_only: bool = False) -> None:

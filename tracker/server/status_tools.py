@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from pydantic import Field, PlainValidator, WithJsonSchema
+from pydantic import Field, WithJsonSchema
 
 from .. import limits
 from ..aio import off_loop as _off_loop
@@ -24,51 +24,50 @@ from ..status import (
     require_outcome,
 )
 from ..shapes import BatchStatus, Cancelled, OperationItems, OperationPage
-from .strict import add_strict_tool
+from .strict import AS_GIVEN, ID_SCHEMA, add_strict_tool, describe
 
-_AS_GIVEN = PlainValidator(lambda value: value)  # no coercion: tracker.status checks the value
 
 # `str` (not Any) keeps the SDK from JSON-decoding an id such as "null" before we see it.
-_ID_SCHEMA = WithJsonSchema({"type": "string", "minLength": 1, "maxLength": limits.ID_CHARS})
+_ID_SCHEMA = WithJsonSchema(ID_SCHEMA)
 BatchOperationId = Annotated[
-    str, _AS_GIVEN, _ID_SCHEMA, Field(description="the batch_operation_id the batch tool returned")
+    str, AS_GIVEN, _ID_SCHEMA, Field(description="the batch_operation_id the batch tool returned")
 ]
 OperationId = Annotated[
-    str, _AS_GIVEN, _ID_SCHEMA, Field(description="an operation id (a batch_operation_id or a run's)")
+    str, AS_GIVEN, _ID_SCHEMA, Field(description="an operation id (a batch_operation_id or a run's)")
 ]
 Cursor = Annotated[
     Any,
-    _AS_GIVEN,
+    AS_GIVEN,
     WithJsonSchema({"type": "string", "maxLength": limits.CURSOR_CHARS}),
     Field(description="next_cursor from the previous page; omit it for the first page"),
 ]
 Kind = Annotated[
-    Any, _AS_GIVEN, WithJsonSchema({"type": "string", "enum": list(KINDS)}), Field(description="only batches, or only remote runs")
+    Any, AS_GIVEN, WithJsonSchema({"type": "string", "enum": list(KINDS)}), Field(description="only batches, or only remote runs")
 ]
 Status = Annotated[
-    Any, _AS_GIVEN, WithJsonSchema({"type": "string", "enum": list(STATUSES)}), Field(description="only operations in this status")
+    Any, AS_GIVEN, WithJsonSchema({"type": "string", "enum": list(STATUSES)}), Field(description="only operations in this status")
 ]
 OperationType = Annotated[
     Any,
-    _AS_GIVEN,
+    AS_GIVEN,
     WithJsonSchema({"type": "string", "minLength": 1, "maxLength": limits.OPERATION_TYPE_CHARS}),
     Field(description="only this operation_type, e.g. import"),
 ]
 ListLimit = Annotated[
     Any,
-    _AS_GIVEN,
+    AS_GIVEN,
     WithJsonSchema({"type": "integer", "minimum": 1, "maximum": limits.LIST_LIMIT}),
     Field(description=f"operations per page (default {limits.LIST_LIMIT_DEFAULT})"),
 ]
 ItemsLimit = Annotated[
     Any,
-    _AS_GIVEN,
+    AS_GIVEN,
     WithJsonSchema({"type": "integer", "minimum": 1, "maximum": limits.ITEMS_LIMIT}),
     Field(description=f"items per page (default {limits.ITEMS_LIMIT_DEFAULT}); a page of long items holds fewer"),
 ]
 Outcome = Annotated[
     Any,
-    _AS_GIVEN,
+    AS_GIVEN,
     WithJsonSchema({"type": "string", "enum": list(OUTCOMES)}),
     Field(description="succeeded: the successful ids; failed: the failures with their errors"),
 ]
@@ -176,7 +175,4 @@ class StatusTools:
             (self.cancel_operation, CANCELS),
         ]
         for fn, annotations in tools:
-            description = " ".join((fn.__doc__ or "").split())
-            for placeholder, value in self._doc_values().items():
-                description = description.replace(placeholder, value)
-            add_strict_tool(server, fn, fn.__name__, description, annotations)
+            add_strict_tool(server, fn, fn.__name__, describe(fn, self._doc_values()), annotations)

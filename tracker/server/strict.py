@@ -10,15 +10,21 @@ other arguments) never reaches the caller."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
 from mcp.types import ToolAnnotations
-from pydantic import ValidationError
+from pydantic import PlainValidator, ValidationError
 
+from ..limits import ID_CHARS
+
+# Parameters take any JSON value unchanged (no coercion): each tool checks its values (tracker/checks.py) and names
+# what is wrong in one line; the JSON schema still tells the model the type.
+AS_GIVEN = PlainValidator(lambda value: value)
+ID_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": ID_CHARS}
 NAMES_SHOWN = 5  # unknown arguments named in one message; the rest are counted
 NAME_CHARS = 40  # an unknown argument's name is the caller's text: quoted, escaped and cut to this
 
@@ -65,6 +71,14 @@ class StrictTool(Tool):
             # something, name the fields only: its text would repeat the caller's values.
             fields = sorted({str(error["loc"][0]) for error in exc.__cause__.errors() if error["loc"]})
             raise ToolError(f"Error executing tool {self.name}: invalid {', '.join(fields) or 'arguments'}") from None
+
+
+def describe(fn: Callable[..., Any], values: Mapping[str, str] | None = None) -> str:
+    """A tool's description: its docstring on one line, each <placeholder> replaced by its value."""
+    description = " ".join((fn.__doc__ or "").split())
+    for placeholder, value in (values or {}).items():
+        description = description.replace(placeholder, value)
+    return description
 
 
 def add_strict_tool(
