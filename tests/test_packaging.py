@@ -33,6 +33,19 @@ def _run(args: list[str], timeout: float, **kwargs) -> subprocess.CompletedProce
     return result
 
 
+def test_no_source_or_document_holds_a_merge_conflict_marker() -> None:
+    """A merge whose conflict was committed unresolved (the README once was) shows here, not to a reader."""
+    marked = []
+    for pattern in ("*.md", "tracker/**/*.py", "tests/**/*.py", "scripts/**/*.py", "migrations/**/*.py", ".ci/*"):
+        for path in REPO.glob(pattern):
+            if "node_modules" in path.parts or not path.is_file():
+                continue
+            for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+                if line.startswith(("<<<<<<< ", ">>>>>>> ")):
+                    marked.append(f"{path.relative_to(REPO)}:{number}")
+    assert marked == []
+
+
 def test_the_wheel_runs_the_demo_from_a_fresh_venv(tmp_path: Path) -> None:
     started = time.monotonic()
     # Build from a copy: pip builds in the source tree and would leave build/ and tracker.egg-info in the checkout.
