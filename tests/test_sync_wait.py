@@ -32,22 +32,20 @@ def test_a_sync_run_past_the_bound_answers_running_with_its_operation_id(setting
     upstream = MemoryUpstream(polls_to_finish=0, submit_delay_s=1.0)  # the sync POST answers after 1 s
     runs = _service(settings, upstream, sync_wait_s=0.3)
 
-    async def scenario() -> tuple[dict, float, dict, dict]:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+    async def scenario() -> tuple[dict, int, dict, dict]:
         first = await runs.run_grid("g1", {"email": "a@x.io"}, "sync")
-        waited = loop.time() - started
+        sent_back = len(upstream.submitted)  # MemoryUpstream counts a POST once it has answered
         meanwhile = await runs.get_run_status(first["operation_id"])
         await asyncio.sleep(1.2)  # the POST, still going after the answer, ends and is recorded
         later = await runs.get_run_status(first["operation_id"])
         await runs.aclose()
-        return first, waited, meanwhile, later
+        return first, sent_back, meanwhile, later
 
-    first, waited, meanwhile, later = asyncio.run(scenario())
+    first, sent_back, meanwhile, later = asyncio.run(scenario())
     assert first["status"] == RUNNING and first["operation_id"].startswith("run_")
     assert "request_id" not in first and "poll_url" not in first  # the upstream has not answered yet
     assert "operation_id" in first["message"]
-    assert waited < 0.9, waited  # answered at its bound, not when the POST returned
+    assert sent_back == 0  # answered at its bound, before the POST had answered
     assert meanwhile["status"] == RUNNING and meanwhile["operation_id"] == first["operation_id"]
     assert later["status"] == COMPLETED and later["outputs"]["email"]["value"] == "a@x.io"
     assert len(upstream.submitted) == 1
@@ -72,7 +70,7 @@ def test_every_answer_of_run_grid_names_its_operation_id(settings: Settings) -> 
 
 def test_progress_is_reported_while_a_sync_run_waits(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(service_module, "SYNC_PROGRESS_EVERY_S", 0.1)
-    upstream = MemoryUpstream(polls_to_finish=0, submit_delay_s=0.55)
+    upstream = MemoryUpstream(polls_to_finish=0, submit_delay_s=1.0)
     runs = _service(settings, upstream, sync_wait_s=5.0)
     reports: list[tuple[float, str]] = []
 
@@ -86,32 +84,49 @@ def test_progress_is_reported_while_a_sync_run_waits(settings: Settings, monkeyp
 
     answer = asyncio.run(scenario())
     assert answer["status"] == COMPLETED
-    assert 3 <= len(reports) <= 6, reports
+    assert len(reports) >= 2, reports
     waited = [seconds for seconds, _ in reports]
     assert waited == sorted(waited) and len(set(waited)) == len(waited)  # progress only increases
     assert all(answer["operation_id"] in message for _, message in reports)
 
 
 def test_a_cancelled_call_leaves_the_run_recorded_and_pollable(settings: Settings) -> None:
-    upstream = MemoryUpstream(polls_to_finish=0, submit_delay_s=0.6)
+    upstream = MemoryUpstream(polls_to_finish=0, submit_delay_s=1.0)
     runs = _service(settings, upstream)
 
     async def scenario() -> tuple[list, dict]:
         call = asyncio.ensure_future(runs.run_grid("g1", {"email": "a@x.io"}, "sync"))
-        await asyncio.sleep(0.2)
-        call.cancel()  # what the SDK does on notifications/cancelled
-        with pytest.raises(asyncio.CancelledError):
-            await call
         with Tracker(settings) as reader:
-            recorded = reader.list(kind="run")
-        await asyncio.sleep(0.7)
-        later = await runs.get_run_status(recorded[0].id)
+            recorded = await _until(lambda: reader.list(kind="run"))  # the row is written, the POST is out
+            call.cancel()  # what the SDK does on notifications/cancelled
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            assert not upstream.submitted  # cancelled while the POST was still in flight
+        later = await _until(lambda: _ended(runs.get_run_status(recorded[0].id)))
         await runs.aclose()
         return recorded, later
 
     recorded, later = asyncio.run(scenario())
     assert len(recorded) == 1 and recorded[0].status == RUNNING
     assert later["status"] == COMPLETED and len(upstream.submitted) == 1
+
+
+async def _ended(answer: Any) -> dict | None:
+    done = await answer
+    return done if done["status"] != RUNNING else None
+
+
+async def _until(probe: Any, timeout_s: float = 20.0) -> Any:
+    """probe()'s first truthy value (awaited when it is a coroutine), tried every 50 ms; fails after timeout_s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        value = probe()
+        value = await value if asyncio.iscoroutine(value) else value
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    pytest.fail(f"nothing after {timeout_s} s")
 
 
 def test_the_bound_is_a_setting_under_a_default_clients_timeout() -> None:
@@ -129,7 +144,7 @@ async def test_the_tool_sends_progress_notifications_to_a_client_that_asked(
     tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(service_module, "SYNC_PROGRESS_EVERY_S", 0.1)
-    settings = Settings.from_env({}, db=str(tmp_path / "t.db"), sync_wait_s=0.45)
+    settings = Settings.from_env({}, db=str(tmp_path / "t.db"), sync_wait_s=1.0)
     upstream = MemoryUpstream(polls_to_finish=0, submit_delay_s=2.0)
     seen: list[tuple[float, str | None]] = []
 

@@ -223,5 +223,5 @@ def test_a_request_nested_too_deeply_is_answered_and_the_next_one_served(tmp_pat
     )
     deep, listed = output["calls"]
     assert "error" in deep and deep["error"]["code"] == -32600, deep
-    assert "nested too deeply" in deep["error"]["message"] and deep["elapsed_ms"] < 10_000
+    assert "nested too deeply" in deep["error"]["message"]  # an answer: a timeout would be -32001
     assert _answer(listed)["operations"] == []
