@@ -215,6 +215,45 @@ def test_the_typescript_sdk_client_over_streamable_http(shared: tuple[HttpServer
     assert refused["fatal"]["code"] == 401 and "invalid_token" in refused["fatal"]["message"], refused
 
 
+def _readme_quick_path() -> tuple[str, str]:
+    """The shell block and the Python block of the README's "Serving over HTTP", as an operator copies them."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Serving over HTTP"):]
+    section = section[: section.index("\n## ", 1)]
+    shell = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
+    python = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert shell and python
+    return shell.group(1), python.group(1)
+
+
+def test_the_readme_quick_path_works_as_written(tmp_path: Path) -> None:
+    shell, python = _readme_quick_path()
+    with socket.socket() as probe:  # a free port in place of the README's 8080, which may be taken here
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    shell, python = (text.replace("127.0.0.1:8080", f"127.0.0.1:{port}") for text in (shell, python))
+    (tmp_path / "client.py").write_text(python)
+    before_kill, kill, after = shell.partition("kill %1")
+    assert kill, shell
+    # The README's five commands, with its Python client run while the server still listens, then the exit status.
+    script = f"set -e\n{before_kill}\nTOKEN=$TOKEN python client.py\n{kill}{after}\nwait %1 && echo server-exit-0\n"
+    env = child_env(tmp_path / "unused.db", HOME=str(tmp_path))
+    for name in ("TRACKER_DB", "XDG_DATA_HOME", "TRACKER_HTTP_TOKENS"):
+        env.pop(name, None)
+    env["PATH"] = os.pathsep.join([str(Path(PYTHON).parent), env.get("PATH", "")])
+    done = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, timeout=90, env=env, cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert '"structuredContent":{"operations":[],"count":0,"next_cursor":null}' in done.stdout, done.stdout
+    assert "{'operations': [], 'count': 0, 'next_cursor': None}" in done.stdout, done.stdout
+    assert done.stdout.rstrip().endswith("server-exit-0"), done.stdout
+    assert f"listening on http://127.0.0.1:{port}/mcp" in done.stderr
+    assert (tmp_path / ".local" / "share" / "tracker" / "tracker.db").is_file()
+    assert stat.S_IMODE((tmp_path / ".config" / "tracker" / "tokens").stat().st_mode) == 0o600
+
+
 # -- starts that are refused -----------------------------------------------------------------------------------------
 
 

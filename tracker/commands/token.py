@@ -13,7 +13,7 @@ from ..tokens import add_token
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("token", help="make bearer tokens for tracker serve --http")
-    actions = parser.add_subparsers(dest="token_command", required=True, parser_class=type(parser))
+    actions = parser.add_subparsers(dest="token_command", metavar="{new}", required=True, parser_class=type(parser))
     new = actions.add_parser(
         "new",
         help="make a token for SUBJECT: printed once on stdout, its SHA-256 appended to the tokens file",
