@@ -51,12 +51,28 @@ def call(tool: str, options: dict[str, Any] | None = None, **arguments: Any) -> 
     return entry
 
 
-def run_client(db: Path, calls: list[dict[str, Any]], timeout: float = 120, **env: str) -> dict[str, Any]:
-    """Start `tracker serve` on `db` under the TypeScript client, list the tools, make `calls` in order, and return
-    the client's output document ({"tools", "calls", "stderr", ...}). Fails the test when the client could not
-    connect or list the tools."""
+def http_params(url: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """The "server" part of the client's input for a Streamable HTTP server already listening at `url`."""
+    return {"url": url, "headers": headers or {}}
+
+
+def run_client(
+    db: Path | None,
+    calls: list[dict[str, Any]],
+    timeout: float = 120,
+    server: dict[str, Any] | None = None,
+    allow_fatal: bool = False,
+    **env: str,
+) -> dict[str, Any]:
+    """Start `tracker serve` on `db` under the TypeScript client (or connect to `server`, e.g. http_params(url)),
+    list the tools, make `calls` in order, and return the client's output document ({"tools", "calls", "stderr",
+    ...}). Fails the test when the client could not connect or list the tools, unless allow_fatal (then the
+    document is {"fatal": {message, code, name}, "stderr"})."""
     node = installed()
-    document = {"server": server_params(db, **env), "calls": calls}
+    if server is None:
+        assert db is not None
+        server = server_params(db, **env)
+    document = {"server": server, "calls": calls}
     done = subprocess.run(
         [node, str(SCRIPT)], input=json.dumps(document), cwd=CLIENT_DIR, capture_output=True, text=True, timeout=timeout
     )
@@ -64,6 +80,8 @@ def run_client(db: Path, calls: list[dict[str, Any]], timeout: float = 120, **en
         output = json.loads(done.stdout)
     except json.JSONDecodeError:
         pytest.fail(f"the TypeScript client printed no JSON (exit {done.returncode}):\n{done.stdout}\n{done.stderr}")
+    if "fatal" in output and allow_fatal:
+        return output
     if "fatal" in output:
         pytest.fail(f"the TypeScript client failed: {output['fatal']}\nserver stderr:\n{output['stderr']}")
     assert done.returncode == 0, done.stderr

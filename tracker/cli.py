@@ -15,7 +15,7 @@ from .errors import TrackerError
 from .settings import Settings
 
 # Subcommand modules under tracker.commands; each registers its own parsers.
-COMMAND_MODULES = ["demo", "db", "serve", "reap", "inspect"]
+COMMAND_MODULES = ["demo", "db", "serve", "token", "reap", "inspect"]
 
 
 class _Parser(argparse.ArgumentParser):

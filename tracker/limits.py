@@ -42,3 +42,13 @@ GRIDS_MAX_PAGE = 100_000  # list_grids' page (1-based): far beyond any workspace
 
 # -- the stdio transport -------------------------------------------------------------------------------------------
 STDIO_LINE_BYTES = 32 * 2**20  # one JSON-RPC line; a longer one is read in pieces, refused, and never held whole
+
+# -- the HTTP transport (tracker serve --http) -----------------------------------------------------------------------
+# One JSON-RPC message is bounded alike on both transports, so a request stdio serves is served over HTTP too. It
+# admits a run_grid_batch of 10,000 rows of up to ~3,300 characters of inputs each (31.7 MiB measured; 10,000 rows
+# of 3 labels x 100 characters are 3.4 MiB, over the SDK's 4 MiB default once labels or values grow). The legal
+# maximum (10,000 x 200 x 10,000 characters) is ~19 GiB and fits no request on either transport.
+HTTP_BODY_BYTES = STDIO_LINE_BYTES
+HTTP_CONCURRENCY_DEFAULT = 8  # requests of one subject in flight at once, per process; the next one gets 429
+HTTP_RETRY_AFTER_S = 1  # the Retry-After of a 429
+SUBJECT_CHARS = 64  # a token's subject: [A-Za-z0-9._@-], 1 to this many characters

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import InvalidInput
+from .limits import HTTP_CONCURRENCY_DEFAULT
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -30,6 +31,18 @@ def _positive_number(text: str, name: str) -> float:
     if not value > 0 or value == float("inf"):
         raise InvalidInput(f"{name} must be a positive number (requests per second), got {str(text)[:40]!r}")
     return value
+
+
+def _positive_int(text: str, name: str) -> int:
+    value = text.strip()
+    if not value.isdigit() or int(value) < 1 or len(value) > 6:
+        raise InvalidInput(f"{name} must be a whole number from 1 to 999999, got {text[:40]!r}")
+    return int(value)
+
+
+def host_names(text: str) -> tuple[str, ...]:
+    """'a.example, b.example' -> ('a.example', 'b.example')."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def format_duration(seconds: float) -> str:
@@ -66,6 +79,13 @@ class Settings:
     # Longest wait for a database server (PostgreSQL): connecting, each statement or commit, a lock. After it,
     # DatabaseUnavailable, whether the server is slow, silent or partitioned away.
     db_timeout_s: float = 10.0
+    # tracker serve --http: the tokens file ("" = none: served unauthenticated, on loopback only), Host names to
+    # accept besides loopback ones (a reverse proxy's public name), requests one subject may have in flight, and how
+    # long in-flight calls may take to finish after SIGTERM.
+    http_tokens: str = ""
+    http_allowed_hosts: tuple[str, ...] = ()
+    http_concurrency: int = HTTP_CONCURRENCY_DEFAULT
+    http_shutdown_grace_s: float = 20.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -96,6 +116,15 @@ class Settings:
             values["db_timeout_s"] = parse_duration(env["TRACKER_DB_TIMEOUT"], "TRACKER_DB_TIMEOUT")
             if not values["db_timeout_s"] > 0:
                 raise InvalidInput("TRACKER_DB_TIMEOUT must be more than 0 (e.g. 10s)")
+        if env.get("TRACKER_HTTP_TOKENS", "").strip():
+            values["http_tokens"] = env["TRACKER_HTTP_TOKENS"].strip()
+        if env.get("TRACKER_HTTP_ALLOWED_HOSTS"):
+            values["http_allowed_hosts"] = host_names(env["TRACKER_HTTP_ALLOWED_HOSTS"])
+        if env.get("TRACKER_HTTP_CONCURRENCY"):
+            values["http_concurrency"] = _positive_int(env["TRACKER_HTTP_CONCURRENCY"], "TRACKER_HTTP_CONCURRENCY")
+        if env.get("TRACKER_HTTP_SHUTDOWN_GRACE"):
+            grace = env["TRACKER_HTTP_SHUTDOWN_GRACE"]
+            values["http_shutdown_grace_s"] = parse_duration(grace, "TRACKER_HTTP_SHUTDOWN_GRACE")
         settings = cls(**values)  # type: ignore[arg-type]
         extra = {k: v for k, v in overrides.items() if v is not None}
         if "db" in extra:

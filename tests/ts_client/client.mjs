@@ -1,7 +1,9 @@
-// Drives an MCP stdio server with the official TypeScript SDK client, as a default client would.
+// Drives an MCP server with the official TypeScript SDK client, as a default client would: a stdio server it starts,
+// or a Streamable HTTP server already listening.
 //
 // Input, one JSON document on stdin:
-//   {"server": {"command": "...", "args": [...], "env": {...}, "cwd": "..."},
+//   {"server": {"command": "...", "args": [...], "env": {...}, "cwd": "..."}   (stdio)
+//           or {"url": "http://127.0.0.1:PORT/mcp", "headers": {"Authorization": "Bearer ..."}}   (Streamable HTTP),
 //    "calls": [{"tool": "name", "arguments": {...},
 //               "options": {"timeout": ms, "resetTimeoutOnProgress": bool, "maxTotalTimeout": ms, "progress": bool}}]}
 // "options" is optional; without it a call gets the SDK's defaults (a 60 s request timeout, no progress token).
@@ -17,13 +19,14 @@
 //   {"sdk_version": "...", "server": {name, version} | null, "tools": [{name, description, inputSchema, outputSchema, annotations}],
 //    "calls": [{"tool", "result": {isError, structuredContent, content: [text...]}, "progress": [...], "elapsed_ms"}
 //              | {"tool", "error": {message, code, name}, "progress": [...], "elapsed_ms"}],
-//    "stderr": "the server's stderr"}
+//    "stderr": "the server's stderr" (stdio; "" over HTTP)}
 // A failure before the calls (spawn, initialize, tools/list) prints {"fatal": {...}, "stderr": ...} and exits 1.
 // The calls run one after another; an error in one call is recorded and the next call still runs.
 
 import { readFileSync } from "node:fs";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 
 // Read from the file: the package's "exports" map "./*" to dist/, so an import of its package.json finds another one.
 const SDK_VERSION = JSON.parse(
@@ -127,10 +130,16 @@ async function runCall(client, call, done) {
 
 async function main() {
   const input = await readStdin();
-  const { command, args = [], env, cwd } = input.server;
-  const transport = new StdioClientTransport({ command, args, env, cwd, stderr: "pipe" });
   let stderr = "";
-  transport.stderr?.on("data", (chunk) => (stderr += chunk.toString("utf8")));
+  let transport;
+  if (input.server.url) {
+    const { url, headers = {} } = input.server;
+    transport = new StreamableHTTPClientTransport(new URL(url), { requestInit: { headers } });
+  } else {
+    const { command, args = [], env, cwd } = input.server;
+    transport = new StdioClientTransport({ command, args, env, cwd, stderr: "pipe" });
+    transport.stderr?.on("data", (chunk) => (stderr += chunk.toString("utf8")));
+  }
   const client = new Client({ name: "tracker-ts-client", version: "1.0.0" });
   const output = { sdk_version: SDK_VERSION, server: null, tools: [], calls: [], started_ms: Date.now() };
   let fatal = null;

@@ -175,10 +175,16 @@ class ServedDatabase:
             raise self._unavailable()
         return value
 
-    def build_server(self) -> MCPServer:
-        """tracker's tools, each call opening the database first if it is not open yet."""
+    def build_server(self, **options: Any) -> MCPServer:
+        """tracker's tools, each call opening the database first if it is not open yet. `options` go to MCPServer
+        (`tracker serve --http` passes its auth and token_verifier)."""
         server = _GatedServer(
-            self, name="tracker", instructions=INSTRUCTIONS, version=_server_version(), lifespan=self.lifespan
+            self,
+            name="tracker",
+            instructions=INSTRUCTIONS,
+            version=_server_version(),
+            lifespan=self.lifespan,
+            **options,
         )
         tracker = _WhenOpen(self.settings, lambda: self._opened("tracker"))
         runs = _WhenOpen(self.settings, lambda: self._opened("runs"))
