@@ -22,6 +22,7 @@ stdio and the library, on the cached database of figure 2's quick mode (20,000 f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -50,6 +51,7 @@ OPERATIONS, ITEMS = 20_000, 100_000
 RUNS = 3
 WARM_CALLS = 30
 CLIENTS = 8
+ERROR_PAUSE_S = 0.05  # after a failed call (the SDK's client does not wait out a 429's Retry-After)
 WIRE = "2025-11-25"  # the initialize handshake, as tracker.testing.client.stdio() and http() speak it
 
 
@@ -138,6 +140,7 @@ async def _round_trips(db: Path, server: HttpServer, ids: list[str], workdir: Pa
 async def _throughput(urls: list[str], pids: list[int], ids: list[str], seconds: float, seed: int) -> dict[str, float]:
     """One run of (b): CLIENTS sessions, split between `urls`, each calling back to back for `seconds`."""
     counts = [0] * CLIENTS
+    errors: dict[str, int] = {}
     opened = 0
     all_open = anyio.Event()
     window: dict[str, float] = {}
@@ -146,7 +149,8 @@ async def _throughput(urls: list[str], pids: list[int], ids: list[str], seconds:
         nonlocal opened
         order = random.Random(seed * 100 + number).sample(ids, len(ids))
         async with http(urls[number % len(urls)]) as session:
-            await session.answer("get_batch_status", batch_operation_id=order[-1])
+            with contextlib.suppress(Exception):  # warm-up; a refused call is counted in the window below
+                await session.answer("get_batch_status", batch_operation_id=order[-1])
             opened += 1
             if opened == CLIENTS:
                 window["cpu_client"] = sum(os.times()[:2])
@@ -157,12 +161,20 @@ async def _throughput(urls: list[str], pids: list[int], ids: list[str], seconds:
             end = window["start"] + seconds
             n = 0
             while True:
-                answer = await session.answer("get_batch_status", batch_operation_id=order[n % len(order)])
+                op_id = order[n % len(order)]
+                n += 1
+                try:
+                    answer = await session.answer("get_batch_status", batch_operation_id=op_id)
+                except Exception as exc:  # noqa: BLE001 - an HTTP error status (a 429) surfaces as an MCPError
+                    kind = f"{type(exc).__name__}: {str(exc)[:80]}"
+                    errors[kind] = errors.get(kind, 0) + 1
+                    answer = None
+                    await anyio.sleep(ERROR_PAUSE_S)
                 if time.perf_counter() > end:
                     break
-                assert answer["found"]
-                counts[number] += 1
-                n += 1
+                if answer is not None:
+                    assert answer["found"]
+                    counts[number] += 1
             if "end" not in window:
                 window["end"] = time.perf_counter()
                 window["cpu_client_end"] = sum(os.times()[:2])
@@ -174,6 +186,8 @@ async def _throughput(urls: list[str], pids: list[int], ids: list[str], seconds:
     span = window["end"] - window["start"]
     return {
         "rate": sum(counts) / seconds,
+        "errors": sum(errors.values()),
+        "error_kinds": sorted(errors),
         "client_cpu": (window["cpu_client_end"] - window["cpu_client"]) / span,
         "server_cpu": (window["cpu_servers_end"] - window["cpu_servers"]) / span,
     }
@@ -215,6 +229,8 @@ def figure_8_http(workdir: Path, samples: int, seconds: float, log=print) -> str
     kept_per_stdio = [r["kept50"] / r["stdio50"] for r in rounds]
     two_per_one = [t["rate"] / o["rate"] for o, t in zip(one, two)]
     calls = rounds[0]["calls"]
+    error_kinds = sorted({kind for r in one + two for kind in r["error_kinds"]})
+    kinds = f" ({'; '.join(error_kinds)})" if error_kinds else ""
     return (
         f"8 Streamable HTTP: get_batch_status of {calls:,} random operations among {OPERATIONS:,} finished"
         f" operations, median (min-max) of {RUNS} runs: library p50 {spread('library50', '.3f')} ms"
@@ -229,6 +245,7 @@ def figure_8_http(workdir: Path, samples: int, seconds: float, log=print) -> str
         f" {median_spread([r['rate'] for r in one], ',.0f')} calls/s,"
         f" two servers on the same file {median_spread([r['rate'] for r in two], ',.0f')} calls/s"
         f" | ratio two/one {median_spread(two_per_one, '.2f')}"
+        f" | failed calls {sum(r['errors'] for r in one)} (one) / {sum(r['errors'] for r in two)} (two){kinds}"
         f" | CPU in the window, cores: client process {statistics.median(r['client_cpu'] for r in one + two):.2f},"
         f" servers {statistics.median(r['server_cpu'] for r in one):.2f} (one) /"
         f" {statistics.median(r['server_cpu'] for r in two):.2f} (two)"
