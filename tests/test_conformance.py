@@ -107,26 +107,36 @@ def test_python_sdk_client_over_http(server: HttpServer) -> None:
 
 
 def test_kept_alive_connection_does_not_stall(server: HttpServer) -> None:
-    """Requests on one kept-alive connection are answered without the 40 ms stall of Nagle's algorithm against a
-    delayed ACK: the server must set TCP_NODELAY on accepted connections. (asyncio sets it only when the listening
-    socket was made with proto IPPROTO_TCP; a socket.socket(AF_INET, SOCK_STREAM) bound by hand has proto 0.)"""
+    """Requests on one kept-alive connection are answered without the 40 ms stall of Nagle's algorithm against the
+    client's delayed ACK: the server must set TCP_NODELAY on accepted connections (asyncio does so only when the
+    listening socket was made with proto IPPROTO_TCP; socket.socket(AF_INET, SOCK_STREAM) has proto 0). The baseline
+    is the same request on a fresh connection, interleaved, which the stall spares (a new connection ACKs at once)."""
     body = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
     request = (
         f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nContent-Type: application/json\r\n"
         f"Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: {HANDSHAKE}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
-    times = []
+
+    def round_trip(conn: socket.socket, reader) -> float:  # noqa: ANN001
+        started = time.perf_counter()
+        conn.sendall(request)
+        _read_response(reader)
+        return (time.perf_counter() - started) * 1000
+
+    kept, fresh = [], []
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         reader = conn.makefile("rb")
+        round_trip(conn, reader)
         for _ in range(15):
-            started = time.perf_counter()
-            conn.sendall(request)
-            _read_response(reader)
-            times.append((time.perf_counter() - started) * 1000)
-    median = sorted(times)[len(times) // 2]
-    assert median < 25, f"kept-alive ping round trips (ms): {[round(t, 1) for t in times]}"
+            kept.append(round_trip(conn, reader))
+            with socket.create_connection(("127.0.0.1", server.port), timeout=30) as other:
+                fresh.append(round_trip(other, other.makefile("rb")))
+    kept_median, fresh_median = sorted(kept)[len(kept) // 2], sorted(fresh)[len(fresh) // 2]
+    assert kept_median < fresh_median + 30, (
+        f"ping round trips (ms) on one kept-alive connection {[round(t, 1) for t in kept]},"
+        f" each on a fresh one {[round(t, 1) for t in fresh]}"
+    )
 
 
 def _read_response(reader) -> bytes:  # noqa: ANN001
