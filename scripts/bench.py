@@ -8,9 +8,11 @@ these machines are shared and noisy: read the ratios, not the absolute numbers.
 
 Figures (one module each): 1 and 4 recording (bench_recording.py), 2 status reads at scale (bench_status.py),
 3 purge (bench_purge.py), 5 remote runs against the fake upstream (bench_runs.py), 6 server memory
-(bench_memory.py), 7 status of a batch with 100 MB of input rows (bench_large_batch.py). Figures 2 and 3 use a database of 1,000,000 finished operations and 5,000,000 items made by
-bench_data.py (about a minute) and cached in the system temp dir (tracker-bench-cache/, keyed by schema
-revision, sizes and generator version): later runs reuse it, and figure 3 purges a copy.
+(bench_memory.py), 7 status of a batch with 100 MB of input rows (bench_large_batch.py), 8 Streamable HTTP against
+stdio and the library, and two HTTP servers against one (bench_http.py). Figures 2 and 3 use a database of
+1,000,000 finished operations and 5,000,000 items made by bench_data.py (about a minute) and cached in the system
+temp dir (tracker-bench-cache/, keyed by schema revision, sizes and generator version): later runs reuse it, and
+figure 3 purges a copy; figure 8 reads the cached database of figure 2's quick mode.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 
 from bench_common import sqlite_module  # (first: puts this checkout on sys.path)
+from bench_http import figure_8_http
 from bench_large_batch import figure_7_large_batch
 from bench_memory import figure_6_memory
 from bench_purge import figure_3_purge
@@ -53,6 +56,8 @@ FIGURES = {
     7: lambda workdir, quick: (
         figure_7_large_batch(workdir, 1_000, 10_000, 30) if quick else figure_7_large_batch(workdir, 10_000, 10_000, 100)
     ),
+    # Quick mode is about 25 s, most of it starting the three servers; full mode about 2.5 minutes.
+    8: lambda workdir, quick: figure_8_http(workdir, 60, 1.0) if quick else figure_8_http(workdir, 1_000, 10.0),
 }
 
 

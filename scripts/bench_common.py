@@ -1,9 +1,11 @@
-"""Helpers shared by the benchmark figures: raw sqlite3 connections, percentiles, an MCP stdio session against
-`python -m tracker serve`, and process memory from /proc."""
+"""Helpers shared by the benchmark figures: raw sqlite3 connections, percentiles and the median (min-max) of runs,
+an MCP stdio session against `python -m tracker serve`, and process memory, CPU time and TCP connections from
+/proc."""
 
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -31,6 +33,11 @@ def percentile(samples: list[float], fraction: float) -> float:
     ordered = sorted(samples)
     rank = max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))
     return ordered[rank]
+
+
+def median_spread(values: list[float], fmt: str) -> str:
+    """'median (min-max)' of the runs' values, each formatted with `fmt`."""
+    return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
 
 
 @asynccontextmanager
@@ -80,3 +87,21 @@ def reset_peak_rss(pid: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
+
+
+def tcp_client_ports(server_port: int) -> set[int]:
+    """Local ports of this host's IPv4 TCP sockets connected to 127.0.0.1:server_port, in any state (TIME_WAIT
+    included, so a connection closed in the last minute still counts): the set difference of two calls is the
+    connections opened between them."""
+    ports = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote = line.split()[1:3]
+        if remote == f"0100007F:{server_port:04X}":
+            ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports

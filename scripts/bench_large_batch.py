@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_common import percentile  # (first: puts this checkout on sys.path)
+from bench_common import median_spread, percentile  # (first: puts this checkout on sys.path)
 from tracker import Settings, Tracker
 from tracker.ids import new_operation_id
 from tracker.status import StatusService
@@ -76,10 +76,6 @@ def one_run(path: Path, rows: int, chars: int, samples: int) -> tuple[float, flo
     return percentile(times["small"], 0.5), percentile(times["large"], 0.5), percentile(times["adopt"], 0.5)
 
 
-def _median_spread(values: list[float], fmt: str) -> str:
-    return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
-
-
 def figure_7_large_batch(workdir: Path, rows: int, chars: int, samples: int, log=print) -> str:
     results = []
     for n in range(RUNS):
@@ -96,9 +92,9 @@ def figure_7_large_batch(workdir: Path, rows: int, chars: int, samples: int, log
     return (
         f"7 get_batch_status of a running run batch of {rows:,} input rows x {chars:,} chars ({megabytes:.0f} MB)"
         f" vs one of {SMALL_ROWS} rows, same SQLite file, {samples} reads each, median (min-max) of {RUNS} runs:"
-        f" small p50 {_median_spread(small, '.3f')} ms | large p50 {_median_spread(large, '.3f')} ms"
-        f" | ratio large/small {_median_spread(ratios, '.2f')}x"
-        f" | adopt read of both (running_batches) p50 {_median_spread(adopt, '.3f')} ms"
+        f" small p50 {median_spread(small, '.3f')} ms | large p50 {median_spread(large, '.3f')} ms"
+        f" | ratio large/small {median_spread(ratios, '.2f')}x"
+        f" | adopt read of both (running_batches) p50 {median_spread(adopt, '.3f')} ms"
         f" | target large <= 1.5x small ({'met' if ratio <= 1.5 else 'MISSED'})"
     )
 

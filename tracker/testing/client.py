@@ -1,5 +1,6 @@
 """One MCP client for tests, scripts and the demo: a session over an in-process server object (the SDK's
-in-memory Client, no subprocess) or over a `python -m tracker ...` stdio subprocess, each usable from async code
+in-memory Client, no subprocess), over a `python -m tracker ...` stdio subprocess, or over Streamable HTTP to a
+running server (`tracker serve --http`; tracker.testing.http_server starts one), each usable from async code
 (`ToolClient`) or plain code (`SyncToolClient`, the session in an anyio blocking portal). A tool call answers a
 `ToolAnswer` (error text or structured content); `answer()` returns the structured content or raises
 ToolCallError with the tool's error text."""
@@ -17,6 +18,7 @@ import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from mcp.client.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
 from mcp.types import Tool
 
@@ -87,6 +89,14 @@ async def stdio(
     )
     transport = stdio_client(params, errlog=errlog if errlog is not None else sys.stderr)
     async with Client(transport, mode="legacy", cache=None) as client:
+        yield ToolClient(client)
+
+
+@asynccontextmanager
+async def http(url: str) -> AsyncIterator[ToolClient]:
+    """A session on the Streamable HTTP server at `url` (http://127.0.0.1:PORT/mcp), with the initialize handshake
+    as stdio() does it. The session has one HTTP client of its own, so its calls reuse kept-alive connections."""
+    async with Client(streamable_http_client(url), mode="legacy", cache=None) as client:
         yield ToolClient(client)
 
 
