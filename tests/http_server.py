@@ -1,13 +1,9 @@
-"""`python -m tracker serve --http 127.0.0.1:0` as a real subprocess on this checkout, and MCP sessions on it over the
-official Python client's Streamable HTTP transport (mcp.client.streamable_http, an httpx2 client carrying the
-Authorization header)."""
+"""MCP sessions over the official Python client's Streamable HTTP transport (mcp.client.streamable_http, an httpx2
+client carrying the Authorization header) on `python -m tracker serve --http 127.0.0.1:0` subprocesses
+(tracker.testing.http_server.HttpServer, the one launcher)."""
 
 from __future__ import annotations
 
-import re
-import signal
-import subprocess
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -19,89 +15,15 @@ from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from tracker.testing.client import SyncToolClient, ToolClient
-from tracker.testing.env import child_env
+from tracker.testing.http_server import HttpServer
 
-from .conftest import PYTHON, REPO
-
-LISTENING = re.compile(r"listening on (http://\S+/mcp)")
-START_TIMEOUT_S = 30.0
 ACCEPT = "application/json, text/event-stream"
-
-
-class HttpServer:
-    """`python -m tracker serve --http 127.0.0.1:0 ARGS` on `db`; its stderr is collected (a thread drains the pipe)
-    and its URL read from the listening line."""
-
-    def __init__(self, db: Path, args: Sequence[str] = (), address: str = "127.0.0.1:0", **env: str) -> None:
-        """Starts the process; the first use of `url` waits until it listens (so several can start at once)."""
-        self.process = subprocess.Popen(
-            [PYTHON, "-m", "tracker", "serve", "--http", address, *args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=child_env(db, **env), cwd=REPO,
-        )
-        self._lines: list[str] = []
-        self._listening = threading.Event()
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
-        self._url: str | None = None
-
-    @property
-    def url(self) -> str:
-        return self.wait_listening()
-
-    def wait_listening(self) -> str:
-        """The URL from the listening line, once it is printed."""
-        if self._url is None:
-            if not self._listening.wait(START_TIMEOUT_S):
-                raise AssertionError(f"tracker serve --http did not say where it listens:\n{self.stderr}")
-            found = LISTENING.search(self.stderr)
-            assert found, f"tracker serve --http ended without listening:\n{self.stderr}"
-            self._url = found.group(1)
-        return self._url
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1].split("/")[0])
-
-    def _drain(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self._lines.append(line)
-            if LISTENING.search(line):
-                self._listening.set()
-        self._listening.set()  # it ended without listening: stop waiting
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self._lines)
-
-    def terminate(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-
-    def wait(self, timeout: float) -> int:
-        code = self.process.wait(timeout)
-        self._reader.join(5)
-        return code
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._reader.join(5)
 
 
 @contextmanager
 def http_server(db: Path, args: Sequence[str] = (), **env: str) -> Iterator[HttpServer]:
-    server = HttpServer(db, args, **env)
-    try:
-        server.wait_listening()
+    with HttpServer(db, args, env) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @contextmanager

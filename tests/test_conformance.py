@@ -77,7 +77,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 def _failure_message(run: ScenarioRun, wrong: list[str], server: HttpServer) -> str:
     return (
         f"conformance {run.scenario} at {run.wire}: {len(wrong)} check(s) not passing: {', '.join(wrong)}\n"
-        f"{run.describe()}\n--- server stderr (last 2000 characters):\n{server.stderr()[-2000:]}"
+        f"{run.describe()}\n--- server stderr (last 2000 characters):\n{server.stderr[-2000:]}"
     )
 
 

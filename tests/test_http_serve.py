@@ -313,7 +313,7 @@ def test_two_http_servers_on_one_database_see_each_others_operations(
     token = add_token(tokens, "alice")[0]
     env = {**fake_upstream.env(), "TRACKER_POLL_INTERVAL": "0.3"}
     # A with tokens; B on loopback without (served unauthenticated, and it says so).
-    with http_servers(HttpServer(db, ["--tokens", str(tokens)], **env), HttpServer(db, **env)) as (a, b):
+    with http_servers(HttpServer(db, ["--tokens", str(tokens)], env), HttpServer(db, env=env)) as (a, b):
         assert "serving unauthenticated on loopback" in b.stderr and "(unauthenticated)" in b.stderr
         with sync_http_session(a.url, token) as on_a, sync_http_session(b.url, None) as on_b:
             started = on_a.answer("run_grid_batch", grid_id="g1", rows=[{"email": "a@x.io"}, {"email": "b@x.io"}])
@@ -333,7 +333,8 @@ def test_sigterm_lets_a_call_in_flight_finish_and_exits_0(tmp_path: Path, fake_u
     fake_upstream.configure(run_seconds="2.5")  # the sync POST answers after 2.5 s
     tokens = tmp_path / "tokens"
     token = add_token(tokens, "alice")[0]
-    with http_server(tmp_path / "t.db", ["--tokens", str(tokens)], **fake_upstream.env()) as server:
+    env = {**fake_upstream.env(), "TRACKER_HTTP_SHUTDOWN_GRACE": "60s"}
+    with http_server(tmp_path / "t.db", ["--tokens", str(tokens)], **env) as server:
 
         async def call() -> Any:
             async with http_session(server.url, token) as session:
@@ -347,11 +348,11 @@ def test_sigterm_lets_a_call_in_flight_finish_and_exits_0(tmp_path: Path, fake_u
         signalled = time.monotonic()
         server.terminate()
         caller.join(30)
-        assert server.wait(15) == 0
+        assert server.wait(50) == 0
         exited_after = time.monotonic() - signalled
     (answer,) = result  # the SSE answer was not cut at SIGTERM (sse-starlette's default would)
     assert not answer.is_error and answer.value["status"] == "completed", answer
-    assert exited_after < 8, exited_after
+    assert exited_after < 45, exited_after  # once the call ended, not at the 60 s grace
     assert "SIGTERM: finishing the calls in flight" in server.stderr
     with Tracker(Settings.from_env({}, db=str(tmp_path / "t.db"))) as tracker:
         (run,) = tracker.list(kind="run")
@@ -382,10 +383,8 @@ def test_sigterm_past_the_grace_records_the_run_and_exits_0(tmp_path: Path, fake
         caller = threading.Thread(target=call)
         caller.start()
         wait_for(lambda: fake_upstream.stats()["posts"] == 1)
-        signalled = time.monotonic()
         server.terminate()
-        assert server.wait(15) == 0
-        assert time.monotonic() - signalled < 6
+        assert server.wait(15) == 0  # at the 1 s grace, not when the 30 s run ends
         caller.join(10)
     (outcome,) = answered
     assert isinstance(outcome, Exception) or '"result"' not in outcome.text  # cut at the grace: no answer

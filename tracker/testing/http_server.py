@@ -25,9 +25,9 @@ START_TIMEOUT_S = 60.0  # migrating a fresh file and importing the SDK take seco
 STOP_TIMEOUT_S = 10.0
 
 
-def serve_http_command() -> list[str]:
-    """The command that serves MCP over Streamable HTTP on a free loopback port (the one place that names it)."""
-    return [sys.executable, "-m", "tracker", "serve", "--http", "127.0.0.1:0"]
+def serve_http_command(address: str = "127.0.0.1:0", args: Sequence[str] = ()) -> list[str]:
+    """The command that serves MCP over Streamable HTTP (the one place that names it); port 0 picks a free one."""
+    return [sys.executable, "-m", "tracker", "serve", "--http", address, *args]
 
 
 class HttpServerStartError(RuntimeError):
@@ -35,16 +35,17 @@ class HttpServerStartError(RuntimeError):
 
 
 class HttpServer:
-    """One `tracker serve --http` process on `db`: `url` once it listens; stop() (or leaving the `with`) ends it.
-
-    `env` is added to child_env(db); `log` is where its stderr goes (default: a temporary file, removed on stop)."""
+    """One `tracker serve --http` process on `db` (`args` added to the command, `env` to child_env(db)): `url` and
+    `port` once it listens (the first use waits, so several servers can start at once); stop() (or leaving the
+    `with`) ends it. `log` is where its stderr goes (default: a temporary file, removed on stop)."""
 
     def __init__(
         self,
         db: Path | str,
+        args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         log: Path | None = None,
-        command: Sequence[str] | None = None,
+        address: str = "127.0.0.1:0",
         start_timeout_s: float = START_TIMEOUT_S,
     ) -> None:
         environment = child_env(db, **(env or {}))
@@ -56,44 +57,66 @@ class HttpServer:
             os.close(handle)
             log = Path(name)
         self.log = log
-        self.command = list(command or serve_http_command())
+        self.command = serve_http_command(address, args)
+        self._start_timeout_s = start_timeout_s
+        self._port: int | None = None
+        self._kept = ""  # its stderr once the log is removed
         with log.open("ab") as stderr:
             self.process = subprocess.Popen(
                 self.command, env=environment, cwd=str(Path(db).parent), stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
             )
-        try:
-            self.port = self._wait_for_port(start_timeout_s)
-        except BaseException:
-            self.stop()
-            raise
-        self.url = f"http://127.0.0.1:{self.port}/mcp"
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            try:
+                self._port = self._wait_for_port(self._start_timeout_s)
+            except BaseException:
+                self.stop()
+                raise
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def wait_listening(self) -> str:
+        return self.url
+
+    @property
     def stderr(self) -> str:
         try:
             return self.log.read_text(errors="replace")
         except OSError:
-            return ""
+            return self._kept
 
     def _wait_for_port(self, timeout_s: float) -> int:
         deadline = time.monotonic() + timeout_s
         while True:
-            found = LISTENING.search(self.stderr())
+            found = LISTENING.search(self.stderr)
             if found:
                 return int(found.group(1))
             if self.process.poll() is not None:
                 raise HttpServerStartError(
-                    f"{' '.join(self.command)} exited with {self.process.returncode} before listening:\n{self.stderr()}"
+                    f"{' '.join(self.command)} exited with {self.process.returncode} before listening:\n{self.stderr}"
                 )
             if time.monotonic() > deadline:
                 raise HttpServerStartError(
-                    f"{' '.join(self.command)} printed no listening URL within {timeout_s:.0f} s:\n{self.stderr()}"
+                    f"{' '.join(self.command)} printed no listening URL within {timeout_s:.0f} s:\n{self.stderr}"
                 )
             time.sleep(0.02)
+
+    def terminate(self) -> None:
+        """SIGTERM only (a test of the graceful shutdown then waits with wait())."""
+        self.process.terminate()
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout)
 
     def stop(self) -> None:
         """SIGTERM (a clean shutdown: the database is closed), SIGKILL to its process group after STOP_TIMEOUT_S."""
@@ -105,9 +128,11 @@ class HttpServer:
                 os.killpg(self.process.pid, signal.SIGKILL)  # not yet reaped, so the group is still the server's
                 self.process.wait()
         if self._own_log:
+            self._kept = self.stderr
             self.log.unlink(missing_ok=True)
 
     def __enter__(self) -> HttpServer:
+        self.wait_listening()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
