@@ -32,6 +32,15 @@ def _positive_number(text: str, name: str) -> float:
     return value
 
 
+def _flag(text: str, name: str) -> bool:
+    word = str(text).strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off", ""):
+        return False
+    raise InvalidInput(f"{name} must be 1 or 0 (true or false), got {str(text)[:40]!r}")
+
+
 def format_duration(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
@@ -66,6 +75,9 @@ class Settings:
     # Longest wait for a database server (PostgreSQL): connecting, each statement or commit, a lock. After it,
     # DatabaseUnavailable, whether the server is slow, silent or partitioned away.
     db_timeout_s: float = 10.0
+    # An authenticated caller sees only the operations carrying its own subject, not also those recorded without
+    # one (callers without a subject, over stdio, still see every operation).
+    subject_bound_only: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -96,6 +108,8 @@ class Settings:
             values["db_timeout_s"] = parse_duration(env["TRACKER_DB_TIMEOUT"], "TRACKER_DB_TIMEOUT")
             if not values["db_timeout_s"] > 0:
                 raise InvalidInput("TRACKER_DB_TIMEOUT must be more than 0 (e.g. 10s)")
+        if env.get("TRACKER_SUBJECT_BOUND_ONLY"):
+            values["subject_bound_only"] = _flag(env["TRACKER_SUBJECT_BOUND_ONLY"], "TRACKER_SUBJECT_BOUND_ONLY")
         settings = cls(**values)  # type: ignore[arg-type]
         extra = {k: v for k, v in overrides.items() if v is not None}
         if "db" in extra:
