@@ -14,6 +14,7 @@ from mcp.server.mcpserver import MCPServer
 
 from tracker import BatchHandle, Tracker
 from tracker.server import mount_status_tools
+from tracker.server.caller import current_subject
 
 
 def _work(batch: BatchHandle, count: int, delay_ms: float, fail_every: int) -> None:
@@ -36,7 +37,8 @@ def build_host_server(tracker: Tracker) -> MCPServer:
 
     def bulk_update_tasks(count: int, delay_ms: float = 5.0, fail_every: int = 0) -> dict[str, Any]:
         """Update `count` tasks in the background; poll get_batch_status with the returned id."""
-        batch = tracker.start_batch("update", total=count, inputs={"count": count})
+        # The caller's subject (None over stdio): over authenticated HTTP only that caller sees the batch.
+        batch = tracker.start_batch("update", total=count, inputs={"count": count}, subject=current_subject())
         threading.Thread(target=_work, args=(batch, count, delay_ms, fail_every), daemon=True).start()
         return {"batch_operation_id": batch.id}
 

@@ -7,13 +7,24 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Column, Integer, MetaData, inspect
+from sqlalchemy import Column, Integer, MetaData, delete, func, insert, inspect, select
+from sqlalchemy.exc import IntegrityError
 
 from tracker import Settings
-from tracker.db import current_revision, downgrade, head_revision, migrations_dir, open_engine, upgrade_to_head
+from tracker.db import (
+    current_revision,
+    downgrade,
+    head_revision,
+    migrations_dir,
+    open_engine,
+    upgrade_to_head,
+    write_connection,
+)
 from tracker.models import Base
+from tracker.timeutil import utcnow
 from tracker.testing.env import child_env
 
 from .conftest import PYTHON
@@ -98,3 +109,51 @@ def test_the_schema_head_constant_is_alembics_head(tmp_path: Path) -> None:
         for _ in range(2)
     ]
     assert answers == ["True", "False"]  # the first open migrates the new file; the next one needs no Alembic
+
+
+def test_the_subjects_revision_keeps_every_row_and_reference(backend_settings: Settings) -> None:
+    """0005 rebuilds operations on SQLite (its UNIQUE on idempotency_key cannot be dropped in place): every row,
+    every reference to it and the cascades survive, on both backends; keys become unique per subject. Down again,
+    a key several subjects used stays with the oldest run."""
+    ops, items = Base.metadata.tables["operations"], Base.metadata.tables["operation_items"]
+    writers, rows = Base.metadata.tables["operation_writers"], Base.metadata.tables["run_batch_rows"]
+    engine = open_engine(backend_settings, migrate=False)
+    upgrade_to_head(engine, "0004")
+    now = utcnow()
+    common = {"operation_type": "grid_run", "status": "running", "total": 1, "succeeded_count": 0, "failed_count": 0,
+              "started_at": now, "updated_at": now, "resumable": True}
+    with write_connection(engine) as conn:
+        conn.execute(insert(ops).values(id="batch_1", kind="batch", **common))
+        conn.execute(insert(ops).values(id="run_1", kind="run", parent_id="batch_1", row_number=1, request_id="r1", **common))
+        conn.execute(insert(ops).values(id="run_2", kind="run", idempotency_key="k", **common))
+        conn.execute(insert(items).values(operation_id="batch_1", ok=True, item_id="r1"))
+        conn.execute(insert(writers).values(operation_id="batch_1", writer_id="w", host="h", pid=1, heartbeat_at=now, last_group=3))
+        conn.execute(insert(rows).values(batch_id="batch_1", row_number=1, inputs={"n": "1"}))
+    upgrade_to_head(engine)
+    assert current_revision(engine) == "0005" and _diff(engine, Base.metadata) == []
+    with engine.connect() as conn:
+        assert conn.execute(select(ops.c.id, ops.c.subject).order_by(ops.c.id)).all() == [
+            ("batch_1", None), ("run_1", None), ("run_2", None)
+        ]
+        assert conn.execute(select(ops.c.parent_id, ops.c.request_id).where(ops.c.id == "run_1")).one() == ("batch_1", "r1")
+        view = conn.exec_driver_sql("SELECT id, subject, successful_ids FROM operation_status WHERE id = 'batch_1'").one()
+        assert view[:2] == ("batch_1", None) and "r1" in str(view[2])
+    with write_connection(engine) as conn:  # keys per subject: alice may use "k", another unbound run may not
+        conn.execute(insert(ops).values(id="run_3", kind="run", idempotency_key="k", subject="alice", **common))
+    with pytest.raises(IntegrityError), write_connection(engine) as conn:
+        conn.execute(insert(ops).values(id="run_4", kind="run", idempotency_key="k", **common))
+    with pytest.raises(IntegrityError), write_connection(engine) as conn:
+        conn.execute(insert(ops).values(id="run_4", kind="run", idempotency_key="k", subject="alice", **common))
+    with write_connection(engine) as conn:  # the references still hold: the cascades run
+        conn.execute(delete(ops).where(ops.c.id == "batch_1"))
+    with engine.connect() as conn:
+        assert [conn.execute(select(func.count()).select_from(t)).scalar() for t in (items, writers, rows)] == [0, 0, 0]
+        assert conn.execute(select(ops.c.parent_id).where(ops.c.id == "run_1")).scalar() is None
+    downgrade(engine, "0004")
+    with engine.connect() as conn:
+        keys = conn.exec_driver_sql("SELECT id, idempotency_key FROM operations ORDER BY id").all()
+        assert keys == [("run_1", None), ("run_2", "k"), ("run_3", None)]
+        assert "subject" not in {c["name"] for c in inspect(conn).get_columns("operations")}
+    with pytest.raises(IntegrityError), engine.connect() as conn, conn.begin():
+        conn.exec_driver_sql("UPDATE operations SET idempotency_key = 'k' WHERE id = 'run_3'")
+    engine.dispose()

@@ -14,7 +14,7 @@ from .db import database_errors, open_engine
 from .errors import InvalidInput, OperationClosed, OperationNotFound
 from .ids import new_operation_id
 from .models import KINDS, STATUSES
-from .records import ItemRecord, OperationDetail, OperationRecord, RunRecord, Writer
+from .records import ItemRecord, OperationDetail, OperationRecord, RunRecord, Viewer, Writer
 from .recording import BatchHandle, Flusher, check_json, error_text
 from .settings import Settings
 from .store import Store
@@ -59,12 +59,20 @@ class Tracker:
     # -- batches ------------------------------------------------------------------------------------------------
 
     def start_batch(
-        self, operation_type: str, total: int = 0, inputs: Any = None, resumable: bool = False
+        self,
+        operation_type: str,
+        total: int = 0,
+        inputs: Any = None,
+        resumable: bool = False,
+        subject: str | None = None,
     ) -> BatchHandle:
-        """Record a new running batch and return the handle to record its items into."""
+        """Record a new running batch and return the handle to record its items into. `subject`: the
+        authenticated caller it is started for (tracker.server.caller.current_subject() in a tool); then only
+        that caller (and callers without a subject) see it. Without one, every caller does."""
         operation_type = checks.operation_type(operation_type)
         total = _total(total)
         inputs = check_json(inputs, "inputs")
+        subject = checks.optional_subject(subject)
         writer = _new_writer()
         record = self._write(
             lambda: self.store.create_operation(
@@ -78,6 +86,7 @@ class Tracker:
                     "owner_pid": writer.process.pid,
                     "owner_process": writer.process.identity,
                     "resumable": bool(resumable),
+                    "subject": subject,
                 },
                 writer,
             )
@@ -106,29 +115,44 @@ class Tracker:
         return handle
 
     # -- reads and cancel ---------------------------------------------------------------------------------------
+    # Each takes the reader's `subject` (an authenticated caller's; None: a reader who sees every operation) and
+    # answers an operation it may not see (records.Viewer) exactly as one that does not exist.
 
-    def get(self, operation_id: str) -> OperationDetail | None:
+    def viewer(self, subject: str | None = None) -> Viewer:
+        """The reader with this subject, under this tracker's settings (TRACKER_SUBJECT_BOUND_ONLY)."""
+        return Viewer.of(subject, self.settings)
+
+    def get(self, operation_id: str, subject: str | None = None) -> OperationDetail | None:
+        viewer = self.viewer(subject)
         if _unstorable(operation_id):
             return None
-        return self._read(lambda: self.store.get(operation_id))
+        return self._read(lambda: self.store.get(operation_id, viewer))
 
-    def summary(self, operation_id: str) -> OperationRecord | None:
+    def summary(self, operation_id: str, subject: str | None = None) -> OperationRecord | None:
         """As get(), without inputs and outputs: for polling a status without reading what may be large."""
+        viewer = self.viewer(subject)
         if _unstorable(operation_id):
             return None
-        return self._read(lambda: self.store.get_summary(operation_id))
+        return self._read(lambda: self.store.get_summary(operation_id, viewer))
 
-    def get_by_request_id(self, request_id: str) -> RunRecord | None:
+    def get_by_request_id(self, request_id: str, subject: str | None = None) -> RunRecord | None:
+        viewer = self.viewer(subject)
         if _unstorable(request_id, "request_id"):
             return None
-        return self._read(lambda: self.store.get_by_request_id(request_id))
+        return self._read(lambda: self.store.get_by_request_id(request_id, viewer))
 
     def items(
-        self, operation_id: str, ok: bool, after_seq: int = 0, limit: int = limits.ITEMS_LIMIT_DEFAULT
+        self,
+        operation_id: str,
+        ok: bool,
+        after_seq: int = 0,
+        limit: int = limits.ITEMS_LIMIT_DEFAULT,
+        subject: str | None = None,
     ) -> list[ItemRecord]:
+        viewer = self.viewer(subject)
         if _unstorable(operation_id) or after_seq >= limits.MAX_SEQ:  # seq is a 64-bit column
             return []
-        return self._read(lambda: self.store.items(operation_id, ok, after_seq, limit))
+        return self._read(lambda: self.store.items(operation_id, ok, after_seq, limit, viewer))
 
     def list(
         self,
@@ -137,8 +161,10 @@ class Tracker:
         operation_type: str | None = None,
         limit: int = limits.LIST_LIMIT_DEFAULT,
         before: Any = None,
+        subject: str | None = None,
     ) -> list[OperationRecord]:
         """Newest first. `before` is (started_at, id) of the last row already seen."""
+        viewer = self.viewer(subject)
         if kind is not None and kind not in KINDS:
             raise InvalidInput(f"kind must be one of {', '.join(KINDS)}")
         if status is not None and status not in STATUSES:
@@ -147,15 +173,17 @@ class Tracker:
             raise InvalidInput(f"limit must be a whole number from 1 to {limits.LIST_LIMIT}")
         if operation_type is not None:
             operation_type = checks.operation_type(operation_type)
-        return self._read(lambda: self.store.list_operations(kind, status, operation_type, before, limit))
+        return self._read(lambda: self.store.list_operations(kind, status, operation_type, before, limit, viewer))
 
-    def cancel(self, operation_id: str, reason: str = "cancelled") -> OperationRecord:
+    def cancel(self, operation_id: str, reason: str = "cancelled", subject: str | None = None) -> OperationRecord:
         """Cancel a running operation; its worker's next record raises OperationCancelled.
-        Raises OperationClosed if it already ended, OperationNotFound if there is no such operation."""
+        Raises OperationClosed if it already ended, OperationNotFound if there is no such operation (or `subject`
+        may not see it: then nothing changes)."""
+        viewer = self.viewer(subject)
         if _unstorable(operation_id):
             raise OperationNotFound(f"operation {operation_id!r} not found")
         reason = error_text(str(reason))
-        return self._write(lambda: self.store.cancel(operation_id, reason))
+        return self._write(lambda: self.store.cancel(operation_id, reason, viewer))
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 

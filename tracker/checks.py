@@ -34,6 +34,11 @@ def optional_text(value: Any, name: str, max_chars: int = limits.ID_CHARS) -> st
     return None if value is None else require_text(value, name, max_chars)
 
 
+def optional_subject(value: Any, name: str = "subject") -> str | None:
+    """An authenticated caller's subject (its token's), as an operation records it; None for no caller."""
+    return optional_text(value, name, limits.SUBJECT_CHARS)
+
+
 def require_id(value: Any, name: str) -> str:
     """An operation or request id."""
     return require_text(value, name, limits.ID_CHARS, hint="; pass the id as returned")

@@ -190,7 +190,7 @@ def _install_sqlite_hooks(engine: Engine, path: str, identity: FileIdentity) -> 
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        cur.execute("PRAGMA journal_mode = WAL")
+        _set_wal(cur)
         cur.execute("PRAGMA synchronous = NORMAL")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
@@ -215,6 +215,24 @@ def _install_sqlite_hooks(engine: Engine, path: str, identity: FileIdentity) -> 
             if not is_busy(exc):
                 conn.invalidate()  # a broken connection (or one whose busy timeout is unknown) leaves the pool
             raise
+
+
+def _set_wal(cur) -> None:  # noqa: ANN001 (a DBAPI sqlite3 cursor)
+    """PRAGMA journal_mode = WAL, waiting for the lock it takes. On a new file that other processes open at the
+    same moment (one of them migrating it) it can answer 'database is locked' at once, without the busy handler;
+    it is tried again, polling as begin_immediate() does, for as long as the busy timeout."""
+    module = sqlite_module()
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    delay, longest = WRITE_LOCK_POLL_S
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except module.OperationalError as exc:
+            if not is_busy(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(longest, delay * 2)
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -322,7 +340,7 @@ def database_errors(location: str, doing: str | None = None, *, file_errors: boo
 # The newest migration's revision (tests/test_migrations.py checks it is Alembic's head). A database already there is
 # opened without importing Alembic at all: a third of every tracker process's start-up (`tracker reap` from cron,
 # each `tracker serve`) went to importing it.
-SCHEMA_HEAD = "0004"
+SCHEMA_HEAD = "0005"
 
 
 def _alembic_config() -> Any:
@@ -371,7 +389,7 @@ def upgrade_to_head(engine: Engine, revision: str = "head") -> None:
         raise DatabaseUnavailable(
             f"database schema revision {current!r} is newer than this tracker knows: upgrade tracker"
         )
-    with write_connection(engine) as conn, ExitStack() as stack:
+    with _migration_connection(engine) as conn, ExitStack() as stack:
         if engine.dialect.name == "postgresql":
             from .postgres import long_statements
 
@@ -387,6 +405,27 @@ def downgrade(engine: Engine, revision: str) -> None:
     from alembic import command
 
     cfg = _alembic_config()
-    with write_connection(engine) as conn:
+    with _migration_connection(engine) as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, revision)
+
+
+@contextmanager
+def _migration_connection(engine: Engine) -> Iterator[Connection]:
+    """write_connection() for a migration. On SQLite with foreign keys off, as SQLite's procedure for changing a
+    table requires (0005 rebuilds operations: with them on, dropping the old table would delete the rows that
+    refer to it). The pragma changes nothing inside a transaction, so it is set before BEGIN and set back before
+    the connection returns to the pool."""
+    with engine.connect().execution_options(write=True) as conn:
+        raw = conn.connection.driver_connection if engine.dialect.name == "sqlite" else None
+        if raw is not None:
+            raw.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            if raw is not None:
+                try:
+                    raw.execute("PRAGMA foreign_keys = ON")
+                except sqlite_module().Error:
+                    conn.invalidate()  # never back in the pool without its foreign keys

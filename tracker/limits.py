@@ -9,6 +9,7 @@ from __future__ import annotations
 # -- identifiers ---------------------------------------------------------------------------------------------------
 ID_CHARS = 128  # any id an argument names: operation ids, request_id, grid_id, source_id, labels, column ids
 KEY_CHARS = 256  # idempotency_key (its column's width)
+SUBJECT_CHARS = 64  # the authenticated caller's subject an operation carries (its column's width)
 OPERATION_TYPE_CHARS = 64
 CURSOR_CHARS = 1024
 

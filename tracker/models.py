@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -41,6 +42,7 @@ CANCELLED = "cancelled"
 STATUSES = (RUNNING, COMPLETED, FAILED, CANCELLED)
 TERMINAL_STATUSES = (COMPLETED, FAILED, CANCELLED)
 KINDS = ("run", "batch")
+_UNBOUND_KEY = "subject IS NULL AND idempotency_key IS NOT NULL"
 
 
 class UTCTimestamp(TypeDecorator[datetime]):
@@ -110,7 +112,8 @@ class Operation(Base):
     request_id: Mapped[str | None] = mapped_column(String(128), unique=True)
     grid_id: Mapped[str | None] = mapped_column(String(128))
     mode: Mapped[str | None] = mapped_column(String(8))
-    idempotency_key: Mapped[str | None] = mapped_column(String(256), unique=True)
+    # Unique per subject (see __table_args__), so one caller's key never finds or blocks another's run.
+    idempotency_key: Mapped[str | None] = mapped_column(String(256))
     last_polled_at: Mapped[datetime | None] = mapped_column(UTCTimestamp())
     # 1-based input row of the batch (parent_id) that this run was submitted for.
     row_number: Mapped[int | None] = mapped_column(Integer)
@@ -121,6 +124,9 @@ class Operation(Base):
     poll_claim: Mapped[str | None] = mapped_column(String(32))  # the holder's token: only it renews or releases
     # The writer whose finish ended it: that writer's retry after a lost COMMIT reply gets the end, not an error.
     ended_by: Mapped[str | None] = mapped_column(String(32))
+    # The authenticated caller that started it (a token's subject); NULL when recorded without one (stdio, the
+    # library), which every caller may see. Reads filter on it: tracker.store.operations.visible.
+    subject: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         CheckConstraint("kind IN ('run', 'batch')", name="kind"),
@@ -130,6 +136,17 @@ class Operation(Base):
         Index("ix_operations_status_completed_at", "status", "completed_at"),
         Index("ix_operations_parent_id", "parent_id"),
         Index("ux_operations_parent_id_row_number", "parent_id", "row_number", unique=True),
+        # list_operations for one subject: newest first within it, as ix_operations_started_at_id is for all.
+        Index("ix_operations_subject_started_at_id", "subject", "started_at", "id"),
+        # An idempotency key is unique per subject; NULL subjects are distinct in the first, hence the second.
+        Index(
+            "ux_operations_idempotency_key_subject", "idempotency_key", "subject", unique=True,
+            sqlite_where=text("idempotency_key IS NOT NULL"), postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+        Index(
+            "ux_operations_idempotency_key_unbound", "idempotency_key", unique=True,
+            sqlite_where=text(_UNBOUND_KEY), postgresql_where=text(_UNBOUND_KEY),
+        ),
     )
 
 

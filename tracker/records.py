@@ -1,13 +1,17 @@
-"""Plain, immutable values that the store hands to the service and protocol layers."""
+"""Plain, immutable values that the store hands to the service and protocol layers (and the Viewer they hand it)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .checks import optional_subject
 from .liveness import Process
 from .models import COMPLETED, FAILED, TERMINAL_STATUSES
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class OperationRecord:
     poll_claimed_until: datetime | None
     poll_claim: str | None
     ended_by: str | None
+    subject: str | None  # the authenticated caller that started it; None: recorded without one (Viewer)
 
     @property
     def completed(self) -> int:
@@ -84,6 +89,33 @@ class OperationDetail(RunRecord):
     """Every stored field, inputs too: the library's get, `tracker show`, and a batch worker's parameters."""
 
     inputs: Any
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who is reading, and so which operations a read may show (the rule; tracker.store.operations.visible writes it
+    in SQL). A viewer without a subject (stdio, the library, the operator commands) sees every operation. An
+    authenticated caller (its token's subject) sees the operations it started and those recorded without a
+    subject; with `own_only` (TRACKER_SUBJECT_BOUND_ONLY) only its own. Every other operation is answered exactly
+    as an id that never existed."""
+
+    subject: str | None = None
+    own_only: bool = False
+
+    @classmethod
+    def of(cls, subject: str | None, settings: Settings) -> Viewer:
+        """The caller with this subject (checked: at most limits.SUBJECT_CHARS), under these settings."""
+        return cls(optional_subject(subject), settings.subject_bound_only)
+
+    @property
+    def scope(self) -> str:
+        """What the read's SQL depends on (the subject is only its parameter): "all", "own" or "own_and_unbound"."""
+        if self.subject is None:
+            return "all"
+        return "own" if self.own_only else "own_and_unbound"
+
+
+EVERYONE = Viewer()
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,15 @@ def host_names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
+def _flag(text: str, name: str) -> bool:
+    word = str(text).strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off", ""):
+        return False
+    raise InvalidInput(f"{name} must be 1 or 0 (true or false), got {str(text)[:40]!r}")
+
+
 def format_duration(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
@@ -86,6 +95,9 @@ class Settings:
     http_allowed_hosts: tuple[str, ...] = ()
     http_concurrency: int = HTTP_CONCURRENCY_DEFAULT
     http_shutdown_grace_s: float = 20.0
+    # An authenticated caller sees only the operations carrying its own subject, not also those recorded without
+    # one (callers without a subject, over stdio, still see every operation).
+    subject_bound_only: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -125,6 +137,8 @@ class Settings:
         if env.get("TRACKER_HTTP_SHUTDOWN_GRACE"):
             grace = env["TRACKER_HTTP_SHUTDOWN_GRACE"]
             values["http_shutdown_grace_s"] = parse_duration(grace, "TRACKER_HTTP_SHUTDOWN_GRACE")
+        if env.get("TRACKER_SUBJECT_BOUND_ONLY"):
+            values["subject_bound_only"] = _flag(env["TRACKER_SUBJECT_BOUND_ONLY"], "TRACKER_SUBJECT_BOUND_ONLY")
         settings = cls(**values)  # type: ignore[arg-type]
         extra = {k: v for k, v in overrides.items() if v is not None}
         if "db" in extra:

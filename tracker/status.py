@@ -217,7 +217,9 @@ def _items_cursor(operation_id: str, outcome: str, after_seq: int | None) -> str
 
 class StatusService:
     """Reads (and the cancel) behind the status tools, over one Tracker. Arguments arrive already checked by the
-    functions above, except cursors, which are checked here against the call they are used with."""
+    functions above, except cursors, which are checked here against the call they are used with. `subject` is the
+    caller's (tracker.server.caller.current_subject()): an operation it may not see (records.Viewer) gets the same
+    answer as an id that never existed."""
 
     def __init__(self, tracker: Tracker) -> None:
         self.tracker = tracker
@@ -229,17 +231,27 @@ class StatusService:
             "message": f'{noun} "{operation_id}" not found. {kept} are kept for {self.retention} after completion.',
         }
 
-    def batch_status(self, operation_id: str) -> BatchStatus:
+    def batch_status(self, operation_id: str, subject: str | None = None) -> BatchStatus:
+        viewer = self.tracker.viewer(subject)
         # One snapshot read: a status poll is the hot read path (figure 2 of scripts/bench.py).
         with database_errors(self.tracker.store.location):
-            found = self.tracker.store.get_with_first_items(operation_id, STATUS_PAGE_IDS + 1, STATUS_PAGE_FAILURES + 1)
+            found = self.tracker.store.get_with_first_items(
+                operation_id, STATUS_PAGE_IDS + 1, STATUS_PAGE_FAILURES + 1, viewer
+            )
         if found is None:
             return self.not_found("Batch operation", operation_id)
         return {"found": True, "operation": operation_dict(*found)}
 
     def list_operations(
-        self, kind: str | None, status: str | None, operation_type: str | None, limit: int, cursor: Any
+        self,
+        kind: str | None,
+        status: str | None,
+        operation_type: str | None,
+        limit: int,
+        cursor: Any,
+        subject: str | None = None,
     ) -> OperationPage:
+        viewer = self.tracker.viewer(subject)
         filters = [kind, status, operation_type]
         before = None
         if cursor is not None:
@@ -257,7 +269,7 @@ class StatusService:
                 raise InvalidInput("cursor is not a cursor from list_operations; omit it to start over") from None
         # One row more than the page says whether another follows; Tracker.list stops at limits.LIST_LIMIT.
         with database_errors(self.tracker.store.location):
-            rows = self.tracker.store.list_operations(kind, status, operation_type, before, limit + 1)
+            rows = self.tracker.store.list_operations(kind, status, operation_type, before, limit + 1, viewer)
         page = rows[:limit]
         next_cursor = None
         if len(rows) > limit:
@@ -265,7 +277,9 @@ class StatusService:
             next_cursor = encode_cursor("list", t=iso(last.started_at), i=last.id, f=filters)
         return {"operations": [summary_dict(r) for r in page], "count": len(page), "next_cursor": next_cursor}
 
-    def operation_items(self, operation_id: str, outcome: str, cursor: Any, limit: int) -> OperationItems:
+    def operation_items(
+        self, operation_id: str, outcome: str, cursor: Any, limit: int, subject: str | None = None
+    ) -> OperationItems:
         after_seq = 0
         if cursor is not None:
             position = decode_cursor(cursor, "items", "get_operation_items")
@@ -278,11 +292,11 @@ class StatusService:
             # The cursor key is public, so a well-formed cursor may still hold any number: seq is a 64-bit column.
             if isinstance(after_seq, bool) or not isinstance(after_seq, int) or not 0 <= after_seq < limits.MAX_SEQ:
                 raise InvalidInput("cursor is not a cursor from get_operation_items; omit it to start over")
-        record = self.tracker.summary(operation_id)
+        record = self.tracker.summary(operation_id, subject)
         if record is None:
             return self.not_found("Operation", operation_id)
         ok = outcome == "succeeded"
-        rows = self.tracker.items(operation_id, ok=ok, after_seq=after_seq, limit=limit + 1)
+        rows = self.tracker.items(operation_id, ok=ok, after_seq=after_seq, limit=limit + 1, subject=subject)
         render = (lambda item: item.item_id) if ok else failure_dict
         items, last_seq, more = bounded_page(rows, limit, ITEMS_PAGE_BYTES, render, at_least_one=True)
         return {
@@ -295,15 +309,15 @@ class StatusService:
             "next_cursor": _items_cursor(operation_id, outcome, last_seq) if more else None,
         }
 
-    def cancel(self, operation_id: str) -> Cancelled:
+    def cancel(self, operation_id: str, subject: str | None = None) -> Cancelled:
         try:
-            self.tracker.cancel(operation_id, "cancelled by cancel_operation")
+            self.tracker.cancel(operation_id, "cancelled by cancel_operation", subject)
         except OperationNotFound:
             return self.not_found("Operation", operation_id)
         except OperationClosed:
-            current = self.tracker.summary(operation_id)
+            current = self.tracker.summary(operation_id, subject)
             status = current.status if current is not None else "ended"
             raise OperationClosed(
                 f"operation_id names an operation that is already {status}; only a running operation can be cancelled"
             ) from None
-        return {"cancelled": True, **self.batch_status(operation_id)}
+        return {"cancelled": True, **self.batch_status(operation_id, subject)}

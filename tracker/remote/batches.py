@@ -37,8 +37,10 @@ class Batches:
         self.submitter = submitter
         self.workers: dict[str, asyncio.Task[Any]] = {}
 
-    async def create(self, request: BatchRequest) -> BatchStarted:
-        """Record the batch and start its worker; returns the answer of run_grid_batch."""
+    async def create(self, request: BatchRequest, subject: str | None = None) -> BatchStarted:
+        """Record the batch and start its worker; returns the answer of run_grid_batch. The batch carries
+        `subject`, and each of its runs takes it from the batch's row when it is written (store.create_child),
+        whichever worker writes it: this one, or a resumer's."""
         c = self.context
         record = await c.db(
             c.store.create_batch,
@@ -52,6 +54,7 @@ class Batches:
                 "mode": request.mode,
                 **c.owner_values(),
                 "resumable": True,
+                "subject": subject,
             },
             request.rows,  # stored apart (run_batch_rows): a status read never reads them
         )

@@ -15,6 +15,7 @@ from ..aio import off_loop
 from ..db import database_errors, engine_location
 from ..errors import DatabaseUnavailable, TrackerError
 from ..models import COMPLETED, FAILED
+from ..records import Viewer
 from ..settings import Settings
 from ..store.runs import RunRecord, RunStore
 from .answers import scrub, upstream_failure
@@ -55,6 +56,10 @@ class RunContext:
     def has_upstream(self) -> bool:
         """An upstream was given, or the settings name one (an API key): without, nothing is polled or sent."""
         return self._given or bool(self.settings.upstream_key)
+
+    def viewer(self, subject: str | None) -> Viewer:
+        """The caller with this subject (None: one who sees every run), under these settings."""
+        return Viewer.of(subject, self.settings)
 
     def owner_values(self) -> dict[str, Any]:
         return {"owner_host": self.process.host, "owner_pid": self.process.pid, "owner_process": self.process.identity}

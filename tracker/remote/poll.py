@@ -13,6 +13,7 @@ from ..errors import InvalidInput, OperationNotFound, TrackerError, UpstreamErro
 from ..ids import new_operation_id
 from ..limits import ID_CHARS
 from ..models import COMPLETED, FAILED, RUNNING
+from ..records import EVERYONE, Viewer
 from ..shapes import Run
 from ..store.runs import FIRST_SEEN, RunRecord
 from .answers import NO_UPSTREAM, run_answer, upstream_failure
@@ -29,6 +30,7 @@ MAX_QUEUED_POLLS = 4  # such background polls per process; past it a call answer
 # A claimed poll holds its run for this long, renewed while its GET is in flight: no other poll of the run goes out
 # until its answer is written, even when the GET outlasts the poll interval; a poller killed mid-GET frees it soon.
 POLL_CLAIM_S = 5.0
+UNKNOWN_UPSTREAM = "tracker has no record of it and the upstream does not know it"
 
 
 class Poller:
@@ -131,8 +133,11 @@ class Poller:
             updated = await c.record_end(record.id, answer)
         return self.answer(updated)
 
-    async def look_up(self, request_id: str) -> Run:
-        """A request_id tracker never saw (started elsewhere): ask the upstream once and keep what it says."""
+    async def look_up(self, request_id: str, viewer: Viewer = EVERYONE) -> Run:
+        """A request_id tracker never saw (started elsewhere): ask the upstream once and keep what it says, as the
+        run of the viewer's subject. One tracker has recorded for a subject the viewer may not see is answered
+        as one the upstream does not know, after the same request upstream: the same answer as for an id that
+        never existed."""
         c = self.context
         if not c.has_upstream:
             raise OperationNotFound(
@@ -147,7 +152,7 @@ class Poller:
                 body_excerpt=exc.body_excerpt,
             ) from None
         if answer is None:
-            raise OperationNotFound("tracker has no record of it and the upstream does not know it")
+            raise OperationNotFound(UNKNOWN_UPSTREAM)
         terminal = answer["status"] != "running"
         grid_id = answer.get("grid_id")
         values = {
@@ -165,7 +170,10 @@ class Poller:
             "last_polled_at": FIRST_SEEN,
             "resumable": True,
         }
-        return self.answer(await c.db(c.store.store_found, c.scrub(values)))
+        found = await c.db(c.store.store_found, {**c.scrub(values), "subject": viewer.subject}, viewer)
+        if found is None:
+            raise OperationNotFound(UNKNOWN_UPSTREAM)
+        return self.answer(found)
 
     async def _claim(self, record: RunRecord, now: datetime | None = None) -> str | None:
         c = self.context

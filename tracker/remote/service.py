@@ -53,23 +53,26 @@ class RunsService:
         source_id: str | None = None,
         idempotency_key: str | None = None,
         progress: Progress | None = None,
+        subject: str | None = None,
     ) -> Run:
         """Submit one run and answer within settings.sync_wait_s: the upstream's answer (sync: outputs when it
         finished in time, else its request_id; async: the request_id), or, if the upstream has not answered by
         then, the run as recorded (running, with its operation_id to poll). `progress(seconds_waited, message)` is
         called every SYNC_PROGRESS_EVERY_S meanwhile. A repeated idempotency_key returns the run already recorded
-        for it and submits nothing."""
+        for it and submits nothing. The run carries `subject` (the caller's); keys are unique per subject, so
+        another subject's key is a new key here and its run is never returned."""
         request = check_run(grid_id, inputs, mode, output_columns, source_id)
         key = check_idempotency_key(idempotency_key)
         c = self.context
+        subject = c.viewer(subject).subject
         if key is not None:
-            existing = await c.db(self.store.get_by_idempotency_key, key)
+            existing = await c.db(self.store.get_by_idempotency_key, key, subject)
             if existing is not None:
                 return await self._replay(existing, request.grid_id, request.inputs)
         try:
-            record = await c.db(self.store.create, run_values(request, c, idempotency_key=key))
+            record = await c.db(self.store.create, run_values(request, c, idempotency_key=key, subject=subject))
         except DuplicateRun:
-            existing = await c.db(self.store.get_by_idempotency_key, key or "")
+            existing = await c.db(self.store.get_by_idempotency_key, key or "", subject)
             if existing is None:
                 raise
             return await self._replay(existing, request.grid_id, request.inputs)
@@ -101,18 +104,20 @@ class RunsService:
             return {**await self.poller.status_of(existing), "replayed": True}
         return {**self.poller.answer(existing), "replayed": True}
 
-    async def get_run_status(self, request_id: str) -> Run:
+    async def get_run_status(self, request_id: str, subject: str | None = None) -> Run:
         """The run's status. Ended runs come from the table (no upstream request); a running one is re-polled
         when its last poll is older than the poll interval; when the upstream cannot be reached (or none is
         configured) the last known status comes back with stale: true and the error. An id tracker never saw is
-        asked upstream once. OperationNotFound when nobody knows it."""
+        asked upstream once. OperationNotFound when nobody knows it. A run the caller with `subject` may not see
+        (records.Viewer) goes the way of an id tracker never saw, to the same answer."""
         request_id = text(request_id, "request_id")
         c = self.context
-        record = await c.db(self.store.get_by_request_id, request_id)
+        viewer = c.viewer(subject)
+        record = await c.db(self.store.get_by_request_id, request_id, viewer)
         if record is None and request_id.startswith("run_"):
-            record = await c.db(self.store.get, request_id)  # tracker's own run id works too
+            record = await c.db(self.store.get, request_id, viewer)  # tracker's own run id works too
         if record is None:
-            return await self.poller.look_up(request_id)
+            return await self.poller.look_up(request_id, viewer)
         return await self.poller.status_of(record)
 
     async def run_grid_batch(
@@ -123,10 +128,13 @@ class RunsService:
         output_columns: list[str] | None = None,
         source_id: str | None = None,
         concurrency: int = 4,
+        subject: str | None = None,
     ) -> BatchStarted:
         """Record a batch of runs and return its batch_operation_id at once; a background worker submits each row
-        (as a run linked to the batch) and polls the runs until each has ended."""
-        return await self.batches.create(check_batch(grid_id, rows, mode, output_columns, source_id, concurrency))
+        (as a run linked to the batch) and polls the runs until each has ended. The batch and its runs carry
+        `subject` (the caller's), also when another server resumes it."""
+        request = check_batch(grid_id, rows, mode, output_columns, source_id, concurrency)
+        return await self.batches.create(request, self.context.viewer(subject).subject)
 
     async def adopt_orphans(self) -> list[str]:
         """One adoption pass now; returns the ids of the batches taken over."""

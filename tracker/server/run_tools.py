@@ -30,6 +30,7 @@ from ..remote.requests import MODES
 from ..settings import format_duration
 from ..shapes import BatchStarted, Run, RunStatus
 from ..checks import require_id
+from .caller import current_subject
 from .status_tools import as_tool_errors
 from .strict import AS_GIVEN, ID_SCHEMA, add_strict_tool, describe
 
@@ -116,7 +117,8 @@ class RunTools:
         the upstream may have the run; do not resubmit blindly."""
         with as_tool_errors():
             return await self.runs.run_grid(
-                grid_id, inputs, mode, output_columns, source_id, idempotency_key, progress=_progress_to(ctx)
+                grid_id, inputs, mode, output_columns, source_id, idempotency_key, progress=_progress_to(ctx),
+                subject=current_subject(),
             )
 
     async def run_grid_batch(
@@ -135,7 +137,9 @@ class RunTools:
         further submissions. The batch survives a server restart: rows already submitted are never submitted
         again."""
         with as_tool_errors():
-            return await self.runs.run_grid_batch(grid_id, rows, mode, output_columns, source_id, concurrency)
+            return await self.runs.run_grid_batch(
+                grid_id, rows, mode, output_columns, source_id, concurrency, subject=current_subject()
+            )
 
     async def get_run_status(self, request_id: RequestId) -> RunStatus:
         """Status of a grid run by the request_id that run_grid returned: {found: true, mode, status, grid_id,
@@ -147,7 +151,7 @@ class RunTools:
         with as_tool_errors():
             checked = require_id(request_id, "request_id")
             try:
-                return {"found": True, **await self.runs.get_run_status(checked)}
+                return {"found": True, **await self.runs.get_run_status(checked, current_subject())}
             except OperationNotFound as exc:
                 return {
                     "found": False,

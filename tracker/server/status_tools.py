@@ -24,6 +24,7 @@ from ..status import (
     require_outcome,
 )
 from ..shapes import BatchStatus, Cancelled, OperationItems, OperationPage
+from .caller import current_subject
 from .strict import AS_GIVEN, ID_SCHEMA, add_strict_tool, describe
 
 
@@ -105,7 +106,7 @@ class StatusTools:
         (operations are kept for <retention> after completion)."""
         with as_tool_errors():
             operation_id = require_id(batch_operation_id, "batch_operation_id")
-            return await _off_loop(self.service.batch_status, operation_id)
+            return await _off_loop(self.service.batch_status, operation_id, current_subject())
 
     async def list_operations(
         self,
@@ -127,7 +128,7 @@ class StatusTools:
                 optional_operation_type(operation_type),
                 require_limit(limit, "limit", limits.LIST_LIMIT, limits.LIST_LIMIT_DEFAULT),
             )
-            return await _off_loop(self.service.list_operations, *checked, cursor)
+            return await _off_loop(self.service.list_operations, *checked, cursor, current_subject())
 
     async def get_operation_items(
         self,
@@ -146,7 +147,9 @@ class StatusTools:
             checked_id = require_id(operation_id, "operation_id")
             checked_outcome = require_outcome(outcome)
             checked_limit = require_limit(limit, "limit", limits.ITEMS_LIMIT, limits.ITEMS_LIMIT_DEFAULT)
-            return await _off_loop(self.service.operation_items, checked_id, checked_outcome, cursor, checked_limit)
+            return await _off_loop(
+                self.service.operation_items, checked_id, checked_outcome, cursor, checked_limit, current_subject()
+            )
 
     async def cancel_operation(self, operation_id: OperationId) -> Cancelled:
         """Cancels a running batch operation or run: its status becomes cancelled at once, and the process doing
@@ -156,7 +159,7 @@ class StatusTools:
         <retention> after completion), nothing was cancelled."""
         with as_tool_errors():
             checked = require_id(operation_id, "operation_id")
-            return await _off_loop(self.service.cancel, checked)
+            return await _off_loop(self.service.cancel, checked, current_subject())
 
     def _doc_values(self) -> dict[str, str]:
         """What the docstrings' <placeholders> say: the bounds from tracker.limits, the retention from settings."""

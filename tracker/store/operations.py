@@ -3,19 +3,36 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import fields
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Column, Connection, Engine, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.exc import DBAPIError
 
 from .. import limits
 from ..db import engine_location, write_connection
 from ..errors import OperationCancelled, OperationClosed, OperationNotFound
 from ..models import CANCELLED, RUNNING, Operation, OperationItem, OperationWriter
-from ..records import ItemRecord, NewItem, OperationDetail, OperationRecord, RunRecord, Writer
+from ..records import EVERYONE, ItemRecord, NewItem, OperationDetail, OperationRecord, RunRecord, Viewer, Writer
 from ..timeutil import elapsed_ms
 from .clock import db_now, engine_now
 
@@ -23,6 +40,51 @@ _OPS = Operation.__table__
 _ITEMS = OperationItem.__table__
 _WRITERS = OperationWriter.__table__
 R = TypeVar("R", bound=OperationRecord)
+Q = TypeVar("Q", bound=Select[Any])
+
+# -- who may see what -----------------------------------------------------------------------------------------------
+
+SCOPES = ("all", "own", "own_and_unbound")  # records.Viewer.scope
+_VIEWER_SUBJECT = bindparam("viewer_subject")
+
+
+def visible(scope: str) -> tuple[ColumnElement[bool], ...]:
+    """The visibility rule of records.Viewer in SQL, the one place it is written: disjoint conditions on
+    operations whose union a viewer of `scope` may see; () when it sees everything. Their parameter comes from
+    viewer_params(). Disjoint, so list_operations can read each newest first from its own index range."""
+    if scope == "all":
+        return ()
+    own = _OPS.c.subject == _VIEWER_SUBJECT
+    return (own,) if scope == "own" else (own, _OPS.c.subject.is_(None))
+
+
+def viewer_params(viewer: Viewer) -> dict[str, Any]:
+    """The parameters of visible()'s conditions, for any statement built with where_visible()."""
+    return {} if viewer.subject is None else {"viewer_subject": viewer.subject}
+
+
+def where_visible(query: Q, scope: str) -> Q:
+    """`query` (over operations) keeping only what a viewer of `scope` may see."""
+    parts = visible(scope)
+    return query.where(or_(*parts)) if parts else query
+
+
+def per_scope(query: Q) -> dict[str, Q]:
+    """where_visible(query) for every scope, built once: building a select per call costs more than SQLite's own
+    lookup, and a viewer who sees everything runs exactly `query`."""
+    return {scope: where_visible(query, scope) for scope in SCOPES}
+
+
+def per_part(query: Q, scope: str) -> list[Q]:
+    """`query` once for each disjoint part a viewer of `scope` sees (visible()): one query when it sees everything."""
+    return [query.where(part) for part in visible(scope)] or [query]
+
+
+def same_subject(subject: str | None) -> ColumnElement[bool]:
+    """Operations started by exactly this subject (None: recorded without one): the scope of an idempotency key,
+    which is unique per subject (models.Operation)."""
+    return _OPS.c.subject.is_(None) if subject is None else _OPS.c.subject == subject
+
 
 
 def columns_of(record_type: type[OperationRecord]) -> list[Column[Any]]:
@@ -34,14 +96,37 @@ SUMMARY_COLUMNS = columns_of(OperationRecord)
 RUN_COLUMNS = columns_of(RunRecord)
 DETAIL_COLUMNS = columns_of(OperationDetail)
 # The status read path, built once: constructing a select per call cost more than SQLite's own lookup.
-_GET_SUMMARY_BY_ID = select(*SUMMARY_COLUMNS).where(_OPS.c.id == bindparam("operation_id"))
-_GET_BY_ID = select(*DETAIL_COLUMNS).where(_OPS.c.id == bindparam("operation_id"))
+_GET_SUMMARY_BY_ID = per_scope(select(*SUMMARY_COLUMNS).where(_OPS.c.id == bindparam("operation_id")))
+_GET_BY_ID = per_scope(select(*DETAIL_COLUMNS).where(_OPS.c.id == bindparam("operation_id")))
 _FIRST_ITEMS = (
     select(_ITEMS.c.seq, _ITEMS.c.ok, _ITEMS.c.item_id, _ITEMS.c.row_number, _ITEMS.c.error)
     .where(_ITEMS.c.operation_id == bindparam("operation_id"), _ITEMS.c.ok == bindparam("ok"))
     .order_by(_ITEMS.c.seq)
     .limit(bindparam("limit"))
 )
+
+
+@functools.cache
+def _list_statement(scope: str, kind: bool, status: bool, operation_type: bool, before: bool) -> Select[Any]:
+    """list_operations' statement for a viewer of `scope` with these filters given (their values are parameters).
+    A viewer who sees two disjoint parts (its own, and those without a subject) gets the newest of both: each
+    part's newest :limit rows, each read from its own range of ix_operations_subject_started_at_id, then merged.
+    The size of either part then costs nothing; an OR of both would scan every row newer than the page, or read
+    and sort all of both (SQLite's choice once that index exists). Built once: building this union per call cost
+    more than running it."""
+    query = select(*SUMMARY_COLUMNS)
+    for given, column in ((kind, _OPS.c.kind), (status, _OPS.c.status), (operation_type, _OPS.c.operation_type)):
+        if given:
+            query = query.where(column == bindparam(column.name))
+    if before:
+        at, last_id = bindparam("before_at"), bindparam("before_id")
+        query = query.where(or_(_OPS.c.started_at < at, and_(_OPS.c.started_at == at, _OPS.c.id < last_id)))
+    newest_first = (_OPS.c.started_at.desc(), _OPS.c.id.desc())
+    pages = [part.order_by(*newest_first).limit(bindparam("limit")) for part in per_part(query, scope)]
+    if len(pages) == 1:
+        return pages[0]
+    merged = union_all(*(select(page.subquery()) for page in pages)).subquery()
+    return select(merged).order_by(merged.c.started_at.desc(), merged.c.id.desc()).limit(bindparam("limit"))
 
 
 def record_from_row(row: Any, record_type: type[R]) -> R:
@@ -240,14 +325,15 @@ class Store:
         outputs: Any = None,
         set_outputs: bool = False,
         by: str | None = None,
+        viewer: Viewer = EVERYONE,
     ) -> OperationDetail:
         """Move a running operation to a terminal state, exactly once whoever races on it (the row is locked, and
         the guarded UPDATE's rowcount decides). status None applies the rule: failed when every processed item
         failed (at least one failure, no success), else completed. now defaults to the database's clock.
         `by` (a writer id) is recorded: the same writer finishing again (a retry after a lost COMMIT reply) gets
-        the end it made back instead of OperationClosed."""
+        the end it made back instead of OperationClosed. An operation `viewer` may not see is OperationNotFound."""
         with write_connection(self.engine) as conn:
-            current = self._get_for_update(conn, operation_id)
+            current = self._get_for_update(conn, operation_id, viewer)
             if current.status != RUNNING:
                 if by is not None and current.ended_by == by:
                     return current
@@ -259,30 +345,40 @@ class Store:
                 self._raise_not_running(conn, operation_id)
             return self._get(conn, operation_id)
 
-    def cancel(self, operation_id: str, reason: str = "cancelled") -> OperationDetail:
-        return self.finish(operation_id, status=CANCELLED, error=reason)
+    def cancel(self, operation_id: str, reason: str = "cancelled", viewer: Viewer = EVERYONE) -> OperationDetail:
+        """Cancel a running operation `viewer` may see; one it may not is OperationNotFound, and stays as it was."""
+        return self.finish(operation_id, status=CANCELLED, error=reason, viewer=viewer)
 
     # -- reads --------------------------------------------------------------------------------------------------
 
-    def get(self, operation_id: str) -> OperationDetail | None:
+    # Every read takes the viewer (records.Viewer; default: one who sees everything) and finds nothing it may not
+    # see: None, or no rows, exactly as for an id that never existed.
+
+    def get(self, operation_id: str, viewer: Viewer = EVERYONE) -> OperationDetail | None:
         """Every field, inputs and outputs too (the library's get, `tracker show`)."""
         with self.engine.connect() as conn:
-            row = conn.execute(_GET_BY_ID, {"operation_id": operation_id}).first()
+            row = conn.execute(
+                _GET_BY_ID[viewer.scope], {"operation_id": operation_id, **viewer_params(viewer)}
+            ).first()
         return record_from_row(row, OperationDetail) if row is not None else None
 
-    def get_summary(self, operation_id: str) -> OperationRecord | None:
+    def get_summary(self, operation_id: str, viewer: Viewer = EVERYONE) -> OperationRecord | None:
         """Every field but inputs and outputs (which may be large): what status, items and cancel answers show."""
         with self.engine.connect() as conn:
-            row = conn.execute(_GET_SUMMARY_BY_ID, {"operation_id": operation_id}).first()
+            row = conn.execute(
+                _GET_SUMMARY_BY_ID[viewer.scope], {"operation_id": operation_id, **viewer_params(viewer)}
+            ).first()
         return record_from_row(row, OperationRecord) if row is not None else None
 
     def get_with_first_items(
-        self, operation_id: str, succeeded_limit: int, failed_limit: int
+        self, operation_id: str, succeeded_limit: int, failed_limit: int, viewer: Viewer = EVERYONE
     ) -> tuple[OperationRecord, list[ItemRecord], list[ItemRecord]] | None:
         """An operation and the first items of each outcome, read in one transaction (one snapshot, so the lists
         agree with the counts; and one connection instead of three, which halves a status read's cost)."""
         with self.engine.connect() as conn:
-            row = conn.execute(_GET_SUMMARY_BY_ID, {"operation_id": operation_id}).first()
+            row = conn.execute(
+                _GET_SUMMARY_BY_ID[viewer.scope], {"operation_id": operation_id, **viewer_params(viewer)}
+            ).first()
             if row is None:
                 return None
             record = record_from_row(row, OperationRecord)
@@ -294,14 +390,20 @@ class Store:
                     first[ok] = [ItemRecord(*item) for item in conn.execute(_FIRST_ITEMS, params)]
         return record, first[True], first[False]
 
-    def get_by_request_id(self, request_id: str) -> RunRecord | None:
+    def get_by_request_id(self, request_id: str, viewer: Viewer = EVERYONE) -> RunRecord | None:
         """A run by its upstream request_id, with the outputs its status shows (not its inputs)."""
+        query = where_visible(select(*RUN_COLUMNS).where(_OPS.c.request_id == request_id), viewer.scope)
         with self.engine.connect() as conn:
-            row = conn.execute(select(*RUN_COLUMNS).where(_OPS.c.request_id == request_id)).first()
+            row = conn.execute(query, viewer_params(viewer)).first()
         return record_from_row(row, RunRecord) if row is not None else None
 
     def items(
-        self, operation_id: str, ok: bool, after_seq: int = 0, limit: int = limits.ITEMS_LIMIT_DEFAULT
+        self,
+        operation_id: str,
+        ok: bool,
+        after_seq: int = 0,
+        limit: int = limits.ITEMS_LIMIT_DEFAULT,
+        viewer: Viewer = EVERYONE,
     ) -> list[ItemRecord]:
         """Items of one outcome in completion order, after a seq (exclusive)."""
         query = (
@@ -310,8 +412,11 @@ class Store:
             .order_by(_ITEMS.c.seq)
             .limit(limit)
         )
+        if viewer.scope != "all":
+            operation = where_visible(select(_OPS.c.id).where(_OPS.c.id == operation_id), viewer.scope)
+            query = query.where(exists(operation))
         with self.engine.connect() as conn:
-            return [ItemRecord(*row) for row in conn.execute(query)]
+            return [ItemRecord(*row) for row in conn.execute(query, viewer_params(viewer))]
 
     def list_operations(
         self,
@@ -320,23 +425,21 @@ class Store:
         operation_type: str | None = None,
         before: tuple[datetime, str] | None = None,
         limit: int = limits.LIST_LIMIT_DEFAULT,
+        viewer: Viewer = EVERYONE,
     ) -> list[OperationRecord]:
-        """Newest first by (started_at, id); `before` is the last row of the previous page, so pages never overlap."""
-        query = select(*SUMMARY_COLUMNS)
-        if kind:
-            query = query.where(_OPS.c.kind == kind)
-        if status:
-            query = query.where(_OPS.c.status == status)
-        if operation_type:
-            query = query.where(_OPS.c.operation_type == operation_type)
+        """Newest first by (started_at, id); `before` is the last row of the previous page, so pages never overlap.
+        The statement is built once for each combination of filters given and viewer's scope (_list_statement)."""
+        params: dict[str, Any] = {"limit": limit, **viewer_params(viewer)}
+        for name, value in (("kind", kind), ("status", status), ("operation_type", operation_type)):
+            if value:
+                params[name] = value
         if before is not None:
-            started, last_id = before
-            query = query.where(
-                or_(_OPS.c.started_at < started, and_(_OPS.c.started_at == started, _OPS.c.id < last_id))
-            )
-        query = query.order_by(_OPS.c.started_at.desc(), _OPS.c.id.desc()).limit(limit)
+            params["before_at"], params["before_id"] = before
+        query = _list_statement(
+            viewer.scope, bool(kind), bool(status), bool(operation_type), before is not None
+        )
         with self.engine.connect() as conn:
-            return [record_from_row(row, OperationRecord) for row in conn.execute(query)]
+            return [record_from_row(row, OperationRecord) for row in conn.execute(query, params)]
 
     def count_items(self, operation_id: str) -> tuple[int, int]:
         """(succeeded, failed) counted from the item rows themselves, for checks against the counters."""
@@ -382,11 +485,11 @@ class Store:
             raise OperationNotFound(f"operation {operation_id!r} not found")
         return record_from_row(row, OperationDetail)
 
-    def _get_for_update(self, conn: Connection, operation_id: str) -> OperationRecord:
-        query = select(*SUMMARY_COLUMNS).where(_OPS.c.id == operation_id)
+    def _get_for_update(self, conn: Connection, operation_id: str, viewer: Viewer = EVERYONE) -> OperationRecord:
+        query = where_visible(select(*SUMMARY_COLUMNS).where(_OPS.c.id == operation_id), viewer.scope)
         if conn.dialect.name == "postgresql":
             query = query.with_for_update()
-        row = conn.execute(query).first()
+        row = conn.execute(query, viewer_params(viewer)).first()
         if row is None:
             raise OperationNotFound(f"operation {operation_id!r} not found")
         return record_from_row(row, OperationRecord)

@@ -21,9 +21,20 @@ from ..db import write_connection
 from ..errors import DuplicateRun, OperationClosed, OperationNotFound
 from ..liveness import Process
 from ..models import COMPLETED, FAILED, RUNNING, Operation, OperationItem, RunBatchRow
-from ..records import OperationDetail, OperationRecord, RunRecord
+from ..records import EVERYONE, OperationDetail, OperationRecord, RunRecord, Viewer
 from .clock import db_now
-from .operations import DETAIL_COLUMNS, RUN_COLUMNS, SUMMARY_COLUMNS, Store, end_running, new_operation_row, record_from_row
+from .operations import (
+    DETAIL_COLUMNS,
+    RUN_COLUMNS,
+    SUMMARY_COLUMNS,
+    Store,
+    end_running,
+    new_operation_row,
+    record_from_row,
+    same_subject,
+    viewer_params,
+    where_visible,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +70,11 @@ class RunStore:
         """The database's time (leases are judged by it)."""
         return self._operations.now()
 
-    def get(self, run_id: str) -> RunRecord | None:
-        return self._one(_OPS.c.id == run_id)
+    def get(self, run_id: str, viewer: Viewer = EVERYONE) -> RunRecord | None:
+        return self._one(_OPS.c.id == run_id, viewer)
 
-    def get_by_request_id(self, request_id: str) -> RunRecord | None:
-        return self._one(_OPS.c.request_id == request_id)
+    def get_by_request_id(self, request_id: str, viewer: Viewer = EVERYONE) -> RunRecord | None:
+        return self._one(_OPS.c.request_id == request_id, viewer)
 
     def get_detail(self, operation_id: str) -> OperationDetail | None:
         """Every field, inputs too: a batch worker's parameters (a batch's input rows are in batch_row)."""
@@ -71,10 +82,13 @@ class RunStore:
             row = conn.execute(select(*DETAIL_COLUMNS).where(_OPS.c.id == operation_id)).first()
         return _detail(row) if row is not None else None
 
-    def get_by_idempotency_key(self, key: str) -> OperationDetail | None:
-        """With its inputs: a repeated key is honoured only for the same inputs."""
+    def get_by_idempotency_key(self, key: str, subject: str | None = None) -> OperationDetail | None:
+        """The run `subject` (None: no subject) recorded under `key`, with its inputs: a repeated key is honoured
+        only for the same inputs. Keys are unique per subject: another subject's run with the same key is not
+        found, and does not stop this subject from using the key."""
+        query = select(*DETAIL_COLUMNS).where(_OPS.c.idempotency_key == key, same_subject(subject))
         with self.engine.connect() as conn:
-            row = conn.execute(select(*DETAIL_COLUMNS).where(_OPS.c.idempotency_key == key)).first()
+            row = conn.execute(query).first()
         return _detail(row) if row is not None else None
 
     def batch_row(self, batch_id: str, row_number: int) -> Any:
@@ -155,13 +169,14 @@ class RunStore:
     def create_child(self, batch_id: str, values: dict[str, Any]) -> RunRecord:
         """Insert the run for one input row of a batch, only while the batch is running (a cancel stops new
         submissions at this point): OperationClosed when it no longer runs, DuplicateRun when that row already
-        has a run."""
+        has a run. The run carries its batch's subject, whichever process submits it (a resumer too)."""
         try:
             with write_connection(self.engine) as conn:
-                status = conn.execute(select(_OPS.c.status).where(_OPS.c.id == batch_id)).scalar()
+                batch = conn.execute(select(_OPS.c.status, _OPS.c.subject).where(_OPS.c.id == batch_id)).first()
+                status = batch.status if batch is not None else None
                 if status != RUNNING:
                     raise OperationClosed(f"batch {batch_id!r} is {status or 'gone'}: it takes no more rows")
-                row = _defaults({**values, "parent_id": batch_id}, db_now(conn))
+                row = _defaults({**values, "parent_id": batch_id, "subject": batch.subject}, db_now(conn))
                 conn.execute(insert(_OPS).values(**row))
                 return self._get(conn, values["id"])
         except IntegrityError:
@@ -244,14 +259,16 @@ class RunStore:
                 self._append_to_batch(conn, current, status == COMPLETED, error, now)
             return self._get(conn, run_id)
 
-    def store_found(self, values: dict[str, Any]) -> RunRecord:
-        """Keep a run first seen upstream (started elsewhere). If another caller stored it first, theirs wins."""
+    def store_found(self, values: dict[str, Any], viewer: Viewer = EVERYONE) -> RunRecord | None:
+        """Keep a run first seen upstream (started elsewhere), as `values` say (their subject: the caller's). If
+        another caller stored it first, theirs wins: returned if `viewer` may see it, else None (a run of another
+        subject is not found)."""
         try:
             return self.create(values)
         except DuplicateRun:
-            found = self.get_by_request_id(values["request_id"])
-            if found is None:
-                raise
+            found = self.get_by_request_id(values["request_id"], viewer)
+            if found is None and self.get_by_request_id(values["request_id"]) is None:
+                raise  # it was not the request_id that clashed
             return found
 
     # -- batch ownership ----------------------------------------------------------------------------------------
@@ -367,9 +384,10 @@ class RunStore:
             )
         )
 
-    def _one(self, condition: Any) -> RunRecord | None:
+    def _one(self, condition: Any, viewer: Viewer = EVERYONE) -> RunRecord | None:
+        query = where_visible(select(*_COLUMNS).where(condition), viewer.scope)
         with self.engine.connect() as conn:
-            row = conn.execute(select(*_COLUMNS).where(condition)).first()
+            row = conn.execute(query, viewer_params(viewer)).first()
         return _record(row) if row is not None else None
 
     def _get_or_none(self, conn: Connection, run_id: str) -> RunRecord | None:
