@@ -510,3 +510,44 @@ def test_token_new_prints_the_token_once_and_stores_only_its_hash(
     monkeypatch.delenv("TRACKER_HTTP_TOKENS")
     code, out, err = token_new("carol")
     assert code == 2 and out == "" and "TRACKER_HTTP_TOKENS" in err
+
+
+# -- each caller sees its own, over real HTTP ------------------------------------------------------------------------
+
+
+def test_another_subjects_operation_is_answered_as_one_that_never_existed(tmp_path: Path) -> None:
+    """alice's batch, asked for by bob through his own token: every tool answers as for an id nobody ever made
+    (the id in the message swapped), cancelling it changes nothing, and alice still has it; a batch recorded
+    without a subject is seen by both."""
+    db = tmp_path / "t.db"
+    tokens = tmp_path / "tokens"
+    issued = {subject: add_token(tokens, subject)[0] for subject in ("alice", "bob")}
+    with Tracker.open(db=str(db)) as tracker:
+        hers = tracker.start_batch("import", total=2, subject="alice")
+        hers.record_success("contact-1")
+        hers.flush()
+        shared_batch = tracker.start_batch("update", total=1)
+        shared_batch.detach()
+        hers.detach()
+    never = "batch_import_019000000000_" + "0" * 32
+
+    def asked(session: Any, operation_id: str) -> list[Any]:
+        return [
+            session.answer("get_batch_status", batch_operation_id=operation_id),
+            session.answer("get_operation_items", operation_id=operation_id),
+            session.answer("cancel_operation", operation_id=operation_id),
+        ]
+
+    with http_server(db, ["--tokens", str(tokens)]) as server:
+        with sync_http_session(server.url, issued["bob"]) as bob:
+            foreign = asked(bob, hers.id)
+            unknown = asked(bob, never)
+            bob_sees = {row["operation_id"] for row in bob.answer("list_operations")["operations"]}
+        with sync_http_session(server.url, issued["alice"]) as alice:
+            mine = alice.answer("get_batch_status", batch_operation_id=hers.id)
+            alice_sees = {row["operation_id"] for row in alice.answer("list_operations")["operations"]}
+    assert json.loads(json.dumps(foreign).replace(hers.id, never)) == unknown
+    assert all(answer["found"] is False for answer in foreign)
+    assert bob_sees == {shared_batch.id} and alice_sees == {hers.id, shared_batch.id}
+    assert mine["found"] is True and mine["operation"]["status"] == "running"  # bob's cancel changed nothing
+    assert mine["operation"]["successful_ids"] == ["contact-1"]
