@@ -30,7 +30,6 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -196,15 +195,13 @@ async def _throughput(urls: list[str], pids: list[int], ids: list[str], seconds:
 @contextmanager
 def _servers(db: Path, workdir: Path, count: int) -> Iterator[list[HttpServer]]:
     """`count` HTTP server processes on `db`, started at once (each takes seconds to import and open the file)."""
-    with ThreadPoolExecutor(count) as pool:
-        starting = [pool.submit(HttpServer, db, READ_ONLY_ENV, log=workdir / f"http-{n}.log") for n in range(count)]
+    servers = [HttpServer(db, env=READ_ONLY_ENV, log=workdir / f"http-{n}.log") for n in range(count)]
     with ExitStack() as stack:
-        for future in starting:
-            if future.exception() is None:
-                stack.enter_context(future.result())
-        for future in starting:
-            future.result()  # the first start-up error, once every server that did start is in the stack
-        yield [future.result() for future in starting]
+        for server in servers:
+            stack.callback(server.stop)  # every one is stopped, whichever fails to start
+        for server in servers:
+            server.wait_listening()
+        yield servers
 
 
 def figure_8_http(workdir: Path, samples: int, seconds: float, log=print) -> str:
