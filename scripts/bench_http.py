@@ -125,12 +125,13 @@ async def _round_trips(db: Path, server: HttpServer, ids: list[str], workdir: Pa
                         answer = await call(op_id)
                         times[name].append((time.perf_counter() - started) * 1000)
                         assert answer["found"], (name, op_id)
-                opened = len(tcp_client_ports(server.port) - before)
+                # New client ports of the run, less the kept-alive client's (opened before the run, or during it).
+                opened = len(tcp_client_ports(server.port) - before - kept.ports)
                 runs.append({
                     **{f"{name}50": percentile(values, 0.50) for name, values in times.items()},
                     **{f"{name}99": percentile(values, 0.99) for name, values in times.items()},
                     "kept_connections": len(kept.ports),
-                    "session_connections": opened - len(kept.ports),
+                    "session_connections": opened,
                     "calls": len(order),
                 })
     return runs
