@@ -14,6 +14,7 @@ from sqlalchemy import Column, Integer, MetaData, delete, func, insert, inspect,
 from sqlalchemy.exc import IntegrityError
 
 from tracker import Settings
+from tracker.errors import DatabaseUnavailable
 from tracker.db import (
     current_revision,
     downgrade,
@@ -156,4 +157,22 @@ def test_the_subjects_revision_keeps_every_row_and_reference(backend_settings: S
         assert "subject" not in {c["name"] for c in inspect(conn).get_columns("operations")}
     with pytest.raises(IntegrityError), engine.connect() as conn, conn.begin():
         conn.exec_driver_sql("UPDATE operations SET idempotency_key = 'k' WHERE id = 'run_3'")
+    engine.dispose()
+
+
+def test_a_sqlite_migration_that_would_leave_a_broken_reference_changes_nothing(settings: Settings) -> None:
+    """Migrations run on SQLite with foreign keys off (0005 rebuilds operations); the last step checks every
+    reference before the commit. An item whose operation is gone (left by a tool that wrote with the checks off) makes
+    the upgrade refuse in one line, and the database stays at 0004."""
+    items = Base.metadata.tables["operation_items"]
+    engine = open_engine(settings, migrate=False)
+    upgrade_to_head(engine, "0004")
+    with engine.connect() as conn:
+        conn.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")
+        conn.execute(insert(items).values(operation_id="batch_gone", ok=True, item_id="x"))
+        conn.commit()
+        conn.connection.driver_connection.execute("PRAGMA foreign_keys = ON")
+    with pytest.raises(DatabaseUnavailable, match="broken reference in table operation_items; nothing was changed"):
+        upgrade_to_head(engine)
+    assert current_revision(engine) == "0004"
     engine.dispose()

@@ -423,6 +423,14 @@ def _migration_connection(engine: Engine) -> Iterator[Connection]:
         try:
             with conn.begin():
                 yield conn
+                if raw is not None:
+                    # SQLite's procedure, last step: with the checks off, nothing stopped a change that broke a
+                    # reference; find it before the commit, so the database stays as it was.
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").first()
+                    if broken is not None:
+                        raise DatabaseUnavailable(
+                            f"migration left a broken reference in table {broken[0]}; nothing was changed"
+                        )
         finally:
             if raw is not None:
                 try:
