@@ -8,7 +8,7 @@ import os
 import stat
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from importlib.util import find_spec
 from pathlib import Path
@@ -221,18 +221,8 @@ def _set_wal(cur) -> None:  # noqa: ANN001 (a DBAPI sqlite3 cursor)
     """PRAGMA journal_mode = WAL, waiting for the lock it takes. On a new file that other processes open at the
     same moment (one of them migrating it) it can answer 'database is locked' at once, without the busy handler;
     it is tried again, polling as begin_immediate() does, for as long as the busy timeout."""
-    module = sqlite_module()
     deadline = time.monotonic() + BUSY_TIMEOUT_S
-    delay, longest = WRITE_LOCK_POLL_S
-    while True:
-        try:
-            cur.execute("PRAGMA journal_mode = WAL")
-            return
-        except module.OperationalError as exc:
-            if not is_busy(exc) or time.monotonic() >= deadline:
-                raise
-        time.sleep(delay)
-        delay = min(longest, delay * 2)
+    _until_not_busy(lambda: cur.execute("PRAGMA journal_mode = WAL"), sqlite_module(), deadline)
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -251,18 +241,20 @@ def begin_immediate(raw) -> None:  # noqa: ANN001 (a DBAPI sqlite3 connection)
         timeout_ms = raw.execute("PRAGMA busy_timeout").fetchone()[0]
         raw.execute("PRAGMA busy_timeout = 0")
         try:
-            _poll_for_write_lock(raw, module, time.monotonic() + timeout_ms / 1000)
+            _until_not_busy(lambda: raw.execute("BEGIN IMMEDIATE"), module, time.monotonic() + timeout_ms / 1000)
         finally:
             raw.execute(f"PRAGMA busy_timeout = {int(timeout_ms)}")
     except module.Error as exc:
         raise DBAPIError.instance("BEGIN IMMEDIATE", None, exc, module.Error) from None
 
 
-def _poll_for_write_lock(raw, module, deadline: float) -> None:  # noqa: ANN001
+def _until_not_busy(statement: Callable[[], object], module, deadline: float) -> None:  # noqa: ANN001
+    """Run `statement` until it no longer fails with 'database is locked', polling every WRITE_LOCK_POLL_S (doubling)
+    until `deadline`; then the last error is raised."""
     delay, longest = WRITE_LOCK_POLL_S
     while True:
         try:
-            raw.execute("BEGIN IMMEDIATE")
+            statement()
             return
         except module.OperationalError as exc:
             if not is_busy(exc) or time.monotonic() >= deadline:
