@@ -111,3 +111,13 @@ STARTS_FIRST = ("test_multihost.py", "test_ts_sync_run.py", "test_packaging.py",
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.path.name not in STARTS_FIRST)
+
+
+def value_schema(prop: dict) -> dict:
+    """An argument's schema for its value: the non-null branch of an optional argument that also takes null
+    (`{"anyOf": [VALUE, {"type": "null"}]}`, tracker/server/strict.py nullable), else the schema itself."""
+    if "anyOf" not in prop:
+        return prop
+    value, null = prop["anyOf"]
+    assert null == {"type": "null"}, prop
+    return value

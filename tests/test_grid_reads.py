@@ -33,7 +33,7 @@ from tracker.server.grid_tools import mount_grid_tools
 from tracker.server.run_tools import run_lifespan
 from tracker.testing.client import in_process
 
-from .conftest import FakeUpstreamProcess
+from .conftest import FakeUpstreamProcess, value_schema
 from .sessions import tracker_session
 
 KEY = "sk-live-GRIDS-0123456789abcdef"
@@ -409,7 +409,7 @@ async def test_the_tools_schemas_annotations_and_answers(settings: Settings) -> 
         jsonschema.Draft202012Validator(tool.output_schema).validate(answer.value)
         assert json.loads(answer.text) == answer.value, name  # the text is the same answer
     assert "required" not in tools["list_grids"].input_schema
-    properties = tools["list_grids"].input_schema["properties"]
+    properties = {name: value_schema(prop) for name, prop in tools["list_grids"].input_schema["properties"].items()}
     assert properties["search"] == {**properties["search"], "type": "string", "maxLength": limits.GRID_SEARCH_CHARS}
     assert (properties["page"]["minimum"], properties["page"]["maximum"]) == (1, limits.GRIDS_MAX_PAGE)
     assert (properties["limit"]["minimum"], properties["limit"]["maximum"]) == (1, limits.GRIDS_LIMIT)

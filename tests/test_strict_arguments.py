@@ -15,7 +15,7 @@ from mcp.types import ToolAnnotations
 from tracker import Tracker, limits
 from tracker.server.strict import add_strict_tool
 
-from .conftest import FakeUpstreamProcess
+from .conftest import FakeUpstreamProcess, value_schema
 from .db_checks import checksum
 from .host_server import build_host_server
 from .sessions import ToolAnswer, run_settings, served
@@ -72,10 +72,10 @@ async def test_every_input_schema_says_additional_properties_false_and_keeps_its
     assert set(tools) == TOOLS
     for name, tool in tools.items():
         assert tool.input_schema["additionalProperties"] is False, name
-    assert tools["list_operations"].input_schema["properties"]["limit"]["maximum"] == limits.LIST_LIMIT
-    assert tools["get_operation_items"].input_schema["properties"]["limit"]["maximum"] == limits.ITEMS_LIMIT
+    assert value_schema(tools["list_operations"].input_schema["properties"]["limit"])["maximum"] == limits.LIST_LIMIT
+    assert value_schema(tools["get_operation_items"].input_schema["properties"]["limit"])["maximum"] == limits.ITEMS_LIMIT
     assert tools["run_grid_batch"].input_schema["properties"]["rows"]["maxItems"] == limits.BATCH_ROWS
-    assert tools["run_grid"].input_schema["properties"]["idempotency_key"]["maxLength"] == limits.KEY_CHARS
+    assert value_schema(tools["run_grid"].input_schema["properties"]["idempotency_key"])["maxLength"] == limits.KEY_CHARS
     assert tools["get_batch_status"].input_schema["properties"]["batch_operation_id"]["maxLength"] == limits.ID_CHARS
 
 
@@ -199,3 +199,28 @@ async def test_pydantic_text_never_reaches_the_caller() -> None:
         assert (await session.answer("count_to", n=3)) == {"result": 3}
     assert_one_line_error(answer, "count_to", "invalid n")
     assert SECRET not in answer.text
+
+
+@pytest.mark.anyio
+async def test_an_explicit_null_is_accepted_exactly_where_the_schema_says_so(
+    tmp_path: Path, fake_upstream: FakeUpstreamProcess
+) -> None:
+    """Clients send null for an optional field. Every optional argument is called with null: the call is accepted
+    (as if omitted) exactly when its schema admits null (anyOf a value or null), so a client validating against the
+    schema and the server agree. Before, the schemas said `"type": "string"` and the server took null anyway."""
+    import jsonschema
+
+    db = tmp_path / "t.db"
+    running = seed(db, fake_upstream)
+    checked = 0
+    async with served(run_settings(db, fake_upstream)) as session:
+        tools = await session.list_tools()
+        for name, tool in sorted(tools.items()):
+            schema = tool.input_schema
+            for argument in sorted(set(schema["properties"]) - set(schema.get("required", []))):
+                arguments = {**good_arguments(name, running), argument: None}
+                admits = jsonschema.Draft202012Validator(schema).is_valid(arguments)
+                answer = await session.call(name, arguments)
+                assert answer.is_error is not admits, (name, argument, admits, answer.text[:200])
+                checked += 1
+    assert checked >= 15

@@ -19,22 +19,22 @@ from ..remote import RunsService
 from ..shapes import GridCurl, GridDetails, GridPage, Workspace
 from .status_tools import as_tool_errors
 from .run_tools import READS_UPSTREAM
-from .strict import AS_GIVEN, ID_SCHEMA, add_strict_tool, describe
+from .strict import AS_GIVEN, ID_SCHEMA, add_strict_tool, describe, nullable
 
-# One type per argument, never a type array: an optional argument is one that is not required.
+# Never a type array: an optional argument is not required, and one that takes null as omitted says anyOf.
 GridId = Annotated[
     str, AS_GIVEN, WithJsonSchema(ID_SCHEMA), Field(description="the grid's id, as list_grids shows it"),
 ]
 Search = Annotated[
-    str, AS_GIVEN, WithJsonSchema({"type": "string", "maxLength": limits.GRID_SEARCH_CHARS}),
+    str, AS_GIVEN, WithJsonSchema(nullable({"type": "string", "maxLength": limits.GRID_SEARCH_CHARS})),
     Field(description="only grids whose name contains this text (case-insensitive); omit for all"),
 ]
 Page = Annotated[
-    int, AS_GIVEN, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": limits.GRIDS_MAX_PAGE}),
+    int, AS_GIVEN, WithJsonSchema(nullable({"type": "integer", "minimum": 1, "maximum": limits.GRIDS_MAX_PAGE})),
     Field(description="page number, from 1"),
 ]
 Limit = Annotated[
-    int, AS_GIVEN, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": limits.GRIDS_LIMIT}),
+    int, AS_GIVEN, WithJsonSchema(nullable({"type": "integer", "minimum": 1, "maximum": limits.GRIDS_LIMIT})),
     Field(description=f"grids per page, 1 to {limits.GRIDS_LIMIT}"),
 ]
 

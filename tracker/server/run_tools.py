@@ -32,7 +32,7 @@ from ..shapes import BatchStarted, Run, RunStatus
 from ..checks import require_id
 from .caller import current_subject
 from .status_tools import as_tool_errors
-from .strict import AS_GIVEN, ID_SCHEMA, add_strict_tool, describe
+from .strict import AS_GIVEN, ID_SCHEMA, add_strict_tool, describe, nullable
 
 
 GridId = Annotated[
@@ -53,19 +53,19 @@ Rows = Annotated[
     Field(description=f"one inputs object per run, at most {BATCH_ROWS}"),
 ]
 Mode = Annotated[str, AS_GIVEN, WithJsonSchema({"type": "string", "enum": list(MODES)})]
-# Optional arguments are simply not required; each schema has one type (no ["string", "null"] arrays, which
-# strict clients warn about). The checks still take an explicit null as "omitted".
+# Optional arguments are not required; one that takes an explicit null as "omitted" says so with anyOf (no
+# ["string", "null"] arrays, which strict clients warn about).
 OutputColumns = Annotated[
     list[str] | None, AS_GIVEN,
-    WithJsonSchema({"type": "array", "items": ID_SCHEMA}),
+    WithJsonSchema(nullable({"type": "array", "items": ID_SCHEMA})),
     Field(description="column ids to return; omit for all"),
 ]
 SourceId = Annotated[
-    str | None, AS_GIVEN, WithJsonSchema(ID_SCHEMA),
+    str | None, AS_GIVEN, WithJsonSchema(nullable(ID_SCHEMA)),
     Field(description="the upstream's source_id for the new row, if any"),
 ]
 IdempotencyKey = Annotated[
-    str | None, AS_GIVEN, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": KEY_CHARS}),
+    str | None, AS_GIVEN, WithJsonSchema(nullable({"type": "string", "minLength": 1, "maxLength": KEY_CHARS})),
     Field(description="any unique string; calling again with the same key returns the same run, submitted once"),
 ]
 Concurrency = Annotated[

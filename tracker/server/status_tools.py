@@ -25,7 +25,7 @@ from ..status import (
 )
 from ..shapes import BatchStatus, Cancelled, OperationItems, OperationPage
 from .caller import current_subject
-from .strict import AS_GIVEN, ID_SCHEMA, add_strict_tool, describe
+from .strict import AS_GIVEN, ID_SCHEMA, add_strict_tool, describe, nullable
 
 
 # `str` (not Any) keeps the SDK from JSON-decoding an id such as "null" before we see it.
@@ -39,37 +39,37 @@ OperationId = Annotated[
 Cursor = Annotated[
     Any,
     AS_GIVEN,
-    WithJsonSchema({"type": "string", "maxLength": limits.CURSOR_CHARS}),
+    WithJsonSchema(nullable({"type": "string", "maxLength": limits.CURSOR_CHARS})),
     Field(description="next_cursor from the previous page; omit it for the first page"),
 ]
 Kind = Annotated[
-    Any, AS_GIVEN, WithJsonSchema({"type": "string", "enum": list(KINDS)}), Field(description="only batches, or only remote runs")
+    Any, AS_GIVEN, WithJsonSchema(nullable({"type": "string", "enum": list(KINDS)})), Field(description="only batches, or only remote runs")
 ]
 Status = Annotated[
-    Any, AS_GIVEN, WithJsonSchema({"type": "string", "enum": list(STATUSES)}), Field(description="only operations in this status")
+    Any, AS_GIVEN, WithJsonSchema(nullable({"type": "string", "enum": list(STATUSES)})), Field(description="only operations in this status")
 ]
 OperationType = Annotated[
     Any,
     AS_GIVEN,
-    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": limits.OPERATION_TYPE_CHARS}),
+    WithJsonSchema(nullable({"type": "string", "minLength": 1, "maxLength": limits.OPERATION_TYPE_CHARS})),
     Field(description="only this operation_type, e.g. import"),
 ]
 ListLimit = Annotated[
     Any,
     AS_GIVEN,
-    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": limits.LIST_LIMIT}),
+    WithJsonSchema(nullable({"type": "integer", "minimum": 1, "maximum": limits.LIST_LIMIT})),
     Field(description=f"operations per page (default {limits.LIST_LIMIT_DEFAULT})"),
 ]
 ItemsLimit = Annotated[
     Any,
     AS_GIVEN,
-    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": limits.ITEMS_LIMIT}),
+    WithJsonSchema(nullable({"type": "integer", "minimum": 1, "maximum": limits.ITEMS_LIMIT})),
     Field(description=f"items per page (default {limits.ITEMS_LIMIT_DEFAULT}); a page of long items holds fewer"),
 ]
 Outcome = Annotated[
     Any,
     AS_GIVEN,
-    WithJsonSchema({"type": "string", "enum": list(OUTCOMES)}),
+    WithJsonSchema(nullable({"type": "string", "enum": list(OUTCOMES)})),
     Field(description="succeeded: the successful ids; failed: the failures with their errors"),
 ]
 

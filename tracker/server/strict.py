@@ -25,6 +25,12 @@ from ..limits import ID_CHARS
 # what is wrong in one line; the JSON schema still tells the model the type.
 AS_GIVEN = PlainValidator(lambda value: value)
 ID_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": ID_CHARS}
+
+
+def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema of an optional argument whose check takes an explicit null as omitted (clients send null for
+    optional fields): anyOf the value's schema or null, never a ["string", "null"] type array."""
+    return {"anyOf": [schema, {"type": "null"}]}
 NAMES_SHOWN = 5  # unknown arguments named in one message; the rest are counted
 NAME_CHARS = 40  # an unknown argument's name is the caller's text: quoted, escaped and cut to this
 
