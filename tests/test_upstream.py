@@ -266,18 +266,21 @@ def test_slot_claims_on_both_backends(backend_settings: Settings) -> None:
 
     engine = open_engine(backend_settings)
     store = RateLimitStore(engine, max_ahead_s=300)
-    claims = [store.claim("ws", 0.25) for _ in range(4)]
+    # A 2 s interval: the four claims land on the schedule (each slot after the last) however slowly a loaded
+    # machine makes them; with 0.25 s, a claim made 0.3 s after the one before took the database's now instead.
+    interval = 2.0
+    claims = [store.claim("ws", interval) for _ in range(4)]
     first = claims[0].slot
-    assert [c.slot for c in claims] == pytest.approx([first + 0.25 * n for n in range(4)], abs=1e-6)
+    assert [c.slot for c in claims] == pytest.approx([first + interval * n for n in range(4)], abs=1e-6)
     assert claims[0].due <= time.monotonic() and claims[0].uncertainty_s >= 0
-    assert claims[3].due - claims[0].due == pytest.approx(0.75, abs=0.05)  # on this process's monotonic clock
-    other = store.claim("other", 0.25)  # workspaces are independent: free now
+    assert claims[3].due - claims[0].due == pytest.approx(3 * interval, abs=0.05)  # on this process's monotonic clock
+    other = store.claim("other", interval)  # workspaces are independent: free now
     assert other.due <= time.monotonic()
-    until = store.defer("ws", 10)
-    deferred = store.claim("ws", 0.25)
-    assert deferred.slot == until and deferred.due - time.monotonic() == pytest.approx(10, abs=0.5)
+    until = store.defer("ws", 30)  # past the 8 s already booked
+    deferred = store.claim("ws", interval)
+    assert deferred.slot == until and deferred.due - time.monotonic() == pytest.approx(30, abs=0.5)
     store.defer("ws", 1)  # earlier than the slot already taken: no change
-    assert store.queue("ws")[0] == until + 0.25
+    assert store.queue("ws")[0] == until + interval
     engine.dispose()
 
 
