@@ -74,7 +74,8 @@ def start_batch(tracker: Tracker, log: Log, total: int, inputs: dict[str, Any]):
             time.sleep(0.2)
         try:
             for record in tracker.list(kind="batch", operation_type=OPERATION_TYPE, limit=100):
-                if isinstance(record.inputs, dict) and record.inputs.get("token") == inputs["token"]:
+                detail = tracker.get(record.id)  # list rows leave the inputs out
+                if detail is not None and isinstance(detail.inputs, dict) and detail.inputs.get("token") == inputs["token"]:
                     log.emit(event="start_reply_lost", batch=record.id)
                     return tracker.attach(record.id)
         except DatabaseUnavailable:

@@ -666,3 +666,28 @@ def _check(sim: Simulation, conn, upstream: dict[str, Any], final_status: dict[s
         "negative_execution_time_ms_count": len(backwards),
     }
     return checks, figures
+
+
+def test_a_recorder_whose_start_reply_was_lost_finds_its_batch_by_token(tmp_path: Path) -> None:
+    """The recorder's retry after a start_batch whose COMMIT reply was lost (the batch exists): it finds the batch by
+    the token in its inputs and attaches, never starting a second one. (It once read the inputs off list rows,
+    which leave them out: the recorder died, and its host's batches never started.)"""
+    from tracker import DatabaseUnavailable, Tracker
+
+    from . import multihost_recorder as recorder
+
+    with Tracker.open(db=str(tmp_path / "t.db")) as tracker:
+        real = tracker.start_batch
+
+        def applied_then_lost(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            tracker.start_batch = real  # the retry goes through
+            real(*args, **kwargs).detach()
+            raise DatabaseUnavailable("connection cut after COMMIT")
+
+        tracker.start_batch = applied_then_lost  # type: ignore[method-assign]
+        log = recorder.Log(tmp_path / "events.jsonl")
+        handle = recorder.start_batch(tracker, log, 5, {"token": "t-1"})
+        batches = tracker.list(kind="batch")
+        handle.detach()
+    assert [b.id for b in batches] == [handle.id]
+    assert json.loads((tmp_path / "events.jsonl").read_text())["event"] == "start_reply_lost"
