@@ -91,7 +91,7 @@ def test_full_disk_refuses_the_group_and_keeps_it_for_later(tmp_path: Path) -> N
             batch.record_success("before-the-disk-filled")
             batch.flush()
             filler = mount / "filler"
-            with open(filler, "wb") as f:  # leave almost no room
+            with open(filler, "wb", buffering=0) as f:  # leave almost no room (unbuffered: close has nothing to flush)
                 with contextlib.suppress(OSError):
                     while True:
                         f.write(b"\0" * 65536)

@@ -109,6 +109,15 @@ class Tracker:
             handle._close(OperationClosed(f"operation {operation_id!r} is already {record.status}; the write was refused"))
         return handle
 
+    def handle_for(self, record: OperationRecord, writer: Writer) -> BatchHandle:
+        """A handle for `writer`, which another store call registered on the running operation `record` in its own
+        transaction (a task's creation, takeover or resumption: tracker.store.tasks)."""
+        return self._handle(record, writer)
+
+    def new_writer(self) -> Writer:
+        """A writer identity of this process, for such a call to register."""
+        return _new_writer()
+
     def _handle(self, record: OperationRecord, writer: Writer) -> BatchHandle:
         handle = BatchHandle(self.store, record, writer, self.settings.flush_interval_s, on_close=self._flusher.remove)
         self._flusher.add(handle)

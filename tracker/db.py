@@ -332,7 +332,7 @@ def database_errors(location: str, doing: str | None = None, *, file_errors: boo
 # The newest migration's revision (tests/test_migrations.py checks it is Alembic's head). A database already there is
 # opened without importing Alembic at all: a third of every tracker process's start-up (`tracker reap` from cron,
 # each `tracker serve`) went to importing it.
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
 
 
 def _alembic_config() -> Any:

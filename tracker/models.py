@@ -202,3 +202,33 @@ class RunBatchRow(Base):
     batch_id: Mapped[str] = mapped_column(ForeignKey("operations.id", ondelete="CASCADE"), primary_key=True)
     row_number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     inputs: Mapped[Any] = mapped_column(JSONValue)
+
+
+TASK_WORKING = "working"
+TASK_INPUT_REQUIRED = "input_required"
+TASK_PHASES = (TASK_WORKING, TASK_INPUT_REQUIRED)
+
+
+class Task(Base):
+    """An MCP task (tracker.server.tasks): a tools/call that became an operation. Its status, times, subject and
+    result live on the operation row (outputs: the tool's result); this row holds what only a task has: the call
+    to run again, the revision it was made on, and its input round (requests still open, answers given so far)."""
+
+    __tablename__ = "tasks"
+
+    operation_id: Mapped[str] = mapped_column(ForeignKey("operations.id", ondelete="CASCADE"), primary_key=True)
+    tool: Mapped[str] = mapped_column(String(128))
+    arguments: Mapped[Any] = mapped_column(JSONValue)
+    revision: Mapped[str] = mapped_column(String(16))  # the protocol revision that made it: its wire shapes
+    # While the operation runs: working (some process runs the tool) or input_required (nobody does; answers
+    # through tasks/update, or tasks/result on 2025-11-25, resume it at whichever server gets them).
+    phase: Mapped[str] = mapped_column(String(16), default=TASK_WORKING)
+    input_requests: Mapped[Any | None] = mapped_column(JSONValue)  # {key: request} still unanswered
+    input_responses: Mapped[Any | None] = mapped_column(JSONValue)  # {key: response} answered so far
+    asked_keys: Mapped[Any | None] = mapped_column(JSONValue)  # every key ever asked: unique for the task's life
+    request_state: Mapped[str | None] = mapped_column(Text)
+    rpc_error: Mapped[Any | None] = mapped_column(JSONValue)  # a failed task's JSON-RPC error {code, message, data}
+    rerun: Mapped[bool] = mapped_column(Boolean, default=False)  # its tool is declared safe to run again
+    takeovers: Mapped[int] = mapped_column(Integer, default=0)  # times a live server took it over from a dead one
+
+    __table_args__ = (CheckConstraint("phase IN ('working', 'input_required')", name="phase"),)

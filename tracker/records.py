@@ -139,3 +139,44 @@ class Writer:
 
     writer_id: str
     process: Process
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """An MCP task as the tasks methods read it: its operation's status, times, message and result, with the
+    task's own fields (tracker.models.Task)."""
+
+    id: str
+    operation_type: str  # "task:<tool>"
+    status: str  # the operation's: running, completed, failed, cancelled
+    started_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+    error: str | None  # the operation's message: why it failed or was cancelled
+    outputs: Any  # the tool's result (a CallToolResult as JSON) once completed
+    subject: str | None
+    owner_host: str | None
+    owner_pid: int | None
+    owner_process: str | None
+    heartbeat_at: datetime | None
+    resumable: bool
+    tool: str
+    arguments: Any
+    revision: str
+    phase: str
+    input_requests: Any
+    input_responses: Any
+    asked_keys: Any
+    request_state: str | None
+    rpc_error: Any
+    rerun: bool
+    takeovers: int
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def task_status(self) -> str:
+        """working, input_required, completed, failed or cancelled."""
+        return self.phase if self.status == "running" else self.status

@@ -28,6 +28,8 @@ from .grid_tools import mount_grid_tools
 from .run_tools import mount_run_tools, run_lifespan
 from .status_tools import StatusTools
 from .stdio import run_stdio
+from .tasks import TrackerTasks
+from .tasks.own import own_policies
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +93,11 @@ class ServedDatabase:
     initialize and tools/list; until it answers, every tool call tries again (at most once a second) and returns
     the one-line reason, each try bounded by TRACKER_DB_TIMEOUT."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, extra: Callable[[MCPServer, TrackerTasks], None] | None = None) -> None:
+        """`extra(server, tasks)` adds a host's own tools (and their task policies) to the served server."""
         self.settings = settings
+        self.extra = extra
+        self.tasks: TrackerTasks | None = None
         self.tracker: Tracker | None = None
         self.runs: RunsService | None = None
         self._reaper: PeriodicReaper | None = None
@@ -144,6 +149,8 @@ class ServedDatabase:
             except TrackerError as exc:
                 log.warning("remote runs: could not start polling and batch resumption: %s", exc)
             self.runs = runs
+            if self.tasks is not None:
+                self.tasks.runtime.start()  # takes over or fails the tasks of servers that died
 
     async def _open_in_background(self) -> None:
         try:
@@ -160,6 +167,8 @@ class ServedDatabase:
         finally:
             self._background.cancel()
             await asyncio.gather(self._background, return_exceptions=True)
+            if self.tasks is not None:
+                await self.tasks.runtime.aclose()
             if self.runs is not None:
                 await self.runs.aclose()
 
@@ -178,17 +187,25 @@ class ServedDatabase:
     def build_server(self, **options: Any) -> MCPServer:
         """tracker's tools, each call opening the database first if it is not open yet. `options` go to MCPServer
         (`tracker serve --http` passes its auth and token_verifier)."""
+        tracker = _WhenOpen(self.settings, lambda: self._opened("tracker"))
+        runs = _WhenOpen(self.settings, lambda: self._opened("runs"))
+        tasks = TrackerTasks(tracker, own_policies(self.settings))  # type: ignore[arg-type]
         server = _GatedServer(
             self,
             name="tracker",
             instructions=INSTRUCTIONS,
             version=_server_version(),
             lifespan=self.lifespan,
+            extensions=[tasks],
+            middleware=[tasks.legacy],
             **options,
         )
-        tracker = _WhenOpen(self.settings, lambda: self._opened("tracker"))
-        runs = _WhenOpen(self.settings, lambda: self._opened("runs"))
-        return _mount_all(server, tracker, runs)  # type: ignore[arg-type]
+        tasks.bind(server)
+        self.tasks = tasks
+        _mount_all(server, tracker, runs)  # type: ignore[arg-type]
+        if self.extra is not None:
+            self.extra(server, tasks)
+        return server
 
 
 class _GatedServer(MCPServer):
@@ -206,11 +223,11 @@ class _GatedServer(MCPServer):
         return await super().call_tool(name, arguments, context)
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, extra: Callable[[MCPServer, TrackerTasks], None] | None = None) -> None:
     """Run the stdio server until the client closes stdin. stdout carries only the protocol; a line that cannot be
     parsed gets a JSON-RPC error answer (stdio.py). A database file that cannot be used stops it at once
     (DatabaseUnavailable: one line, exit 1); a database server that does not answer does not (see ServedDatabase)."""
-    database = ServedDatabase(settings)
+    database = ServedDatabase(settings, extra)
     if not database.is_server:
         database.open_tracker()
     try:

@@ -31,7 +31,7 @@ import signal
 import socket
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -40,6 +40,7 @@ import uvicorn
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
+from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from sse_starlette.sse import AppStatus
 from starlette.middleware import Middleware
@@ -50,6 +51,7 @@ from ..limits import HTTP_BODY_BYTES, HTTP_RETRY_AFTER_S
 from ..settings import Settings
 from ..tokens import TokenFile, token_hash
 from .app import ServedDatabase
+from .tasks import TrackerTasks
 
 log = logging.getLogger(__name__)
 
@@ -378,10 +380,10 @@ def plan(settings: Settings, address: str) -> HttpPlan:
     return HttpPlan(listen, tokens)
 
 
-def serve_http(settings: Settings, chosen: HttpPlan) -> None:
+def serve_http(settings: Settings, chosen: HttpPlan, extra: Callable[[MCPServer, TrackerTasks], None] | None = None) -> None:
     """Serve until SIGTERM or SIGINT. A database file that cannot be used stops it at once (DatabaseUnavailable), as
     serve() does; a socket that cannot be bound is InvalidInput."""
-    database = ServedDatabase(settings)
+    database = ServedDatabase(settings, extra)
     if not database.is_server:
         database.open_tracker()
     try:

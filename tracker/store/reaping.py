@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Engine, delete, func, select, update
 
 from ..db import engine_location
-from ..models import FAILED, RUNNING, TERMINAL_STATUSES, Operation, OperationItem, OperationWriter, RunBatchRow
+from ..models import FAILED, RUNNING, TERMINAL_STATUSES, Operation, OperationItem, OperationWriter, RunBatchRow, Task
 from ..timeutil import elapsed_ms
 from .clock import db_now, engine_now
 
@@ -30,6 +30,7 @@ _OPS = Operation.__table__
 _ITEMS = OperationItem.__table__
 _WRITERS = OperationWriter.__table__
 _ROWS = RunBatchRow.__table__
+_TASKS = Task.__table__
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class ReapingStore:
                 items = conn.execute(delete(_ITEMS).where(_ITEMS.c.operation_id.in_(picked))).rowcount
                 rows = conn.execute(delete(_ROWS).where(_ROWS.c.batch_id.in_(picked))).rowcount
                 conn.execute(delete(_WRITERS).where(_WRITERS.c.operation_id.in_(picked)))
+                conn.execute(delete(_TASKS).where(_TASKS.c.operation_id.in_(picked)))
                 # By id alone: they were picked in this same transaction, and a terminal row never changes. (With
                 # the expiry test repeated here, SQLite would walk the whole expired range of its index instead.)
                 operations = conn.execute(delete(_OPS).where(_OPS.c.id.in_(picked))).rowcount
@@ -156,6 +158,7 @@ class ReapingStore:
             operations = 0
             if rows + items < max_items:  # that was the last of its rows and items: the row goes with them
                 conn.execute(delete(_WRITERS).where(_WRITERS.c.operation_id == large))
+                conn.execute(delete(_TASKS).where(_TASKS.c.operation_id == large))
                 operations = conn.execute(delete(_OPS).where(_OPS.c.id == large)).rowcount
             return ChunkResult(operations, items, rows)
 

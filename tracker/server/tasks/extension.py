@@ -1,0 +1,343 @@
+"""The io.modelcontextprotocol/tasks extension (SEP-2663, 2026-07-28) and the experimental tasks of 2025-11-25,
+served from tracker's table by TaskRuntime. TrackerTasks is the Extension an MCPServer is built with; its
+`legacy` is the ServerMiddleware that speaks 2025-11-25 (the SDK's interceptor cannot: a 2025-11-25 create
+result is no CallToolResult)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from mcp.server.extension import Extension, MethodBinding
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.mcpserver import MCPServer
+from mcp.shared.exceptions import MCPError
+from mcp.shared.message import ServerMessageMetadata
+from mcp_types import (
+    CallToolRequestParams,
+    CreateMessageResult,
+    ElicitResult,
+    InputRequest,
+    InputResponse,
+    ListRootsResult,
+    RequestParams,
+)
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+
+from ...aio import off_loop
+from ...api import Tracker
+from ...errors import OperationClosed, OperationNotFound
+from ...records import TaskRecord
+from ..caller import current_subject
+from . import wire
+from .policy import TaskPolicy
+from .runtime import _CURRENT, TaskRuntime, _Slot
+
+log = logging.getLogger(__name__)
+
+TASK_ID_CHARS = 256
+LIST_PAGE = 100
+RESULT_WAIT_S = 0.25  # tasks/result (2025-11-25) looks again this often for a task run by another server
+_RESPONSE = TypeAdapter(InputResponse)
+_REQUEST = TypeAdapter(InputRequest)
+_RESULT_TYPES = {
+    "elicitation/create": ElicitResult,
+    "sampling/createMessage": CreateMessageResult,
+    "roots/list": ListRootsResult,
+}
+
+
+class TaskIdParams(RequestParams):
+    """Checked by hand, not by pydantic, so an error names the field and never repeats the value."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    task_id: Any = Field(default=None, alias="taskId")
+
+
+class UpdateParams(TaskIdParams):
+    input_responses: Any = Field(default=None, alias="inputResponses")
+
+
+class ListParams(RequestParams):
+    model_config = ConfigDict(extra="allow")
+    cursor: Any = None
+
+
+def _declared(ctx: ServerRequestContext[Any, Any]) -> bool:
+    capabilities = ctx.session.client_capabilities
+    extensions = capabilities.extensions if capabilities is not None else None
+    return bool(extensions) and wire.EXTENSION in extensions  # type: ignore[operator]
+
+
+def _header(ctx: ServerRequestContext[Any, Any], name: str) -> str | None:
+    headers = getattr(ctx.request, "headers", None)
+    return headers.get(name) if headers is not None else None
+
+
+class TrackerTasks(Extension):
+    """Durable tasks for an MCPServer's tools, in tracker's table:
+
+        tasks = TrackerTasks(tracker, {"slow_tool": TaskPolicy("optional")})
+        server = MCPServer("mine", extensions=[tasks], middleware=[tasks.legacy])
+        tasks.bind(server)
+
+    A task is an operation row (kind batch, operation_type "task:<tool>"): every server on the database serves
+    it, and get_batch_status, list_operations and the operator commands show it."""
+
+    identifier = wire.EXTENSION
+
+    def __init__(self, tracker: Tracker, policies: Mapping[str, TaskPolicy] | None = None) -> None:
+        self.tracker = tracker
+        self.policies: dict[str, TaskPolicy] = dict(policies or {})
+        self.runtime = TaskRuntime(tracker)
+        self.legacy = LegacyTasks(self)
+
+    def bind(self, server: MCPServer) -> None:
+        """The server whose tools the tasks run (resumed and taken-over tasks call them without a request)."""
+        self.runtime.bind(server)
+
+    def policy(self, tool: str, policy: TaskPolicy) -> None:
+        self.policies[tool] = policy
+
+    # -- the extension's surface ----------------------------------------------------------------------------------
+
+    def methods(self) -> list[MethodBinding]:
+        return [
+            MethodBinding("tasks/get", TaskIdParams, self._get),
+            MethodBinding("tasks/cancel", TaskIdParams, self._cancel),
+            MethodBinding("tasks/update", UpdateParams, self._update, protocol_versions=frozenset({wire.MODERN})),
+            MethodBinding("tasks/result", TaskIdParams, self._result, protocol_versions=frozenset({wire.LEGACY})),
+            MethodBinding("tasks/list", ListParams, self._list, protocol_versions=frozenset({wire.LEGACY})),
+        ]
+
+    async def intercept_tool_call(
+        self, params: CallToolRequestParams, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
+        policy = self.policies.get(params.name)
+        if policy is None or not policy.takes_tasks or not wire.is_modern(ctx.protocol_version):
+            return await call_next(ctx)
+        if not _declared(ctx):
+            if policy.support == "required":
+                raise wire.missing_extension()
+            return await call_next(ctx)
+        subject = current_subject()
+        responses = {k: _dump(v) for k, v in (params.input_responses or {}).items()} or None
+        if policy.sync_wait_s <= 0:
+            record, writer = await self.runtime.create(
+                params.name, params.arguments or {}, wire.MODERN, subject, policy.rerun, responses, params.request_state
+            )
+            self.runtime.run(record, writer)
+            return wire.modern_created(record, self.tracker.settings)
+        slot = _Slot()
+        context = contextvars.copy_context()
+        context.run(_CURRENT.set, slot)
+        body = asyncio.get_running_loop().create_task(call_next(ctx), context=context)
+        try:
+            done, _ = await asyncio.wait({body}, timeout=policy.sync_wait_s)
+            if body in done:
+                return body.result()  # answered inline: a result, or a request for input (a multi-round-trip)
+            record, writer = await self.runtime.create(
+                params.name, params.arguments or {}, wire.MODERN, subject, policy.rerun, responses, params.request_state
+            )
+        except BaseException:
+            body.cancel()
+            raise
+        self.runtime.adopt(record, writer, body, slot)
+        return wire.modern_created(record, self.tracker.settings)
+
+    # -- the methods ----------------------------------------------------------------------------------------------
+
+    def _task_id(self, ctx: ServerRequestContext[Any, Any], params: TaskIdParams) -> str:
+        modern = wire.is_modern(ctx.protocol_version)
+        if modern and not _declared(ctx):
+            raise wire.missing_extension()
+        task_id = params.task_id
+        if not isinstance(task_id, str) or not task_id:
+            raise wire.invalid("taskId must be a non-empty string")
+        named = _header(ctx, "mcp-name")
+        if named is not None and named.strip() != task_id:
+            raise MCPError(code=wire.HEADER_MISMATCH, message="the Mcp-Name header does not match params.taskId")
+        return task_id
+
+    async def _find(self, task_id: str) -> TaskRecord:
+        if len(task_id) > TASK_ID_CHARS or "\x00" in task_id:
+            raise wire.unknown_task()
+        viewer = self.tracker.viewer(current_subject())
+        record = await off_loop(self.runtime.store.get, task_id, viewer)
+        if record is None:
+            raise wire.unknown_task()
+        return record
+
+    def _shape(self, ctx: ServerRequestContext[Any, Any], record: TaskRecord) -> dict[str, Any]:
+        if wire.is_modern(ctx.protocol_version):
+            return wire.modern_detailed(record, self.tracker.settings)
+        return wire.legacy_task(record, self.tracker.settings)
+
+    async def _get(self, ctx: ServerRequestContext[Any, Any], params: TaskIdParams) -> dict[str, Any]:
+        return self._shape(ctx, await self._find(self._task_id(ctx, params)))
+
+    async def _update(self, ctx: ServerRequestContext[Any, Any], params: UpdateParams) -> dict[str, Any]:
+        task_id = self._task_id(ctx, params)
+        given = params.input_responses
+        if not isinstance(given, dict) or not all(isinstance(v, dict) for v in given.values()):
+            raise wire.invalid("inputResponses must be an object mapping input request keys to responses")
+        record = await self._find(task_id)
+        await self.answer(record, given)
+        return {}
+
+    async def answer(self, record: TaskRecord, given: dict[str, Any]) -> None:
+        """Store answers to the task's open requests (others are ignored); the last one runs the tool again here."""
+        pending = record.input_requests or {}
+        responses: dict[str, Any] = {}
+        for key, value in given.items():
+            if key not in pending:
+                continue  # unknown or already answered: the spec lets a server ignore it
+            try:
+                responses[key] = _dump(_RESPONSE.validate_python(value))
+            except ValidationError:
+                raise wire.invalid("inputResponses: a response does not have the shape of its request's result") from None
+        if not responses:
+            return
+        writer = self.tracker.new_writer()
+        viewer = self.tracker.viewer(current_subject())
+        try:
+            outcome, task = await off_loop(self.runtime.store.answer, record.id, responses, viewer, writer,
+                                           wait_on_cancel=True)
+        except OperationNotFound:
+            raise wire.unknown_task() from None
+        if outcome == "resume":
+            self.runtime.run(task, writer)
+
+    async def _cancel(self, ctx: ServerRequestContext[Any, Any], params: TaskIdParams) -> dict[str, Any]:
+        task_id = self._task_id(ctx, params)
+        modern = wire.is_modern(ctx.protocol_version)
+        record = await self._find(task_id)
+        if not record.is_terminal:
+            try:
+                await off_loop(self.tracker.cancel, task_id, "cancelled by the client", current_subject())
+            except OperationClosed:
+                pass  # it ended first: as for a task that had ended
+            except OperationNotFound:
+                raise wire.unknown_task() from None
+            self.runtime.stop_body(task_id)
+        elif not modern:
+            raise wire.invalid(f"the task is already {wire.legacy_status(record)}: it cannot be cancelled")
+        if modern:
+            return {}
+        return wire.legacy_task(await self._find(task_id), self.tracker.settings)
+
+    async def _result(self, ctx: ServerRequestContext[Any, Any], params: TaskIdParams) -> dict[str, Any]:
+        """2025-11-25: wait for the end, then the plain call's answer. A task waiting for input asks this client
+        on this request's stream (the side channel), and the answers resume it as tasks/update would."""
+        task_id = self._task_id(ctx, params)
+        while True:
+            record = await self._find(task_id)
+            if record.is_terminal:
+                return _legacy_result(record)
+            if record.task_status == "input_required":
+                await self._ask(ctx, record)
+                continue
+            await self.runtime.wait_changed(task_id, RESULT_WAIT_S)
+
+    async def _ask(self, ctx: ServerRequestContext[Any, Any], record: TaskRecord) -> None:
+        answers: dict[str, Any] = {}
+        meta = {wire.RELATED_TASK: {"taskId": record.id}}
+        related = ServerMessageMetadata(related_request_id=ctx.request_id)
+        for key, request in (record.input_requests or {}).items():
+            typed = _REQUEST.validate_python({**request, "params": {**(request.get("params") or {}), "_meta": meta}})
+            result_type = _RESULT_TYPES.get(typed.method, ElicitResult)
+            answers[key] = _dump(await ctx.session.send_request(typed, result_type, metadata=related))
+        await self.answer(record, answers)
+
+    async def _list(self, ctx: ServerRequestContext[Any, Any], params: ListParams) -> dict[str, Any]:
+        subject = current_subject()
+        if subject is None:
+            # The spec: a server that cannot tell callers apart must not list tasks (anyone would see everyone's).
+            raise MCPError(code=wire.METHOD_NOT_FOUND, message="tasks/list needs authenticated callers (serve --http with tokens)")
+        before = None
+        if params.cursor is not None:
+            if not isinstance(params.cursor, str):
+                raise wire.invalid("cursor must be the nextCursor of the previous page")
+            last = await off_loop(self.runtime.store.get, params.cursor, self.tracker.viewer(subject))
+            if last is None:
+                raise wire.invalid("cursor must be the nextCursor of the previous page")
+            before = (last.started_at, last.id)
+        viewer = self.tracker.viewer(subject)
+        rows = await off_loop(self.runtime.store.list_tasks, viewer, before, LIST_PAGE + 1)
+        page = rows[:LIST_PAGE]
+        result: dict[str, Any] = {"tasks": [wire.legacy_task(r, self.tracker.settings) for r in page]}
+        if len(rows) > LIST_PAGE:
+            result["nextCursor"] = page[-1].id
+        return result
+
+
+def _dump(value: Any) -> Any:
+    return value.model_dump(by_alias=True, mode="json", exclude_none=True) if hasattr(value, "model_dump") else value
+
+
+def _legacy_result(record: TaskRecord) -> dict[str, Any]:
+    if record.status == "cancelled":
+        raise MCPError(code=wire.INVALID_PARAMS, message="the task was cancelled: it has no result")
+    if record.status == "failed" or not isinstance(record.outputs, dict):
+        error = wire.rpc_error(record)
+        raise MCPError(code=error.get("code", wire.INTERNAL_ERROR), message=error.get("message", ""), data=error.get("data"))
+    meta = {**(record.outputs.get("_meta") or {}), wire.RELATED_TASK: {"taskId": record.id}}
+    return {**record.outputs, "_meta": meta}
+
+
+class LegacyTasks:
+    """The 2025-11-25 surface, as ServerMiddleware: `capabilities.tasks` in initialize, `execution.taskSupport`
+    in tools/list, and tools/call with `params.task` answered with a created task."""
+
+    def __init__(self, tasks: TrackerTasks) -> None:
+        self.tasks = tasks
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.request_id is None or wire.is_modern(ctx.protocol_version):
+            return await call_next(ctx)
+        if ctx.method == "initialize":
+            result = await call_next(ctx)
+            if isinstance(result, dict) and result.get("protocolVersion") == wire.LEGACY:
+                capabilities = result.setdefault("capabilities", {})
+                offered: dict[str, Any] = {"cancel": {}, "requests": {"tools": {"call": {}}}}
+                if current_subject() is not None:
+                    offered["list"] = {}
+                capabilities["tasks"] = offered
+            return result
+        if ctx.protocol_version != wire.LEGACY:
+            return await call_next(ctx)
+        if ctx.method == "tools/list":
+            result = await call_next(ctx)
+            if isinstance(result, dict):
+                for tool in result.get("tools", []):
+                    policy = self.tasks.policies.get(tool.get("name"))
+                    if policy is not None:
+                        tool["execution"] = {"taskSupport": policy.support}
+            return result
+        if ctx.method == "tools/call" and isinstance(ctx.params, Mapping):
+            return await self._call(ctx, ctx.params, call_next)
+        return await call_next(ctx)
+
+    async def _call(self, ctx: ServerRequestContext[Any, Any], params: Mapping[str, Any], call_next: CallNext) -> Any:
+        name = params.get("name")
+        policy = self.tasks.policies.get(name) if isinstance(name, str) else None
+        wanted = params.get("task")
+        if wanted is None:
+            if policy is not None and policy.support == "required":
+                raise MCPError(code=wire.METHOD_NOT_FOUND, message=f"tool {name} runs only as a task: send params.task")
+            return await call_next(ctx)
+        if not isinstance(wanted, dict):
+            raise wire.invalid("task must be an object, such as {\"ttl\": 60000}")
+        if policy is None or not policy.takes_tasks:
+            raise MCPError(code=wire.METHOD_NOT_FOUND, message=f"tool {name} does not run as a task")
+        arguments = params.get("arguments") or {}
+        if not isinstance(arguments, dict):
+            raise wire.invalid("arguments must be an object")
+        record, writer = await self.tasks.runtime.create(
+            name, arguments, wire.LEGACY, current_subject(), policy.rerun  # type: ignore[arg-type]
+        )
+        self.tasks.runtime.run(record, writer)
+        return {"task": wire.legacy_task(record, self.tasks.tracker.settings)}
