@@ -471,7 +471,8 @@ await main(async () => {
     await execution.detach();
     await execution.result();
   }
-  await sleep(0);
+  // The package lists tools in the background (its tool declarations): let that answer land before closing.
+  for (let waited = 0; tap.exchanges.some((e) => !e.answered) && waited < 2000; waited += 20) await sleep(20);
   await session.close();
   await client.close();
 });

@@ -30,6 +30,11 @@ def serve_http_command(address: str = "127.0.0.1:0", args: Sequence[str] = ()) -
     return [sys.executable, "-m", "tracker", "serve", "--http", address, *args]
 
 
+def task_server_command(address: str = "127.0.0.1:0", db: Path | str | None = None) -> list[str]:
+    """The tasks fixture server (tracker.testing.task_server) over HTTP; without `db`, the caller adds --db."""
+    return [sys.executable, "-m", "tracker.testing.task_server", "--http", address, *(["--db", str(db)] if db else [])]
+
+
 class HttpServerStartError(RuntimeError):
     """The HTTP server exited, or printed no listening URL in time; the message ends with its stderr."""
 
@@ -47,7 +52,9 @@ class HttpServer:
         log: Path | None = None,
         address: str = "127.0.0.1:0",
         start_timeout_s: float = START_TIMEOUT_S,
+        command: Sequence[str] | None = None,
     ) -> None:
+        """`command`: serve with this instead of `tracker serve --http` (e.g. task_server_command())."""
         environment = child_env(db, **(env or {}))
         if "TRACKER_HTTP_TOKENS" not in (env or {}):
             environment.pop("TRACKER_HTTP_TOKENS", None)
@@ -57,7 +64,7 @@ class HttpServer:
             os.close(handle)
             log = Path(name)
         self.log = log
-        self.command = serve_http_command(address, args)
+        self.command = list(command) if command is not None else serve_http_command(address, args)
         self._start_timeout_s = start_timeout_s
         self._port: int | None = None
         self._kept = ""  # its stderr once the log is removed

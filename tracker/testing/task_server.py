@@ -125,7 +125,7 @@ def mount_fixtures(server: MCPServer, tasks: TrackerTasks) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tracker.testing.task_server")
-    parser.add_argument("--db", required=True)
+    parser.add_argument("--db", default=None, help="the database (default: $TRACKER_DB)")
     parser.add_argument("--http", metavar="HOST:PORT", default=None)
     parser.add_argument("--tokens", default=None)
     args = parser.parse_args(argv)
