@@ -136,6 +136,31 @@ class RunsService:
         request = check_batch(grid_id, rows, mode, output_columns, source_id, concurrency)
         return await self.batches.create(request, self.context.viewer(subject).subject)
 
+    async def run_to_end(self, run: Run, subject: str | None = None) -> Run:
+        """`run` followed until it ends, polled every poll interval (the answer of run_grid as a task)."""
+        while run["status"] == "running":
+            await asyncio.sleep(self.settings.poll_interval_s)
+            run = await self.get_run_status(run["operation_id"], subject)
+        return run
+
+    async def batch_to_end(self, started: BatchStarted) -> BatchStarted:
+        """The batch, once it ended: its status and a summary (the answer of run_grid_batch as a task)."""
+        c = self.context
+        batch_id = started["batch_operation_id"]
+        while True:
+            record = await c.db(self.store.get, batch_id)
+            if record is None or record.is_terminal:
+                break
+            await asyncio.sleep(self.settings.poll_interval_s)
+        if record is None:
+            return {**started, "message": "the batch is no longer recorded (purged after its retention)"}
+        return {
+            **started,
+            "status": record.status,
+            "message": f"{record.succeeded_count} of {record.total} runs succeeded and {record.failed_count} failed; "
+            "get_operation_items lists their request_ids and failures",
+        }
+
     async def adopt_orphans(self) -> list[str]:
         """One adoption pass now; returns the ids of the batches taken over."""
         return await self.adopter.tick()

@@ -32,6 +32,7 @@ from ..shapes import BatchStarted, Run, RunStatus
 from ..checks import require_id
 from .caller import current_subject
 from .status_tools import as_tool_errors
+from .tasks.runtime import current_task
 from .strict import AS_GIVEN, ID_SCHEMA, add_strict_tool, describe, nullable
 
 
@@ -87,7 +88,8 @@ def _progress_to(ctx: Context | None) -> Progress | None:
         return None
 
     async def report(waited: float, message: str) -> None:
-        await ctx.report_progress(waited, message=message)
+        if current_task() is None:  # once the call became a task, its request has been answered
+            await ctx.report_progress(waited, message=message)
 
     return report
 
@@ -116,10 +118,14 @@ class RunTools:
         retry: a repeated key returns the recorded run and submits nothing. An error mentioning "unknown" means
         the upstream may have the run; do not resubmit blindly."""
         with as_tool_errors():
-            return await self.runs.run_grid(
+            subject = current_subject()
+            run = await self.runs.run_grid(
                 grid_id, inputs, mode, output_columns, source_id, idempotency_key, progress=_progress_to(ctx),
-                subject=current_subject(),
+                subject=subject,
             )
+            if current_task() is not None:  # a task's answer is the run's end, however long it takes
+                run = await self.runs.run_to_end(run, subject)
+            return run
 
     async def run_grid_batch(
         self,
@@ -137,9 +143,12 @@ class RunTools:
         further submissions. The batch survives a server restart: rows already submitted are never submitted
         again."""
         with as_tool_errors():
-            return await self.runs.run_grid_batch(
+            started = await self.runs.run_grid_batch(
                 grid_id, rows, mode, output_columns, source_id, concurrency, subject=current_subject()
             )
+            if current_task() is not None:  # a task's answer is the batch's end
+                return await self.runs.batch_to_end(started)
+            return started
 
     async def get_run_status(self, request_id: RequestId) -> RunStatus:
         """Status of a grid run by the request_id that run_grid returned: {found: true, mode, status, grid_id,

@@ -8,16 +8,22 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+
+import jsonschema
 from collections.abc import Mapping
 from typing import Any
 
 from mcp.server.extension import Extension, MethodBinding
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
 from mcp_types import (
     CallToolRequestParams,
+    CallToolResult,
+    InputRequiredResult,
+    TextContent,
     CreateMessageResult,
     ElicitResult,
     InputRequest,
@@ -40,6 +46,7 @@ log = logging.getLogger(__name__)
 
 TASK_ID_CHARS = 256
 LIST_PAGE = 100
+INLINE_ROUNDS = 10  # rounds of input a plain 2025-11-25 call may ask for
 RESULT_WAIT_S = 0.25  # tasks/result (2025-11-25) looks again this often for a task run by another server
 _RESPONSE = TypeAdapter(InputResponse)
 _REQUEST = TypeAdapter(InputRequest)
@@ -116,8 +123,11 @@ class TrackerTasks(Extension):
     async def intercept_tool_call(
         self, params: CallToolRequestParams, ctx: ServerRequestContext[Any, Any], call_next: CallNext
     ) -> HandlerResult:
+        if not wire.is_modern(ctx.protocol_version):
+            # 2025-11-25 has no InputRequiredResult: a tool asking for input is answered here, by asking the client.
+            return await self._ask_inline(params, ctx, await call_next(ctx))
         policy = self.policies.get(params.name)
-        if policy is None or not policy.takes_tasks or not wire.is_modern(ctx.protocol_version):
+        if policy is None or not policy.takes_tasks:
             return await call_next(ctx)
         if not _declared(ctx):
             if policy.support == "required":
@@ -147,6 +157,50 @@ class TrackerTasks(Extension):
             raise
         self.runtime.adopt(record, writer, body, slot)
         return wire.modern_created(record, self.tracker.settings)
+
+    async def _ask_inline(
+        self, params: CallToolRequestParams, ctx: ServerRequestContext[Any, Any], result: HandlerResult
+    ) -> HandlerResult:
+        """A plain 2025-11-25 call of a tool that asks for input the 2026-07-28 way (returns InputRequiredResult):
+        each request goes to the client on this call's stream, as a 2025-11-25 server asks, and the tool runs
+        again with the answers, until it answers."""
+        answers = {k: _dump(v) for k, v in (params.input_responses or {}).items()}
+        for _ in range(INLINE_ROUNDS):
+            if not isinstance(result, InputRequiredResult):
+                return result
+            for key, request in (result.input_requests or {}).items():
+                answers[key] = await self._send(ctx, _dump(request))
+            again = CallToolRequestParams(
+                name=params.name, arguments=params.arguments, input_responses=answers, request_state=result.request_state
+            )
+            server = self.runtime.server
+            assert server is not None, "TrackerTasks.bind(server) first"
+            context = Context(request_context=ctx, mcp_server=server, input_params=again)
+            try:
+                result = await server.call_tool(params.name, params.arguments or {}, context)
+            except MCPError:
+                raise
+            except ToolError as exc:
+                result = CallToolResult(content=[TextContent(type="text", text=str(exc))], is_error=True)
+        raise MCPError(code=wire.INTERNAL_ERROR, message=f"tool {params.name} asked for input {INLINE_ROUNDS} times")
+
+    @staticmethod
+    async def _send(ctx: ServerRequestContext[Any, Any], request: dict[str, Any], meta: dict[str, Any] | None = None) -> Any:
+        """One input request as a server-to-client request on this call's stream; its answer as JSON."""
+        params = {**(request.get("params") or {}), **({"_meta": meta} if meta else {})}
+        typed = _REQUEST.validate_python({**request, "params": params})
+        result_type = _RESULT_TYPES.get(typed.method, ElicitResult)
+        related = ServerMessageMetadata(related_request_id=ctx.request_id)
+        try:
+            return _dump(await ctx.session.send_request(typed, result_type, metadata=related))
+        except MCPError as exc:
+            if exc.error.code == wire.INVALID_REQUEST:  # the SDK's word for a transport with no back-channel
+                raise MCPError(
+                    code=wire.INTERNAL_ERROR,
+                    message="this call needs input from the client, and this connection cannot ask for it "
+                    "(2025-11-25 over stateless HTTP): use stdio, or the 2026-07-28 wire",
+                ) from None
+            raise
 
     # -- the methods ----------------------------------------------------------------------------------------------
 
@@ -199,6 +253,7 @@ class TrackerTasks(Extension):
                 responses[key] = _dump(_RESPONSE.validate_python(value))
             except ValidationError:
                 raise wire.invalid("inputResponses: a response does not have the shape of its request's result") from None
+            check_answer(key, pending[key], responses[key])
         if not responses:
             return
         writer = self.tracker.new_writer()
@@ -243,13 +298,8 @@ class TrackerTasks(Extension):
             await self.runtime.wait_changed(task_id, RESULT_WAIT_S)
 
     async def _ask(self, ctx: ServerRequestContext[Any, Any], record: TaskRecord) -> None:
-        answers: dict[str, Any] = {}
         meta = {wire.RELATED_TASK: {"taskId": record.id}}
-        related = ServerMessageMetadata(related_request_id=ctx.request_id)
-        for key, request in (record.input_requests or {}).items():
-            typed = _REQUEST.validate_python({**request, "params": {**(request.get("params") or {}), "_meta": meta}})
-            result_type = _RESULT_TYPES.get(typed.method, ElicitResult)
-            answers[key] = _dump(await ctx.session.send_request(typed, result_type, metadata=related))
+        answers = {key: await self._send(ctx, request, meta) for key, request in (record.input_requests or {}).items()}
         await self.answer(record, answers)
 
     async def _list(self, ctx: ServerRequestContext[Any, Any], params: ListParams) -> dict[str, Any]:
@@ -272,6 +322,22 @@ class TrackerTasks(Extension):
         if len(rows) > LIST_PAGE:
             result["nextCursor"] = page[-1].id
         return result
+
+
+def check_answer(key: str, request: dict[str, Any], response: dict[str, Any]) -> None:
+    """An accepted elicitation's content must match the schema it was asked with (SEP-2322: servers validate)."""
+    if request.get("method") != "elicitation/create" or response.get("action") != "accept":
+        return
+    schema = (request.get("params") or {}).get("requestedSchema")
+    if not isinstance(schema, dict):
+        return
+    try:
+        jsonschema.validate(response.get("content") or {}, schema)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(part) for part in exc.absolute_path) or "content"
+        raise wire.invalid(f"inputResponses: the answer to {key} does not match its requested schema (at {where})") from None
+    except jsonschema.SchemaError:
+        return  # the tool's own schema is not valid JSON Schema: nothing to hold the answer to
 
 
 def _dump(value: Any) -> Any:
