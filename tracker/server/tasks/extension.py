@@ -351,7 +351,8 @@ def _legacy_result(record: TaskRecord) -> dict[str, Any]:
         error = wire.rpc_error(record)
         raise MCPError(code=error.get("code", wire.INTERNAL_ERROR), message=error.get("message", ""), data=error.get("data"))
     meta = {**(record.outputs.get("_meta") or {}), wire.RELATED_TASK: {"taskId": record.id}}
-    return {**record.outputs, "_meta": meta}
+    plain = {key: value for key, value in record.outputs.items() if key != "resultType"}  # no such field then
+    return {**plain, "_meta": meta}
 
 
 class LegacyTasks:
