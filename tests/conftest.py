@@ -106,7 +106,7 @@ def upstream_settings(db_path: Path, fake_upstream: FakeUpstreamProcess) -> Sett
 
 # The longest tests start first: under pytest-xdist (the suite runs with -n 4) they overlap the many short ones
 # instead of ending the run alone. The sort is stable, so the order within each group stays as collected.
-STARTS_FIRST = ("test_multihost.py", "test_ts_sync_run.py", "test_packaging.py", "test_crash.py", "test_clocks.py", "test_database_files.py")
+STARTS_FIRST = ("test_multihost.py", "test_ts_sync_run.py", "test_tasks_conformance.py", "test_tasks_restart.py", "test_packaging.py", "test_crash.py", "test_clocks.py", "test_database_files.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -169,6 +169,14 @@ def test_bad_task_requests_get_the_spec_errors_and_change_nothing(served) -> Non
     # Over HTTP, Mcp-Name must name the task the body names.
     mismatch = wire.error("tasks/get", {"taskId": task_id}, headers={"Mcp-Name": "another-task"})
     assert mismatch["code"] == -32020
+    # Arguments the tool would refuse are refused before any task exists.
+    legacy = Wire(server.url, version=LEGACY)
+    calls = [("slow_compute", {"seconds": secret}), ("run_grid_batch", {"grid_id": "g", "rows": [{"a": "1"}], "secret": secret})]
+    for tool, arguments in calls:
+        for answer in (wire.call(tool, **arguments),
+                       legacy.ok("tools/call", {"name": tool, "arguments": arguments, "task": {}})):
+            assert answer.get("isError") is True and "taskId" not in answer and "task" not in answer, (tool, answer)
+            assert secret not in json.dumps(answer)
     assert rows(db) == before
     assert wire.get(task_id)["status"] == "input_required"
     wire.ok("tasks/cancel", {"taskId": task_id})
@@ -288,3 +296,29 @@ def test_another_subjects_task_is_unknown_and_untouched(authenticated) -> None:
     assert bobs not in [t["taskId"] for t in legacy_alice.ok("tasks/list")["tasks"]]
     alice.ok("tasks/cancel", {"taskId": task_id})
     legacy_bob.ok("tasks/cancel", {"taskId": bobs})
+
+
+# -- tracker's own long tools as tasks -------------------------------------------------------------------------------
+
+
+def test_run_grid_and_run_grid_batch_as_tasks_and_as_before(tmp_path: Path, fake_upstream) -> None:
+    """run_grid longer than its short synchronous wait becomes a task whose result is the run's end;
+    run_grid_batch is a task whose result is the batch's summary. A client without the extension sees both as
+    they always were."""
+    fake_upstream.configure(run_seconds="7")
+    env = {**fake_upstream.env(), "TRACKER_POLL_INTERVAL": "0.3"}
+    with HttpServer(tmp_path / "tracker.db", env=env, command=task_server_command()) as server:
+        tasks, plain = Wire(server.url), Wire(server.url, declare=False)
+        created = tasks.call("run_grid", grid_id="grid-1", inputs={"company": "Acme"})
+        assert created["resultType"] == "task", created
+        batch = tasks.call("run_grid_batch", grid_id="grid-1", rows=[{"company": "A"}, {"company": "B"}])
+        assert batch["resultType"] == "task", batch
+        inline = plain.call("run_grid", grid_id="grid-1", inputs={"company": "Inline"})  # waits the run out (7 s < 50 s)
+        assert inline["structuredContent"]["status"] == "completed" and "outputs" in inline["structuredContent"]
+        started = plain.call("run_grid_batch", grid_id="grid-1", rows=[{"company": "C"}])["structuredContent"]
+        assert started["status"] == "running"  # at once, as before
+        run = tasks.until(created["taskId"], "completed", "failed", timeout_s=90)
+        assert run["status"] == "completed", run
+        assert run["result"]["structuredContent"]["status"] == "completed" and run["result"]["structuredContent"]["outputs"]
+        summary = tasks.until(batch["taskId"], "completed", "failed", timeout_s=90)["result"]["structuredContent"]
+        assert summary["status"] == "completed" and summary["message"].startswith("2 of 2 runs succeeded")

@@ -38,6 +38,7 @@ from ...api import Tracker
 from ...errors import OperationClosed, OperationNotFound
 from ...records import TaskRecord
 from ..caller import current_subject
+from ..strict import StrictTool, argument_problem
 from . import wire
 from .policy import TaskPolicy
 from .runtime import _CURRENT, TaskRuntime, _Slot
@@ -133,6 +134,9 @@ class TrackerTasks(Extension):
             if policy.support == "required":
                 raise wire.missing_extension()
             return await call_next(ctx)
+        refused = self.refusal(params.name, params.arguments or {})
+        if refused is not None:
+            return refused
         subject = current_subject()
         responses = {k: _dump(v) for k, v in (params.input_responses or {}).items()} or None
         if policy.sync_wait_s <= 0:
@@ -157,6 +161,28 @@ class TrackerTasks(Extension):
             raise
         self.runtime.adopt(record, writer, body, slot)
         return wire.modern_created(record, self.tracker.settings)
+
+    def refusal(self, name: str, arguments: dict[str, Any]) -> CallToolResult | None:
+        """The tool's answer to arguments it would refuse (names, then types), given before any task exists: bad
+        input creates no row. None when the call may become a task; a tool this server lacks is left to the plain
+        path, which answers it."""
+        server = self.runtime.server
+        tool = server._tool_manager.get_tool(name) if server is not None else None  # the SDK has no public lookup
+        if tool is None:
+            return None
+        problem = argument_problem(name, tool.parameters, arguments) if isinstance(tool, StrictTool) else None
+        if problem is None:
+            try:
+                tool.fn_metadata.validate_arguments(arguments)
+            except ValidationError as exc:
+                fields = sorted({str(error["loc"][0]) for error in exc.errors() if error["loc"]})
+                problem = f"invalid {', '.join(fields) or 'arguments'}"  # names only: pydantic's text repeats values
+            except Exception:  # noqa: BLE001 - a validator that crashes is the tool's to report when it runs
+                return None
+        if problem is None:
+            return None
+        text = f"Error executing tool {name}: {problem}"
+        return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
 
     async def _ask_inline(
         self, params: CallToolRequestParams, ctx: ServerRequestContext[Any, Any], result: HandlerResult
@@ -403,6 +429,9 @@ class LegacyTasks:
         arguments = params.get("arguments") or {}
         if not isinstance(arguments, dict):
             raise wire.invalid("arguments must be an object")
+        refused = self.tasks.refusal(name, arguments)  # type: ignore[arg-type]
+        if refused is not None:
+            return {k: v for k, v in _dump(refused).items() if k != "resultType"}
         record, writer = await self.tasks.runtime.create(
             name, arguments, wire.LEGACY, current_subject(), policy.rerun  # type: ignore[arg-type]
         )
