@@ -144,3 +144,32 @@ def test_the_ext_tasks_client_on_2026_07_28(tmp_path: Path, transport: str) -> N
     assert ok(out[15])["mode"] == "immediate" and out[15]["result"]["content"][0]["text"] == "Hello, Ada!"
     assert out[16]["error"]["code"] == -32601  # tasks/result is not on 2026-07-28
     assert out[17]["error"]["code"] == -32602
+
+
+def host_plan(db: Path, steps: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """tests/host_tasks_server.py, a host server made durable with the README's three lines, on stdio."""
+    repo = Path(__file__).resolve().parent.parent
+    env = {**child_env(db), "PYTHONPATH": str(repo)}
+    command = [sys.executable, str(repo / "tests" / "host_tasks_server.py")]
+    return {"command": command, "env": env, "cwd": str(db.parent), "steps": steps, **extra}
+
+
+@pytest.mark.parametrize("script", ["v1_client.mjs", "ext_client.mjs"])
+def test_a_host_servers_own_tool_made_durable_in_three_lines(tmp_path: Path, script: str) -> None:
+    db = tmp_path / "tracker.db"
+    steps = [
+        {"kind": "call", "tool": "export_report", "arguments": {"month": "2026-11", "sections": 4}, "as": "report"},
+        {"kind": "wait", "task": "report", "until": ["completed"]},
+    ]
+    extra = {"stdio_probe": "in_place"} if script == "ext_client.mjs" else {}
+    out = run(script, host_plan(db, steps, **extra), db)
+    task = ok(out[1])["task"]
+    assert task["status"] == "completed"
+    if script == "ext_client.mjs":
+        assert task["result"]["content"][0]["text"] == "report 2026-11: 4 sections"
+    # The task is an operation: the mounted status tool shows it, with the items its body recorded.
+    status_steps = [{"kind": "raw", "method": "tools/call",
+                     "params": {"name": "get_batch_status", "arguments": {"batch_operation_id": task["taskId"]}}}]
+    status = ok(run(script, host_plan(db, status_steps, **extra), db)[0])["result"]["structuredContent"]
+    assert status["operation"]["operation_type"] == "task:export_report"
+    assert status["operation"]["succeeded_count"] == 4 and status["operation"]["status"] == "completed"

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import jsonschema
 from collections.abc import Mapping
@@ -89,7 +91,7 @@ class TrackerTasks(Extension):
     """Durable tasks for an MCPServer's tools, in tracker's table:
 
         tasks = TrackerTasks(tracker, {"slow_tool": TaskPolicy("optional")})
-        server = MCPServer("mine", extensions=[tasks], middleware=[tasks.legacy])
+        server = MCPServer("mine", extensions=[tasks], middleware=[tasks.legacy], lifespan=tasks.lifespan)
         tasks.bind(server)
 
     A task is an operation row (kind batch, operation_type "task:<tool>"): every server on the database serves
@@ -109,6 +111,16 @@ class TrackerTasks(Extension):
 
     def policy(self, tool: str, policy: TaskPolicy) -> None:
         self.policies[tool] = policy
+
+    @asynccontextmanager
+    async def lifespan(self, _server: MCPServer) -> AsyncIterator[None]:
+        """An MCPServer lifespan (or call it from yours): orphan recovery and the cancel watcher from the start,
+        not from the first task request, so a restarted server takes over or fails its predecessor's tasks."""
+        self.runtime.start()
+        try:
+            yield
+        finally:
+            await self.runtime.aclose()
 
     # -- the extension's surface ----------------------------------------------------------------------------------
 
