@@ -43,7 +43,7 @@ from ..caller import current_subject
 from ..strict import StrictTool, argument_problem
 from . import wire
 from .policy import TaskPolicy
-from .runtime import _CURRENT, TaskRuntime, _Slot
+from .runtime import _CURRENT, NewTask, TaskRuntime, _Slot
 
 log = logging.getLogger(__name__)
 
@@ -149,30 +149,29 @@ class TrackerTasks(Extension):
         refused = self.refusal(params.name, params.arguments or {})
         if refused is not None:
             return refused
-        subject = current_subject()
-        responses = {k: _dump(v) for k, v in (params.input_responses or {}).items()} or None
+        new = NewTask(
+            tool=params.name,
+            arguments=params.arguments or {},
+            revision=wire.MODERN,
+            subject=current_subject(),
+            rerun=policy.rerun,
+            responses={k: _dump(v) for k, v in (params.input_responses or {}).items()} or None,
+            request_state=params.request_state,
+        )
         if policy.sync_wait_s <= 0:
-            record, writer = await self.runtime.create(
-                params.name, params.arguments or {}, wire.MODERN, subject, policy.rerun, responses, params.request_state
-            )
-            self.runtime.run(record, writer)
-            return wire.modern_created(record, self.tracker.settings)
+            return wire.modern_created(await self.runtime.begin(new), self.tracker.settings)
         slot = _Slot()
         context = contextvars.copy_context()
         context.run(_CURRENT.set, slot)
         body = asyncio.get_running_loop().create_task(call_next(ctx), context=context)
         try:
             done, _ = await asyncio.wait({body}, timeout=policy.sync_wait_s)
-            if body in done:
-                return body.result()  # answered inline: a result, or a request for input (a multi-round-trip)
-            record, writer = await self.runtime.create(
-                params.name, params.arguments or {}, wire.MODERN, subject, policy.rerun, responses, params.request_state
-            )
         except BaseException:
             body.cancel()
             raise
-        self.runtime.adopt(record, writer, body, slot)
-        return wire.modern_created(record, self.tracker.settings)
+        if body in done:
+            return body.result()  # answered inline: a result, or a request for input (a multi-round-trip)
+        return wire.modern_created(await self.runtime.begin(new, (body, slot)), self.tracker.settings)
 
     def refusal(self, name: str, arguments: dict[str, Any]) -> CallToolResult | None:
         """The tool's answer to arguments it would refuse (names, then types), given before any task exists: bad
@@ -444,8 +443,5 @@ class LegacyTasks:
         refused = self.tasks.refusal(name, arguments)  # type: ignore[arg-type]
         if refused is not None:
             return {k: v for k, v in _dump(refused).items() if k != "resultType"}
-        record, writer = await self.tasks.runtime.create(
-            name, arguments, wire.LEGACY, current_subject(), policy.rerun  # type: ignore[arg-type]
-        )
-        self.tasks.runtime.run(record, writer)
-        return {"task": wire.legacy_task(record, self.tasks.tracker.settings)}
+        new = NewTask(tool=name, arguments=arguments, revision=wire.LEGACY, subject=current_subject(), rerun=policy.rerun)  # type: ignore[arg-type]
+        return {"task": wire.legacy_task(await self.tasks.runtime.begin(new), self.tasks.tracker.settings)}

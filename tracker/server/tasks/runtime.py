@@ -55,6 +55,19 @@ def current_task() -> BatchHandle | None:
     return slot.handle if slot is not None else None
 
 
+@dataclass(frozen=True)
+class NewTask:
+    """A tools/call that becomes a task."""
+
+    tool: str
+    arguments: dict[str, Any]
+    revision: str  # wire.MODERN or wire.LEGACY: the shapes its creator reads
+    subject: str | None  # the caller's (serve --http with tokens), who alone may see it
+    rerun: bool  # its tool is safe to run again (TaskPolicy.rerun)
+    responses: dict[str, Any] | None = None  # answers of a multi-round-trip before it became a task
+    request_state: str | None = None
+
+
 Outcome = tuple[str, Any]  # ("result", CallToolResult json) | ("error", JSON-RPC error) | ("input", (requests, state))
 
 
@@ -170,41 +183,51 @@ class TaskRuntime:
 
     # -- creating and running -------------------------------------------------------------------------------------
 
-    async def create(
-        self,
-        tool: str,
-        arguments: dict[str, Any],
-        revision: str,
-        subject: str | None,
-        rerun: bool,
-        responses: dict[str, Any] | None = None,
-        request_state: str | None = None,
-    ) -> tuple[TaskRecord, Writer]:
-        """The task's rows, committed: from the moment this returns any server answers tasks/get for it."""
+    async def begin(self, new: NewTask, inline: tuple[asyncio.Task[Any], _Slot] | None = None) -> TaskRecord:
+        """Create the task's rows, committed (from the moment this returns any server answers tasks/get for it),
+        and start its body: the tool in the background, or `inline`, a call already running that becomes this task.
+        Once the rows are written the body starts even if the caller was cancelled meanwhile: a task must end."""
         self.start()
-        arguments = check_json(arguments, "arguments")
+
+        async def create_then_start() -> TaskRecord:
+            try:
+                record, writer = await self._create(new)
+            except BaseException:
+                if inline is not None:
+                    inline[0].cancel()
+                raise
+            if inline is None:
+                self._spawn(record, writer)
+            else:
+                self.adopt(record, writer, *inline)
+            return record
+
+        return await asyncio.shield(asyncio.ensure_future(create_then_start()))
+
+    async def _create(self, new: NewTask) -> tuple[TaskRecord, Writer]:
+        arguments = check_json(new.arguments, "arguments")
         writer = self.tracker.new_writer()
-        operation_type = f"task:{tool}"[: limits.OPERATION_TYPE_CHARS]
+        tool = new.tool[:TOOL_CHARS]
         operation = {
-            "id": new_operation_id("task", tool[:TOOL_CHARS]),
+            "id": new_operation_id("task", tool),
             "kind": "batch",
-            "operation_type": operation_type,
+            "operation_type": f"task:{tool}"[: limits.OPERATION_TYPE_CHARS],
             "inputs": {"tool": tool, "arguments": arguments},
             "owner_host": writer.process.host,
             "owner_pid": writer.process.pid,
             "owner_process": writer.process.identity,
-            "resumable": rerun,
-            "subject": subject,
+            "resumable": new.rerun,
+            "subject": new.subject,
         }
         # Answers given before it became a task (a multi-round-trip) go with it: a run again needs them too.
         task = {
-            "tool": tool[:TOOL_CHARS],
+            "tool": tool,
             "arguments": arguments,
-            "revision": revision,
-            "rerun": rerun,
-            "input_responses": check_json(responses, "inputResponses"),
-            "asked_keys": sorted(responses) if responses else None,
-            "request_state": request_state,
+            "revision": new.revision,
+            "rerun": new.rerun,
+            "input_responses": check_json(new.responses, "inputResponses"),
+            "asked_keys": sorted(new.responses) if new.responses else None,
+            "request_state": new.request_state,
         }
         record = await off_loop(self.store.create, operation, task, writer, wait_on_cancel=True)
         return record, writer
