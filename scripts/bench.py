@@ -9,10 +9,12 @@ these machines are shared and noisy: read the ratios, not the absolute numbers.
 Figures (one module each): 1 and 4 recording (bench_recording.py), 2 status reads at scale (bench_status.py),
 3 purge (bench_purge.py), 5 remote runs against the fake upstream (bench_runs.py), 6 server memory
 (bench_memory.py), 7 status of a batch with 100 MB of input rows (bench_large_batch.py), 8 Streamable HTTP against
-stdio and the library, and two HTTP servers against one (bench_http.py). Figures 2 and 3 use a database of
-1,000,000 finished operations and 5,000,000 items made by bench_data.py (about a minute) and cached in the system
-temp dir (tracker-bench-cache/, keyed by schema revision, sizes and generator version): later runs reuse it, and
-figure 3 purges a copy; figure 8 reads the cached database of figure 2's quick mode.
+stdio and the library, and two HTTP servers against one (bench_http.py), 9 MCP tasks (SEP-2663) over HTTP: create
+and tasks/get round trips against a plain tools/call, and 1,000 working tasks polled by 4 clients (bench_tasks.py).
+Figures 2 and 3 use a database of 1,000,000 finished operations and 5,000,000 items made by bench_data.py (about a
+minute) and cached in the system temp dir (tracker-bench-cache/, keyed by schema revision, sizes and generator
+version): later runs reuse it, and figure 3 purges a copy; figure 8 reads the cached database of figure 2's quick
+mode.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from bench_purge import figure_3_purge
 from bench_recording import figure_1_recording, figure_4_contention
 from bench_runs import figure_5_runs
 from bench_status import figure_2_status
+from bench_tasks import figure_9_tasks
 
 FIGURES = {
     # Full size in quick mode too: it takes about a second, and a smaller batch has deciles shorter than one
@@ -58,6 +61,10 @@ FIGURES = {
     ),
     # Quick mode is about 25 s, most of it starting the three servers; full mode about 2.5 minutes.
     8: lambda workdir, quick: figure_8_http(workdir, 60, 1.0) if quick else figure_8_http(workdir, 1_000, 10.0),
+    # Quick mode is about 20 s (100 tasks, 1 s windows); full mode about 2 minutes (1,000 tasks, 5 s windows).
+    9: lambda workdir, quick: (
+        figure_9_tasks(workdir, 30, 100, 1.0) if quick else figure_9_tasks(workdir, 300, 1_000, 5.0)
+    ),
 }
 
 
