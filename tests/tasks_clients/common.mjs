@@ -201,3 +201,24 @@ export async function main(run) {
     process.exit(1);
   }
 }
+
+// Requests through a WireTap: `request(method, run, observed)` runs `run` and returns its value with the raw answer;
+// a failure becomes `wireFailure`: the server's JSON-RPC error as it came over the wire, when there was one.
+export function wireRequests(tap) {
+  const wireFailure = (mark, method, err, observed = {}) => {
+    const raw = tap.lastAnswer(mark, method);
+    if (raw?.error !== undefined) {
+      return rpcFailure(raw.error, raw.http_status === undefined ? observed : { ...observed, http_status: raw.http_status });
+    }
+    return failWith(err, { ...observed, ...(raw === undefined ? {} : { raw }) });
+  };
+  const request = async (method, run, observed) => {
+    const mark = tap.mark();
+    try {
+      return { value: await run(), raw: tap.lastAnswer(mark, method), mark };
+    } catch (err) {
+      throw wireFailure(mark, method, err, observed?.());
+    }
+  };
+  return { wireFailure, request };
+}

@@ -52,7 +52,7 @@ import {
 import { StdioClientTransport } from "@modelcontextprotocol/client/stdio";
 import { DispatchError, createTaskSessionFromClient } from "@modelcontextprotocol/ext-tasks/client";
 import {
-  TERMINAL, WireTap, deferred, describeError, failWith, main, readPlan, rpcFailure, runSteps, serverEnv, sleep,
+  TERMINAL, WireTap, wireRequests, deferred, describeError, failWith, main, readPlan, rpcFailure, runSteps, serverEnv, sleep,
   withTimeout,
 } from "./common.mjs";
 
@@ -241,21 +241,7 @@ await main(async () => {
   };
   const driven = (taskId) => executions.get(taskId)?.driven === true;
 
-  const wireFailure = (mark, method, err, observed = {}) => {
-    const raw = tap.lastAnswer(mark, method);
-    if (raw?.error !== undefined) {
-      return rpcFailure(raw.error, raw.http_status === undefined ? observed : { ...observed, http_status: raw.http_status });
-    }
-    return failWith(err, { ...observed, ...(raw === undefined ? {} : { raw }) });
-  };
-  const request = async (method, run, observed) => {
-    const mark = tap.mark();
-    try {
-      return { value: await run(), raw: tap.lastAnswer(mark, method), mark };
-    } catch (err) {
-      throw wireFailure(mark, method, err, observed?.());
-    }
-  };
+  const { wireFailure, request } = wireRequests(tap);
   const framed = (method, params, { extension = true } = {}) => {
     const capabilities = structuredClone(framing.clientCapabilities);
     const extensions = { ...(capabilities.extensions ?? {}) };

@@ -40,7 +40,7 @@ import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js"
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { CallToolResultSchema, ElicitRequestSchema, ResultSchema } from "@modelcontextprotocol/sdk/types.js";
 import {
-  TERMINAL, WireTap, deferred, failWith, main, readPlan, rpcFailure, runSteps, serverEnv, sleep, withTimeout,
+  TERMINAL, WireTap, wireRequests, deferred, failWith, main, readPlan, rpcFailure, runSteps, serverEnv, sleep, withTimeout,
 } from "./common.mjs";
 
 const SDK_VERSION = JSON.parse(
@@ -129,22 +129,7 @@ await main(async () => {
     return taskIds.get(step.task) ?? step.task;
   };
 
-  // A failed request: the server's JSON-RPC error as it came over the wire, when there was one.
-  const wireFailure = (mark, method, err, observed = {}) => {
-    const raw = tap.lastAnswer(mark, method);
-    if (raw?.error !== undefined) {
-      return rpcFailure(raw.error, raw.http_status === undefined ? observed : { ...observed, http_status: raw.http_status });
-    }
-    return failWith(err, { ...observed, ...(raw === undefined ? {} : { raw }) });
-  };
-  const request = async (method, run, observed) => {
-    const mark = tap.mark();
-    try {
-      return { value: await run(), raw: tap.lastAnswer(mark, method), mark };
-    } catch (err) {
-      throw wireFailure(mark, method, err, observed?.());
-    }
-  };
+  const { wireFailure, request } = wireRequests(tap);
 
   const tasks = client.experimental.tasks;
 

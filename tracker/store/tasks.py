@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import fields
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
@@ -29,6 +30,13 @@ _COLUMNS = [
     *(_TASKS.c[name] for name in _TASK_FIELDS if name in _TASKS.c),
 ]
 _SELECT = select(*_COLUMNS).select_from(_OPS.join(_TASKS, _TASKS.c.operation_id == _OPS.c.id))
+
+
+def _owned_by(writer: Writer, now: datetime) -> dict[str, Any]:
+    """The operation's owner columns for the process that now runs its task."""
+    process = writer.process
+    return {"owner_host": process.host, "owner_pid": process.pid, "owner_process": process.identity,
+            "heartbeat_at": now, "updated_at": now}
 
 
 def _record(row: Any) -> TaskRecord:
@@ -126,14 +134,7 @@ class TaskStore(Store):
             conn.execute(
                 update(_OPS)
                 .where(_OPS.c.id == task_id)
-                .values(
-                    owner_host=writer.process.host,
-                    owner_pid=writer.process.pid,
-                    owner_process=writer.process.identity,
-                    heartbeat_at=now,
-                    updated_at=now,
-                    resumable=task.rerun and task.takeovers == 0,
-                )
+                .values(**_owned_by(writer, now), resumable=task.rerun and task.takeovers == 0)
             )
             conn.execute(
                 update(_TASKS)
@@ -156,14 +157,7 @@ class TaskStore(Store):
             result = conn.execute(
                 update(_OPS)
                 .where(_OPS.c.id == task.id, _OPS.c.status == RUNNING, _OPS.c.resumable.is_(True), *same_owner)
-                .values(
-                    owner_host=writer.process.host,
-                    owner_pid=writer.process.pid,
-                    owner_process=writer.process.identity,
-                    heartbeat_at=now,
-                    updated_at=now,
-                    resumable=False,
-                )
+                .values(**_owned_by(writer, now), resumable=False)
             )
             if result.rowcount != 1:
                 return None
