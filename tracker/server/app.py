@@ -189,7 +189,7 @@ class ServedDatabase:
         (`tracker serve --http` passes its auth and token_verifier)."""
         tracker = _WhenOpen(self.settings, lambda: self._opened("tracker"))
         runs = _WhenOpen(self.settings, lambda: self._opened("runs"))
-        tasks = TrackerTasks(tracker, own_policies(self.settings))  # type: ignore[arg-type]
+        tasks = TrackerTasks(tracker, own_policies(self.settings), ready=self.ensure_open)  # type: ignore[arg-type]
         server = _GatedServer(
             self,
             name="tracker",

@@ -35,6 +35,11 @@ def task_server_command(address: str = "127.0.0.1:0", db: Path | str | None = No
     return [sys.executable, "-m", "tracker.testing.task_server", "--http", address, *(["--db", str(db)] if db else [])]
 
 
+def _directory_of(db: Path | str) -> str | None:
+    """A SQLite file's directory (the server runs there); None for a database URL (PostgreSQL): this one's."""
+    return None if "://" in str(db) else str(Path(db).parent)
+
+
 class HttpServerStartError(RuntimeError):
     """The HTTP server exited, or printed no listening URL in time; the message ends with its stderr."""
 
@@ -70,7 +75,7 @@ class HttpServer:
         self._kept = ""  # its stderr once the log is removed
         with log.open("ab") as stderr:
             self.process = subprocess.Popen(
-                self.command, env=environment, cwd=str(Path(db).parent), stdin=subprocess.DEVNULL,
+                self.command, env=environment, cwd=_directory_of(db), stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
             )
 
@@ -117,6 +122,12 @@ class HttpServer:
                     f"{' '.join(self.command)} printed no listening URL within {timeout_s:.0f} s:\n{self.stderr}"
                 )
             time.sleep(0.02)
+
+    def kill(self) -> None:
+        """SIGKILL to its process group, the way a machine loses a process (no cleanup), then reap it."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
     def terminate(self) -> None:
         """SIGTERM only (a test of the graceful shutdown then waits with wait())."""

@@ -5,13 +5,16 @@ TypeScript clients, the restart tests and the tasks benchmark run against it.
 The fixtures, as the suite's tasks-* scenarios describe them: greet (never a task), slow_compute (sleeps
 `seconds`; safe to run again), failing_job (a task or the -32021 error; a tool error after ~1 s),
 protocol_error_job (a JSON-RPC error), confirm_delete (asks one elicitation), multi_input (asks two at once),
-test_tool_with_task (asks for a name inline, then runs as a task that greets it)."""
+test_tool_with_task (asks for a name inline, then runs as a task that greets it). tracker's own: count_items,
+record_then_sleep, and two that leave a trace in a file for the restart tests to count: confirm_append (asks one
+elicitation, then appends a line per run) and tick_file (appends a line every `every` seconds while it runs)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -32,6 +35,8 @@ POLICIES = {
     "test_tool_with_task": TaskPolicy("required", sync_wait_s=0.5),
     "count_items": TaskPolicy("optional", rerun=True),
     "record_then_sleep": TaskPolicy("optional"),
+    "confirm_append": TaskPolicy("optional"),
+    "tick_file": TaskPolicy("optional"),
 }
 
 
@@ -121,6 +126,29 @@ def mount_fixtures(server: MCPServer, tasks: TrackerTasks) -> None:
         """Sleeps (not safe to run again: a task of it whose server dies is failed)."""
         await asyncio.sleep(seconds)
         return "slept"
+
+    @server.tool()
+    async def confirm_append(path: str, ctx: Context) -> str | InputRequiredResult:
+        """Asks for confirmation, then appends one line to the file `path` (each run once answered: the file
+        counts the runs)."""
+        answer = _accepted(ctx, "confirm")
+        if answer is None:
+            asks = _ask("confirm", f"Append to {path}?", {"confirm": {"type": "boolean"}})
+            return InputRequiredResult(input_requests=asks)
+        with open(path, "a") as file:
+            file.write(f"ran in {os.getpid()}\n")
+        return f"Appended to {path}"
+
+    @server.tool()
+    async def tick_file(path: str, seconds: float = 60.0, every: float = 0.1) -> str:
+        """Appends a line to the file `path` every `every` seconds for `seconds` (the file shows while it runs)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while loop.time() < end:
+            with open(path, "a") as file:
+                file.write(f"tick in {os.getpid()}\n")
+            await asyncio.sleep(every)
+        return f"ticked for {seconds:g}s"
 
 
 def main(argv: list[str] | None = None) -> int:

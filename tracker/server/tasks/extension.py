@@ -8,11 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 
 import jsonschema
-from collections.abc import Mapping
 from typing import Any
 
 from mcp.server.extension import Extension, MethodBinding
@@ -37,7 +36,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from ...aio import off_loop
 from ...api import Tracker
-from ...errors import OperationClosed, OperationNotFound
+from ...errors import DatabaseUnavailable, OperationClosed, OperationNotFound
 from ...records import TaskRecord
 from ..caller import current_subject
 from ..strict import StrictTool, argument_problem
@@ -99,8 +98,16 @@ class TrackerTasks(Extension):
 
     identifier = wire.EXTENSION
 
-    def __init__(self, tracker: Tracker, policies: Mapping[str, TaskPolicy] | None = None) -> None:
+    def __init__(
+        self,
+        tracker: Tracker,
+        policies: Mapping[str, TaskPolicy] | None = None,
+        ready: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """`ready` is awaited before each use of the table, and raises DatabaseUnavailable when the database cannot
+        be used: `tracker serve` passes its open gate (on a database server it listens before the database is open)."""
         self.tracker = tracker
+        self._ready = ready
         self.policies: dict[str, TaskPolicy] = dict(policies or {})
         self.runtime = TaskRuntime(tracker)
         self.legacy = LegacyTasks(self)
@@ -121,6 +128,15 @@ class TrackerTasks(Extension):
             yield
         finally:
             await self.runtime.aclose()
+
+    async def open_database(self) -> None:
+        """The database, open before the table is used; else its one-line reason as the request's error."""
+        if self._ready is None:
+            return
+        try:
+            await self._ready()
+        except DatabaseUnavailable as exc:
+            raise MCPError(code=wire.INTERNAL_ERROR, message=str(exc)) from None
 
     # -- the extension's surface ----------------------------------------------------------------------------------
 
@@ -146,6 +162,7 @@ class TrackerTasks(Extension):
             if policy.support == "required":
                 raise wire.missing_extension()
             return await call_next(ctx)
+        await self.open_database()
         refused = self.refusal(params.name, params.arguments or {})
         if refused is not None:
             return refused
@@ -256,6 +273,7 @@ class TrackerTasks(Extension):
     async def _find(self, task_id: str) -> TaskRecord:
         if len(task_id) > TASK_ID_CHARS or "\x00" in task_id:
             raise wire.unknown_task()
+        await self.open_database()
         viewer = self.tracker.viewer(current_subject())
         record = await off_loop(self.runtime.store.get, task_id, viewer)
         if record is None:
@@ -344,6 +362,7 @@ class TrackerTasks(Extension):
         if subject is None:
             # The spec: a server that cannot tell callers apart must not list tasks (anyone would see everyone's).
             raise MCPError(code=wire.METHOD_NOT_FOUND, message="tasks/list needs authenticated callers (serve --http with tokens)")
+        await self.open_database()
         before = None
         if params.cursor is not None:
             if not isinstance(params.cursor, str):
@@ -440,6 +459,7 @@ class LegacyTasks:
         arguments = params.get("arguments") or {}
         if not isinstance(arguments, dict):
             raise wire.invalid("arguments must be an object")
+        await self.tasks.open_database()
         refused = self.tasks.refusal(name, arguments)  # type: ignore[arg-type]
         if refused is not None:
             return {k: v for k, v in _dump(refused).items() if k != "resultType"}
