@@ -44,19 +44,67 @@ def _message(response: httpx2.Response, request_id: int) -> dict[str, Any]:
     return response.json()
 
 
+class Wire:
+    """Raw JSON-RPC to one server, as sent and as answered (the SDK's client has no tasks methods): `version` the
+    wire (2026-07-28: each request's _meta carries the version and, with `declare`, the extension; 2025-11-25: plain
+    params), `token` a bearer token. request() returns the JSON-RPC answer, {"result": ...} or {"error": ...}."""
+
+    def __init__(self, url: str, token: str | None = None, version: str = WIRE, declare: bool = True,
+                 timeout: float = 60.0) -> None:
+        self.url, self.token, self.version, self.declare = url, token, version, declare
+        self.http = httpx2.Client(timeout=timeout)
+
+    def request(self, method: str, params: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
+                declare: bool | None = None) -> dict[str, Any]:
+        request_id = next(_ids)
+        params = dict(params or {})
+        sent = {"Accept": ACCEPT, "Content-Type": "application/json", "MCP-Protocol-Version": self.version,
+                "Mcp-Method": method}
+        if self.token:
+            sent["Authorization"] = f"Bearer {self.token}"
+        if self.version == WIRE:
+            declared = self.declare if declare is None else declare
+            capabilities = {"extensions": {EXTENSION: {}}} if declared else {}
+            params["_meta"] = {**params.get("_meta", {}), **META, "io.modelcontextprotocol/clientCapabilities": capabilities}
+            if method == "tools/call":
+                sent["Mcp-Name"] = params["name"]
+        sent.update(headers or {})
+        body = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+        return _message(self.http.post(self.url, json=body, headers=sent), request_id)
+
+    def ok(self, method: str, params: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+        answer = self.request(method, params, **kw)
+        assert "result" in answer, answer
+        return answer["result"]
+
+    def error(self, method: str, params: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+        answer = self.request(method, params, **kw)
+        assert "error" in answer, answer
+        return answer["error"]
+
+    def call(self, tool: str, **arguments: Any) -> dict[str, Any]:
+        return self.ok("tools/call", {"name": tool, "arguments": arguments})
+
+    def get(self, task_id: str) -> dict[str, Any]:
+        return self.ok("tasks/get", {"taskId": task_id})
+
+    def until(self, task_id: str, *statuses: str, timeout_s: float = 60.0) -> dict[str, Any]:
+        """tasks/get until the status is one of `statuses` (a generous deadline, never a measure)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            task = self.get(task_id)
+            if task["status"] in statuses:
+                return task
+            assert time.monotonic() < deadline, f"task still {task['status']}, wanted {statuses}: {task}"
+            time.sleep(0.1)
+
+
 def rpc(url: str, method: str, params: dict[str, Any], name: str | None = None, timeout: float = 60.0) -> dict[str, Any]:
     """One request, its result; RpcError for an error answer. `name` goes in the Mcp-Name header (a tool's name
     for tools/call, the taskId for tasks/*)."""
-    request_id = next(_ids)
-    headers = {"Accept": ACCEPT, "Content-Type": "application/json", "MCP-Protocol-Version": WIRE, "Mcp-Method": method}
-    if name is not None:
-        headers["Mcp-Name"] = name
-    body = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": {**params, "_meta": META}}
-    response = httpx2.post(url, json=body, headers=headers, timeout=timeout)
-    message = _message(response, request_id)
+    message = Wire(url, timeout=timeout).request(method, params, headers={"Mcp-Name": name} if name is not None else None)
     if "error" in message:
         raise RpcError(message["error"])
-    assert response.status_code == 200, f"{response.status_code}: {response.text[:2000]}"
     return message["result"]
 
 

@@ -10,79 +10,16 @@ import json
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
 from tracker.testing.http_server import HttpServer, task_server_command
 from tracker.tokens import token_hash
 
-EXT = "io.modelcontextprotocol/tasks"
-MODERN = "2026-07-28"
+from .tasks_wire import EXTENSION as EXT
+from .tasks_wire import Wire
+
 LEGACY = "2025-11-25"
-
-
-class Wire:
-    """Raw JSON-RPC over Streamable HTTP (the SSE answers read to their end), so every field and error code of
-    the answer is seen as sent: the Python SDK's client has no tasks methods."""
-
-    def __init__(self, url: str, token: str | None = None, version: str = MODERN, declare: bool = True) -> None:
-        self.url, self.token, self.version, self.declare = url, token, version, declare
-        self.http = httpx.Client(timeout=60.0)
-        self.ids = 0
-
-    def request(self, method: str, params: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
-                declare: bool | None = None) -> dict[str, Any]:
-        """The JSON-RPC response: {"result": ...} or {"error": ...}."""
-        self.ids += 1
-        params = dict(params or {})
-        hdrs = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
-                "MCP-Protocol-Version": self.version, "Mcp-Method": method}
-        if self.token:
-            hdrs["Authorization"] = f"Bearer {self.token}"
-        if self.version == MODERN:
-            capabilities = {"extensions": {EXT: {}}} if (self.declare if declare is None else declare) else {}
-            params["_meta"] = {**params.get("_meta", {}), "io.modelcontextprotocol/protocolVersion": MODERN,
-                               "io.modelcontextprotocol/clientCapabilities": capabilities}
-            if method == "tools/call":
-                hdrs["Mcp-Name"] = params["name"]
-        hdrs.update(headers or {})
-        body = {"jsonrpc": "2.0", "id": self.ids, "method": method, "params": params}
-        answer = self.http.post(self.url, json=body, headers=hdrs)
-        if answer.headers.get("content-type", "").startswith("application/json"):
-            return answer.json()
-        for line in answer.text.splitlines():
-            if line.startswith("data:"):
-                message = json.loads(line[5:])
-                if message.get("id") == self.ids:
-                    return message
-        raise AssertionError(f"no answer to {method}: HTTP {answer.status_code} {answer.text[:500]}")
-
-    def ok(self, method: str, params: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
-        answer = self.request(method, params, **kw)
-        assert "result" in answer, answer
-        return answer["result"]
-
-    def error(self, method: str, params: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
-        answer = self.request(method, params, **kw)
-        assert "error" in answer, answer
-        return answer["error"]
-
-    def call(self, tool: str, **arguments: Any) -> dict[str, Any]:
-        return self.ok("tools/call", {"name": tool, "arguments": arguments})
-
-    def get(self, task_id: str) -> dict[str, Any]:
-        return self.ok("tasks/get", {"taskId": task_id})
-
-    def until(self, task_id: str, *statuses: str, timeout_s: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            task = self.get(task_id)
-            if task["status"] in statuses:
-                return task
-            assert time.monotonic() < deadline, f"task still {task['status']}, wanted {statuses}: {task}"
-            time.sleep(0.1)
 
 
 def rows(db: Path) -> list[tuple]:
