@@ -1,7 +1,6 @@
-"""The io.modelcontextprotocol/tasks extension (SEP-2663, 2026-07-28) and the experimental tasks of 2025-11-25,
-served from tracker's table by TaskRuntime. TrackerTasks is the Extension an MCPServer is built with; its
-`legacy` is the ServerMiddleware that speaks 2025-11-25 (the SDK's interceptor cannot: a 2025-11-25 create
-result is no CallToolResult)."""
+"""The io.modelcontextprotocol/tasks extension (SEP-2663, 2026-07-28) and the tasks methods of 2025-11-25, served
+from tracker's table by TaskRuntime. TrackerTasks is the Extension an MCPServer is built with; its `legacy`
+(legacy.py) is the ServerMiddleware for the rest of 2025-11-25."""
 
 from __future__ import annotations
 
@@ -41,6 +40,7 @@ from ...records import TaskRecord
 from ..caller import current_subject
 from ..strict import StrictTool, argument_problem
 from . import wire
+from .legacy import LegacyTasks
 from .policy import TaskPolicy
 from .runtime import _CURRENT, NewTask, TaskRuntime, _Slot
 
@@ -110,7 +110,7 @@ class TrackerTasks(Extension):
         self._ready = ready
         self.policies: dict[str, TaskPolicy] = dict(policies or {})
         self.runtime = TaskRuntime(tracker)
-        self.legacy = LegacyTasks(self)
+        self.legacy = LegacyTasks(self)  # the 2025-11-25 surface, as ServerMiddleware
 
     def bind(self, server: MCPServer) -> None:
         """The server whose tools the tasks run (resumed and taken-over tasks call them without a request)."""
@@ -346,7 +346,7 @@ class TrackerTasks(Extension):
         while True:
             record = await self._find(task_id)
             if record.is_terminal:
-                return _legacy_result(record)
+                return wire.legacy_result(record)
             if record.task_status == "input_required":
                 await self._ask(ctx, record)
                 continue
@@ -398,70 +398,3 @@ def check_answer(key: str, request: dict[str, Any], response: dict[str, Any]) ->
 
 def _dump(value: Any) -> Any:
     return value.model_dump(by_alias=True, mode="json", exclude_none=True) if hasattr(value, "model_dump") else value
-
-
-def _legacy_result(record: TaskRecord) -> dict[str, Any]:
-    if record.status == "cancelled":
-        raise MCPError(code=wire.INVALID_PARAMS, message="the task was cancelled: it has no result")
-    if record.status == "failed" or not isinstance(record.outputs, dict):
-        error = wire.rpc_error(record)
-        raise MCPError(code=error.get("code", wire.INTERNAL_ERROR), message=error.get("message", ""), data=error.get("data"))
-    meta = {**(record.outputs.get("_meta") or {}), wire.RELATED_TASK: {"taskId": record.id}}
-    plain = {key: value for key, value in record.outputs.items() if key != "resultType"}  # no such field then
-    return {**plain, "_meta": meta}
-
-
-class LegacyTasks:
-    """The 2025-11-25 surface, as ServerMiddleware: `capabilities.tasks` in initialize, `execution.taskSupport`
-    in tools/list, and tools/call with `params.task` answered with a created task."""
-
-    def __init__(self, tasks: TrackerTasks) -> None:
-        self.tasks = tasks
-
-    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-        if ctx.request_id is None or wire.is_modern(ctx.protocol_version):
-            return await call_next(ctx)
-        if ctx.method == "initialize":
-            result = await call_next(ctx)
-            if isinstance(result, dict) and result.get("protocolVersion") == wire.LEGACY:
-                capabilities = result.setdefault("capabilities", {})
-                offered: dict[str, Any] = {"cancel": {}, "requests": {"tools": {"call": {}}}}
-                if current_subject() is not None:
-                    offered["list"] = {}
-                capabilities["tasks"] = offered
-            return result
-        if ctx.protocol_version != wire.LEGACY:
-            return await call_next(ctx)
-        if ctx.method == "tools/list":
-            result = await call_next(ctx)
-            if isinstance(result, dict):
-                for tool in result.get("tools", []):
-                    policy = self.tasks.policies.get(tool.get("name"))
-                    if policy is not None:
-                        tool["execution"] = {"taskSupport": policy.support}
-            return result
-        if ctx.method == "tools/call" and isinstance(ctx.params, Mapping):
-            return await self._call(ctx, ctx.params, call_next)
-        return await call_next(ctx)
-
-    async def _call(self, ctx: ServerRequestContext[Any, Any], params: Mapping[str, Any], call_next: CallNext) -> Any:
-        name = params.get("name")
-        policy = self.tasks.policies.get(name) if isinstance(name, str) else None
-        wanted = params.get("task")
-        if wanted is None:
-            if policy is not None and policy.support == "required":
-                raise MCPError(code=wire.METHOD_NOT_FOUND, message=f"tool {name} runs only as a task: send params.task")
-            return await call_next(ctx)
-        if not isinstance(wanted, dict):
-            raise wire.invalid("task must be an object, such as {\"ttl\": 60000}")
-        if policy is None or not policy.takes_tasks:
-            raise MCPError(code=wire.METHOD_NOT_FOUND, message=f"tool {name} does not run as a task")
-        arguments = params.get("arguments") or {}
-        if not isinstance(arguments, dict):
-            raise wire.invalid("arguments must be an object")
-        await self.tasks.open_database()
-        refused = self.tasks.refusal(name, arguments)  # type: ignore[arg-type]
-        if refused is not None:
-            return {k: v for k, v in _dump(refused).items() if k != "resultType"}
-        new = NewTask(tool=name, arguments=arguments, revision=wire.LEGACY, subject=current_subject(), rerun=policy.rerun)  # type: ignore[arg-type]
-        return {"task": wire.legacy_task(await self.tasks.runtime.begin(new), self.tasks.tracker.settings)}

@@ -123,3 +123,15 @@ def legacy_task(task: TaskRecord, settings: Settings) -> dict[str, Any]:
     if (message := status_message(task)) is not None:
         shape["statusMessage"] = message
     return shape
+
+
+def legacy_result(record: TaskRecord) -> dict[str, Any]:
+    """tasks/result (2025-11-25): the plain call's answer with the related-task _meta, or its error."""
+    if record.status == "cancelled":
+        raise MCPError(code=INVALID_PARAMS, message="the task was cancelled: it has no result")
+    if record.status == "failed" or not isinstance(record.outputs, dict):
+        error = rpc_error(record)
+        raise MCPError(code=error.get("code", INTERNAL_ERROR), message=error.get("message", ""), data=error.get("data"))
+    meta = {**(record.outputs.get("_meta") or {}), RELATED_TASK: {"taskId": record.id}}
+    plain = {key: value for key, value in record.outputs.items() if key != "resultType"}  # no such field then
+    return {**plain, "_meta": meta}
