@@ -5,6 +5,7 @@ these machines are shared and noisy: read the ratios, not the absolute numbers.
     ./dev bench            full mode (within 10 minutes on 2 cores)
     ./dev bench --quick    about a minute (CI runs it so it keeps working; nothing is asserted about speed)
     ./dev bench --only 1   one figure (repeatable)
+    ./dev bench --scaling  per-item and per-read costs at several sizes instead (about 5 minutes)
 
 Figures (one module each): 1 and 4 recording (bench_recording.py), 2 status reads at scale (bench_status.py),
 3 purge (bench_purge.py), 5 remote runs against the fake upstream (bench_runs.py), 6 server memory
@@ -20,23 +21,24 @@ mode.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench_common import sqlite_module  # (first: puts this checkout on sys.path)
+from bench_common import median_spread, sqlite_module  # (first: puts this checkout on sys.path)
 from bench_http import figure_8_http
 from bench_large_batch import figure_7_large_batch
 from bench_memory import figure_6_memory
 from bench_purge import figure_3_purge
-from bench_recording import figure_1_recording, figure_4_contention
+from bench_recording import figure_1_recording, figure_4_contention, recording_runs
 from bench_runs import figure_5_runs
-from bench_status import figure_2_status
+from bench_status import figure_2_status, status_runs
 from bench_tasks import figure_9_tasks
 
 FIGURES = {
-    # Full size in quick mode too: it takes about a second, and a smaller batch has deciles shorter than one
+    # Full size in quick mode too: its 3 runs take a few seconds, and a smaller batch has deciles shorter than one
     # flush interval, which makes the last/first decile ratio meaningless.
     1: lambda workdir, quick: figure_1_recording(workdir, 100_000),
     2: lambda workdir, quick: (
@@ -68,11 +70,50 @@ FIGURES = {
 }
 
 
+SCALING_ITEMS = (10_000, 100_000, 1_000_000)
+SCALING_OPERATIONS = ((10_000, 50_000), (1_000_000, 5_000_000))  # (operations, items): 5 items per operation
+
+
+def scaling(workdir: Path) -> None:
+    """How the costs grow with size: the library's per-item recording cost against the raw executemany's (figure
+    1's measures) at each batch size, and its per-read status cost against the raw same statements (figure 2's)
+    at each database size; median (min-max) of 3 runs each. At 10,000 items a decile is shorter than one flush,
+    so no decile ratio is shown there."""
+    load_before = os.getloadavg()[0]
+    print("recording: items | api us/item | raw executemany us/item | ratio api/raw rate | last/first decile", flush=True)
+    for items in SCALING_ITEMS:
+        runs = recording_runs(workdir / f"record-{items}", items)
+        api_us = [1e6 / rate for rate in runs["api"]]
+        raw_us = [1e6 / rate for rate in runs["raw"]]
+        print(
+            f"  {items:>9,} | {median_spread(api_us, '.2f')} | {median_spread(raw_us, '.2f')}"
+            f" | {median_spread(runs['ratio'], '.2f')}"
+            f" | {median_spread(runs['flat'], '.2f') if items >= 100_000 else '- (deciles shorter than a flush)'}",
+            flush=True,
+        )
+    print("status: operations | library p50 us/read | raw same statements p50 us/read | ratio library/raw", flush=True)
+    for operations, items in SCALING_OPERATIONS:
+        rounds, _count = status_runs(workdir / f"status-{operations}", operations, items, 2_000, mcp=False)
+        library = [r["library50"] * 1000 for r in rounds]
+        same = [r["same50"] * 1000 for r in rounds]
+        print(
+            f"  {operations:>9,} | {median_spread(library, '.1f')} | {median_spread(same, '.1f')}"
+            f" | {median_spread([r['library50'] / r['same50'] for r in rounds], '.2f')}", flush=True,
+        )
+    print(f"(median (min-max) of 3 runs each; load {load_before:.1f}-{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, about a minute in all")
     parser.add_argument("--only", type=int, action="append", help="run only this figure (repeatable)")
+    parser.add_argument("--scaling", action="store_true", help="the costs at several sizes instead of the figures")
     args = parser.parse_args()
+    if args.scaling:
+        print(f"tracker bench scaling, SQLite {sqlite_module().sqlite_version}")
+        with tempfile.TemporaryDirectory(prefix="tracker-bench-scaling-") as workdir:
+            scaling(Path(workdir))
+        return 0
     chosen = args.only or sorted(FIGURES)
     unknown = [n for n in chosen if n not in FIGURES]
     if unknown:

@@ -149,6 +149,14 @@ def test_one_time_format_both_ways() -> None:
     assert iso(moment) == "2026-05-09T05:35:25.123Z"
     assert parse_iso(iso(moment)) == to_ms(moment) and parse_iso(iso(moment)).tzinfo == timezone.utc
     assert iso(None) is None and parse_iso(iso(utcnow())).microsecond % 1000 == 0
-    for bad in ("2026-05-09 05:35:25", 17, None):
+    for bad in ("2026-05-09 05:35:25", "2026-05-09 05:35:25.123Z", "2026-02-30T05:35:25.123Z",
+                "2026-05-09T24:00:00.000Z", 17, None):
         with pytest.raises(ValueError):
             parse_iso(bad)  # type: ignore[arg-type]
+    # The fast paths (fromisoformat for the exact form; isoformat from year 1000 on) read and write what strptime
+    # and strftime do.
+    for text in ("0999-12-31T23:59:59.999Z", "1000-01-01T00:00:00.000Z", "2024-02-29T12:00:00.500Z",
+                 "2026-5-9T5:35:25.1Z", "٢٠٢٦-05-09T05:35:25.123Z"):
+        assert parse_iso(text) == datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    assert iso(parse_iso("1000-01-01T00:00:00.000Z")) == "1000-01-01T00:00:00.000Z"
+    assert iso(datetime(2026, 5, 9, 5, 35, 25, 999999, tzinfo=timezone.utc)) == "2026-05-09T05:35:25.999Z"

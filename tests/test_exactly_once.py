@@ -144,7 +144,7 @@ def test_a_group_applied_twice_changes_nothing_the_second_time(backend_tracker: 
     """The same check on both backends at the store: a group number already applied for its writer is skipped."""
     batch = backend_tracker.start_batch("import", total=4)
     store: Store = backend_tracker.store
-    items = [(True, "a", None, None), (False, "b", 2, "bad")]
+    items = [(batch.id, True, "a", None, None), (batch.id, False, "b", 2, "bad")]
     assert store.append_items(batch.id, items, batch.writer_id, 1) is True
     assert store.append_items(batch.id, items, batch.writer_id, 1) is False  # the retry after a lost reply
     assert _counts(backend_tracker.engine, batch.id) == (1, 1, 2)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tracker import InvalidInput, OperationCancelled, OperationClosed, Settings, Tracker
+from tracker import InvalidInput, OperationCancelled, OperationClosed, Settings, Tracker, limits
 
 
 # Every test here is a contract test: it runs on SQLite and on a real PostgreSQL server.
@@ -134,10 +134,40 @@ def test_finish_flushes_everything(tracker: Tracker) -> None:
     assert batch.durable_count == 12_345
 
 
+def test_ids_of_every_accepted_kind_are_stored_as_text(tracker: Tracker) -> None:
+    """record_success checks the common id (a plain str) inline; the others take the full checks: the same ids."""
+
+    class Label(str):
+        pass
+
+    batch = tracker.start_batch("import")
+    for item_id in ("plain", 7, Label("sub"), " padded ", "x" * limits.ITEM_ID_CHARS):
+        batch.record_success(item_id)
+    batch.finish()
+    stored = [item.item_id for item in tracker.items(batch.id, ok=True)]
+    assert stored == ["plain", "7", "sub", " padded ", "x" * limits.ITEM_ID_CHARS]
+    assert all(type(item_id) is str for item_id in stored)
+
+
+def test_a_flush_leaves_the_connection_checking_references(tracker: Tracker) -> None:
+    """append_items skips SQLite's foreign-key check of its own rows (its guard proved the reference): every
+    pooled connection still checks references afterwards, for every other statement."""
+    batch = tracker.start_batch("import")
+    batch.record_success("a")
+    batch.flush()
+    if tracker.engine.dialect.name == "sqlite":
+        with tracker.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    batch.finish()
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
         (lambda b: b.record_success(""), "item id must not be empty"),
+        (lambda b: b.record_success(" \t\u2028"), "item id must not be empty"),
+        (lambda b: b.record_success("a\x00b"), "must not contain a NUL"),
+        (lambda b: b.record_success(True), "item id must be a string or an integer"),
         (lambda b: b.record_success(None), "item id must be a string or an integer"),
         (lambda b: b.record_success("x" * 5000), "longer than"),
         (lambda b: b.record_failure("", item_id="a"), "error must be a non-empty string"),

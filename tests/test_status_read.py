@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tracker import DatabaseUnavailable, Settings, Tracker
-from tracker.records import OperationRecord
+from tracker.records import StatusRecord
 from tracker.status import STATUS_PAGE_FAILURES, STATUS_PAGE_IDS, StatusService, operation_dict
 
 
@@ -35,7 +35,7 @@ def test_matches_the_separate_reads(backend_tracker: Tracker, succeeded: int, fa
     assert found is not None
     record, ok_items, failed_items = found
     detail = backend_tracker.get(op_id)
-    assert record == OperationRecord(**{f.name: getattr(detail, f.name) for f in fields(OperationRecord)})
+    assert record == StatusRecord(**{f.name: getattr(detail, f.name) for f in fields(StatusRecord)})
     assert ok_items == backend_tracker.items(op_id, ok=True, limit=7)
     assert failed_items == backend_tracker.items(op_id, ok=False, limit=5)
     assert [i.item_id for i in ok_items] == [f"ok-{n}" for n in range(min(7, succeeded))]

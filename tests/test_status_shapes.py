@@ -293,6 +293,17 @@ def test_cancel_running_terminal_and_unknown(tracker: Tracker, service: StatusSe
     assert tracker.get(done.id).status == "completed"
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["rec_0001", "", "é ☃ 😀", 'quote " backslash \\ newline \n tab \t nul \x00 \x1f \u2028',
+     {"id": "a", "row_number": 7, "error": "bad"}, {"row_number": 2**70, "error": "é\n"}, {"error": "x"},
+     {"id": "a", "row_number": True, "error": "bool"}, {"error": None}, {"error": 1.5}, {1: "int key"}, {}, [1, "a"]],
+)
+def test_page_item_sizes_are_those_of_the_indented_json(value) -> None:  # noqa: ANN001
+    """bounded_page sizes an id or a flat failure without the indenting encoder: the same bytes as json.dumps."""
+    assert status._json_bytes(value) == len(json.dumps(value, ensure_ascii=False, indent=2).encode()) + 8
+
+
 def test_a_full_last_page_of_list_operations_says_whether_more_follow(tracker: Tracker, service: StatusService) -> None:
     """limit=limits.LIST_LIMIT fetches one row more than Tracker.list allows, to know if a next page exists."""
     for _ in range(limits.LIST_LIMIT + 1):

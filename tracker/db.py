@@ -358,10 +358,75 @@ def current_revision(engine: Engine) -> str | None:
 
 
 @contextmanager
-def write_connection(engine: Engine) -> Iterator[Connection]:
-    """A connection in a write transaction (BEGIN IMMEDIATE on SQLite), committed on success."""
-    with engine.connect().execution_options(write=True) as conn, conn.begin():
-        yield conn
+def write_connection(engine: Engine, check_references: bool = True) -> Iterator[Connection]:
+    """A connection in a write transaction (BEGIN IMMEDIATE on SQLite), committed on success. check_references
+    False skips SQLite's foreign-key checks for this transaction, for a caller whose own guard has already proved
+    them (a parent row it has just updated under the write lock): each check is one more b-tree search per row."""
+    with engine.connect().execution_options(write=True) as conn:
+        if check_references or engine.dialect.name != "sqlite":
+            with conn.begin():
+                yield conn
+            return
+        with _foreign_keys_off(conn), conn.begin():
+            yield conn
+
+
+def reads_at_once(engine: Engine) -> bool:
+    """Whether a short read can start without waiting: SQLite (a local file; WAL readers wait for no writer) with
+    an idle connection in the pool, so taking one neither waits for another thread to return one nor opens a new
+    file handle (whose pragmas may wait for a lock). False on PostgreSQL, whose every statement waits on the
+    network."""
+    checked_in = getattr(engine.pool, "checkedin", None)
+    return engine.dialect.name == "sqlite" and checked_in is not None and checked_in() > 0
+
+
+@contextmanager
+def sqlite_read(engine: Engine) -> Iterator[Any]:
+    """SQLite: the DBAPI connection of a pooled connection, in one read transaction (BEGIN ... ROLLBACK: one
+    snapshot), for a hot read that runs SQL text compiled once: without a SQLAlchemy Connection, whose events,
+    compiled-cache lookup and result processing cost several times SQLite's own lookup (figure 2 of
+    scripts/bench.py). pysqlite keeps each SQL text's prepared statement on its connection. A driver error is
+    raised as SQLAlchemy's DBAPIError, as from any statement; the pool's reset on return (a rollback) invalidates
+    a connection that cannot roll back."""
+    module = sqlite_module()
+    try:
+        pooled = engine.raw_connection()
+    except module.Error as exc:  # opening a new pool connection (its pragmas), as Engine.connect() wraps it
+        raise DBAPIError.instance(None, None, exc, module.Error) from None
+    try:
+        raw = pooled.driver_connection
+        try:
+            raw.execute("BEGIN")
+            try:
+                yield raw
+            finally:
+                raw.execute("ROLLBACK")
+        except module.Error as exc:
+            raise DBAPIError.instance(None, None, exc, module.Error) from None
+    finally:
+        pooled.close()
+
+
+@contextmanager
+def _foreign_keys_off(conn: Connection) -> Iterator[Any]:
+    """SQLite: foreign keys off on this connection for the block, which begins and ends its own transaction (the
+    pragma changes nothing inside one), then on again before the connection goes back to the pool; one whose
+    pragma cannot be set back is invalidated instead, never pooled without its checks. Yields the DBAPI
+    connection; a driver error is raised as SQLAlchemy's, as from any statement."""
+    raw = conn.connection.driver_connection
+    module = sqlite_module()
+    try:
+        raw.execute("PRAGMA foreign_keys = OFF")
+    except module.Error as exc:
+        conn.invalidate()
+        raise DBAPIError.instance("PRAGMA foreign_keys = OFF", None, exc, module.Error) from None
+    try:
+        yield raw
+    finally:
+        try:
+            raw.execute("PRAGMA foreign_keys = ON")
+        except module.Error:
+            conn.invalidate()
 
 
 def upgrade_to_head(engine: Engine, revision: str = "head") -> None:
@@ -409,23 +474,14 @@ def _migration_connection(engine: Engine) -> Iterator[Connection]:
     refer to it). The pragma changes nothing inside a transaction, so it is set before BEGIN and set back before
     the connection returns to the pool."""
     with engine.connect().execution_options(write=True) as conn:
-        raw = conn.connection.driver_connection if engine.dialect.name == "sqlite" else None
-        if raw is not None:
-            raw.execute("PRAGMA foreign_keys = OFF")
-        try:
+        if engine.dialect.name != "sqlite":
             with conn.begin():
                 yield conn
-                if raw is not None:
-                    # SQLite's procedure, last step: with the checks off, nothing stopped a change that broke a
-                    # reference; find it before the commit, so the database stays as it was.
-                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").first()
-                    if broken is not None:
-                        raise DatabaseUnavailable(
-                            f"migration left a broken reference in table {broken[0]}; nothing was changed"
-                        )
-        finally:
-            if raw is not None:
-                try:
-                    raw.execute("PRAGMA foreign_keys = ON")
-                except sqlite_module().Error:
-                    conn.invalidate()  # never back in the pool without its foreign keys
+            return
+        with _foreign_keys_off(conn), conn.begin():
+            yield conn
+            # SQLite's procedure, last step: with the checks off, nothing stopped a change that broke a
+            # reference; find it before the commit, so the database stays as it was.
+            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").first()
+            if broken is not None:
+                raise DatabaseUnavailable(f"migration left a broken reference in table {broken[0]}; nothing was changed")

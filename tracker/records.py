@@ -14,8 +14,33 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 
+class _Progress:
+    """completed, percent and is_terminal, for any record with the counters and the status."""
+
+    __slots__ = ()
+    status: str
+    total: int
+    succeeded_count: int
+    failed_count: int
+
+    @property
+    def completed(self) -> int:
+        """Items processed, successes and failures together."""
+        return self.succeeded_count + self.failed_count
+
+    @property
+    def percent(self) -> float:
+        if self.total > 0:
+            return min(100.0, round(100.0 * self.completed / self.total, 2))
+        return 100.0 if self.is_terminal else 0.0
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
 @dataclass(frozen=True)
-class OperationRecord:
+class OperationRecord(_Progress):
     """An operation as status, list, adopt and poll reads see it: every column but `inputs` and `outputs`, which
     may be large (a library batch's inputs are the caller's JSON) and which no such answer shows."""
 
@@ -49,31 +74,34 @@ class OperationRecord:
     subject: str | None  # the authenticated caller that started it; None: recorded without one (Viewer)
 
     @property
-    def completed(self) -> int:
-        """Items processed, successes and failures together."""
-        return self.succeeded_count + self.failed_count
-
-    @property
-    def percent(self) -> float:
-        if self.total > 0:
-            return min(100.0, round(100.0 * self.completed / self.total, 2))
-        return 100.0 if self.is_terminal else 0.0
-
-    @property
     def natural_end(self) -> str:
         """The state finishing it now gives: failed when every processed item failed (at least one failure and no
         success), otherwise completed."""
         return FAILED if self.failed_count > 0 and self.succeeded_count == 0 else COMPLETED
 
     @property
-    def is_terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
-
-    @property
     def item_id(self) -> str:
         """The id a batch reports for this run: its upstream request_id, or its own id for a sync run that
         completed at once (the upstream gives those no request_id)."""
         return self.request_id or self.id
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRecord(_Progress):
+    """An operation as a status answer (get_batch_status) shows it, and no column more: the hot read path selects
+    only these (tracker.store.operations.STATUS_COLUMNS)."""
+
+    id: str
+    kind: str
+    operation_type: str
+    status: str
+    total: int
+    succeeded_count: int
+    failed_count: int
+    started_at: datetime
+    completed_at: datetime | None
+    execution_time_ms: int | None
+    error: str | None
 
 
 @dataclass(frozen=True)
@@ -127,10 +155,13 @@ class ItemRecord:
     error: str | None
 
 
-# An item waiting in a handle's buffer: (ok, item_id, row_number, error). A plain tuple of atoms, not a class,
-# because the garbage collector untracks those; buffered objects otherwise trigger full collections (measured:
-# +40% per-item cost in some deciles of a 100,000-item batch).
-NewItem = tuple[bool, str | None, int | None, str | None]
+# An item waiting in a handle's buffer: its operation_items row as inserted, (operation_id, ok, item_id,
+# row_number, error), ok as 1 or 0 (a bool is accepted too). A plain tuple of atoms, not a class, because the
+# garbage collector untracks those; buffered objects otherwise trigger full collections (measured: +40% per-item
+# cost in some deciles of a 100,000-item batch). The whole row, so that a flush hands the buffer to executemany as
+# it is (rebuilding each row there was 7% of a flush), and an int flag because SQLite's driver binds an int
+# directly and a bool through its adapter lookup (measured: the insert 1.17x faster with ints).
+NewItem = tuple[str, int, str | None, int | None, str | None]
 
 
 @dataclass(frozen=True)

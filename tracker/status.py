@@ -18,7 +18,7 @@ from .api import Tracker
 from .db import database_errors
 from .checks import type_name
 from .errors import InvalidInput, OperationClosed, OperationNotFound
-from .records import ItemRecord, OperationRecord
+from .records import ItemRecord, OperationRecord, StatusRecord
 from .settings import format_duration
 from .shapes import (
     BatchStatus,
@@ -108,12 +108,26 @@ def _clip(text: str | None, limit: int) -> str | None:
     return text[:limit] + "…"
 
 
+_encode_str = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) writes for a str
+
+
 def _json_bytes(value: Any) -> int:
-    # The indented form the MCP text content uses, plus its nesting inside the answer.
+    """The size of `value` in the indented form the MCP text content uses, plus its nesting inside the answer.
+    The values of a page, an id or a flat failure dict, are written here as that encoder would write them (it
+    runs in pure Python when it indents, and sizing each item with it was a third of a status answer's cost)."""
+    if type(value) is str:
+        return len(_encode_str(value).encode()) + 8
+    if type(value) is dict and value and all(
+        type(key) is str and (type(v) is str or type(v) is int) for key, v in value.items()
+    ):
+        members = ",\n  ".join(
+            f"{_encode_str(key)}: {_encode_str(v) if type(v) is str else int.__repr__(v)}" for key, v in value.items()
+        )
+        return len(("{\n  " + members + "\n}").encode()) + 8
     return len(json.dumps(value, ensure_ascii=False, indent=2).encode()) + 8
 
 
-def progress(record: OperationRecord) -> Progress:
+def progress(record: OperationRecord | StatusRecord) -> Progress:
     return {"completed": record.completed, "total": record.total, "percent": record.percent}
 
 
@@ -147,7 +161,9 @@ def bounded_page(
     return page, last_seq, len(page) < len(items)
 
 
-def operation_dict(record: OperationRecord, successful: list[ItemRecord], failures: list[ItemRecord]) -> Operation:
+def operation_dict(
+    record: OperationRecord | StatusRecord, successful: list[ItemRecord], failures: list[ItemRecord]
+) -> Operation:
     """CONTRACTS.md section 1 OPERATION plus tracker's own fields: counts, the error, and for each list a
     truncation flag and the get_operation_items cursor for the rest. The original's optional fields
     (completed_at, execution_time_ms) are left out while unknown, never null: clients typed against it read a null
@@ -175,7 +191,7 @@ def operation_dict(record: OperationRecord, successful: list[ItemRecord], failur
     }
 
 
-def _core(record: OperationRecord) -> dict[str, Any]:
+def _core(record: OperationRecord | StatusRecord) -> dict[str, Any]:
     """The contract's fields of shapes.OperationCore; the end times only once it has ended."""
     core: dict[str, Any] = {
         "operation_type": record.operation_type,
@@ -190,7 +206,7 @@ def _core(record: OperationRecord) -> dict[str, Any]:
     return core
 
 
-def _counts(record: OperationRecord) -> dict[str, Any]:
+def _counts(record: OperationRecord | StatusRecord) -> dict[str, Any]:
     return {
         "kind": record.kind,
         "succeeded_count": record.succeeded_count,
@@ -230,6 +246,11 @@ class StatusService:
             "found": False,
             "message": f'{noun} "{operation_id}" not found. {kept} are kept for {self.retention} after completion.',
         }
+
+    def status_read_at_once(self) -> bool:
+        """Whether batch_status would run now without waiting on anything (Store.status_read_at_once): a caller on
+        an event loop may then run it there, as its own bounded work."""
+        return self.tracker.store.status_read_at_once()
 
     def batch_status(self, operation_id: str, subject: str | None = None) -> BatchStatus:
         viewer = self.tracker.viewer(subject)

@@ -1,4 +1,5 @@
-"""The status tools: each checks its arguments, calls tracker.status off the event loop, and returns its answer.
+"""The status tools: each checks its arguments, calls tracker.status off the event loop (a status read that waits on
+nothing runs on it: get_batch_status), and returns its answer.
 
 Parameters take any JSON value and are checked here (tracker.status), so a wrong type gets the same one-line
 message naming the parameter as every other bad input; their JSON schema still tells the model the type."""
@@ -106,6 +107,10 @@ class StatusTools:
         (operations are kept for <retention> after completion)."""
         with as_tool_errors():
             operation_id = require_id(batch_operation_id, "batch_operation_id")
+            if self.service.status_read_at_once():
+                # One primary-key row and two bounded index pages on an idle local connection: less time than the
+                # hop to a worker thread and back (figure 2's MCP round trip: 3-5% faster on the loop).
+                return self.service.batch_status(operation_id, current_subject())
             return await _off_loop(self.service.batch_status, operation_id, current_subject())
 
     async def list_operations(

@@ -4,36 +4,51 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import operator
 from dataclasses import fields
 from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     ColumnElement,
     Connection,
     Engine,
+    Integer,
     Select,
     and_,
     bindparam,
     delete,
     exists,
+    false,
     func,
     insert,
     or_,
     select,
+    true,
     union_all,
     update,
 )
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 
 from .. import limits
-from ..db import engine_location, write_connection
+from ..db import engine_location, reads_at_once, sqlite_read, write_connection
 from ..errors import OperationCancelled, OperationClosed, OperationNotFound
-from ..models import CANCELLED, RUNNING, Operation, OperationItem, OperationWriter
-from ..records import EVERYONE, ItemRecord, NewItem, OperationDetail, OperationRecord, RunRecord, Viewer, Writer
-from ..timeutil import elapsed_ms
+from ..models import CANCELLED, RUNNING, Operation, OperationItem, OperationWriter, UTCTimestamp
+from ..records import (
+    EVERYONE,
+    ItemRecord,
+    NewItem,
+    OperationDetail,
+    OperationRecord,
+    RunRecord,
+    StatusRecord,
+    Viewer,
+    Writer,
+)
+from ..timeutil import elapsed_ms, parse_iso
 from .clock import db_now, engine_now
 
 _OPS = Operation.__table__
@@ -87,7 +102,7 @@ def same_subject(subject: str | None) -> ColumnElement[bool]:
 
 
 
-def columns_of(record_type: type[OperationRecord]) -> list[Column[Any]]:
+def columns_of(record_type: type[OperationRecord] | type[StatusRecord]) -> list[Column[Any]]:
     """The columns a read selects to build `record_type`: its fields, no more (inputs only for a detail)."""
     return [_OPS.c[f.name] for f in fields(record_type)]
 
@@ -95,15 +110,46 @@ def columns_of(record_type: type[OperationRecord]) -> list[Column[Any]]:
 SUMMARY_COLUMNS = columns_of(OperationRecord)
 RUN_COLUMNS = columns_of(RunRecord)
 DETAIL_COLUMNS = columns_of(OperationDetail)
-# The status read path, built once: constructing a select per call cost more than SQLite's own lookup.
+STATUS_COLUMNS = columns_of(StatusRecord)
 _GET_SUMMARY_BY_ID = per_scope(select(*SUMMARY_COLUMNS).where(_OPS.c.id == bindparam("operation_id")))
 _GET_BY_ID = per_scope(select(*DETAIL_COLUMNS).where(_OPS.c.id == bindparam("operation_id")))
-_FIRST_ITEMS = (
-    select(_ITEMS.c.seq, _ITEMS.c.ok, _ITEMS.c.item_id, _ITEMS.c.row_number, _ITEMS.c.error)
-    .where(_ITEMS.c.operation_id == bindparam("operation_id"), _ITEMS.c.ok == bindparam("ok"))
+
+# The status read path (get_with_first_items), built once: constructing a select per call cost more than SQLite's
+# own lookup. The columns the answer shows, no more: a success shows its id, a failure its id, row and error.
+_STATUS_BY_ID = per_scope(select(*STATUS_COLUMNS).where(_OPS.c.id == bindparam("operation_id")))
+_FIRST_SUCCESSES = (
+    select(_ITEMS.c.seq, _ITEMS.c.item_id)
+    .where(_ITEMS.c.operation_id == bindparam("operation_id"), _ITEMS.c.ok == true())
     .order_by(_ITEMS.c.seq)
     .limit(bindparam("limit"))
 )
+_FIRST_FAILURES = (
+    select(_ITEMS.c.seq, _ITEMS.c.item_id, _ITEMS.c.row_number, _ITEMS.c.error)
+    .where(_ITEMS.c.operation_id == bindparam("operation_id"), _ITEMS.c.ok == false())
+    .order_by(_ITEMS.c.seq)
+    .limit(bindparam("limit"))
+)
+
+
+class SQLiteText:
+    """A statement compiled once for SQLite: its SQL text, and its positional parameters from a call's values (a
+    parameter the call does not give keeps its compiled value, such as the OFFSET 0 SQLite renders with LIMIT)."""
+
+    def __init__(self, statement: Select[Any]) -> None:
+        compiled = statement.compile(dialect=sqlite.dialect())
+        self.sql = compiled.string
+        self._names = tuple(compiled.positiontup or ())
+        self._defaults = {name: bind.value for name, bind in compiled.binds.items()}
+
+    def params(self, values: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple([values[name] if name in values else self._defaults[name] for name in self._names])
+
+
+# The same statements as SQL text, which a status read on SQLite runs on the DBAPI connection (db.sqlite_read).
+# Public for scripts/bench_status.py, whose baseline runs exactly these with plain sqlite3.
+SQLITE_STATUS_BY_ID = {scope: SQLiteText(query) for scope, query in _STATUS_BY_ID.items()}
+SQLITE_FIRST_SUCCESSES = SQLiteText(_FIRST_SUCCESSES)
+SQLITE_FIRST_FAILURES = SQLiteText(_FIRST_FAILURES)
 
 
 @functools.cache
@@ -170,6 +216,32 @@ def end_running(
     return result.rowcount == 1
 
 
+_OK = operator.itemgetter(1)  # a NewItem's flag
+# append_items' two guarded updates, built once (building them per flush was a tenth of its cost besides the insert).
+# Their parameters are not named after columns, which an UPDATE reserves for its SET clause.
+_NOW = bindparam("now", type_=UTCTimestamp())
+_GROUP = bindparam("group", type_=BigInteger())
+_COUNT_ITEMS = (
+    update(_OPS)
+    .where(_OPS.c.id == bindparam("op"), _OPS.c.status == RUNNING)
+    .values(
+        succeeded_count=_OPS.c.succeeded_count + bindparam("succeeded", type_=Integer()),
+        failed_count=_OPS.c.failed_count + bindparam("failed", type_=Integer()),
+        updated_at=_NOW,
+        heartbeat_at=_NOW,
+    )
+)
+_CLAIM_GROUP = (
+    update(_WRITERS)
+    .where(
+        _WRITERS.c.operation_id == bindparam("op"),
+        _WRITERS.c.writer_id == bindparam("writer"),
+        _WRITERS.c.last_group < _GROUP,
+    )
+    .values(last_group=_GROUP, heartbeat_at=_NOW)
+)
+
+
 def _insert_items_sql(conn: Connection) -> str:
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     return (
@@ -230,25 +302,22 @@ class Store:
                 self._insert_writer(conn, operation_id, writer, now)
             return record
 
-    def append_items(self, operation_id: str, items: Sequence[NewItem], writer_id: str, group: int) -> bool:
-        """Apply group number `group` of one writer: add its items and bump the counters in one transaction,
-        refused whole if the operation is terminal. Idempotent: a group already applied (a retry after a lost
-        COMMIT reply) changes nothing and returns False; True when applied now."""
-        succeeded = sum(1 for item in items if item[0])
+    def append_items(self, operation_id: str, items: list[NewItem], writer_id: str, group: int) -> bool:
+        """Apply group number `group` of one writer: add its items (rows of this operation: records.NewItem) and
+        bump the counters in one transaction, refused whole if the operation is terminal. Idempotent: a group
+        already applied (a retry after a lost COMMIT reply) changes nothing and returns False; True when applied
+        now."""
+        succeeded = sum(map(_OK, items))
         try:
-            with write_connection(self.engine) as conn:
+            # The items' one reference (operation_id) is proved by the guarded UPDATE below, under the write lock:
+            # SQLite's own check of it per row (a b-tree search each) is skipped.
+            with write_connection(self.engine, check_references=False) as conn:
                 now = db_now(conn)
                 # The operation row first, as on every write path (one lock order: no deadlock with a purge or a
                 # finish): the terminal guard, and the counters.
                 result = conn.execute(
-                    update(_OPS)
-                    .where(_OPS.c.id == operation_id, _OPS.c.status == RUNNING)
-                    .values(
-                        succeeded_count=_OPS.c.succeeded_count + succeeded,
-                        failed_count=_OPS.c.failed_count + (len(items) - succeeded),
-                        updated_at=now,
-                        heartbeat_at=now,
-                    )
+                    _COUNT_ITEMS,
+                    {"op": operation_id, "succeeded": succeeded, "failed": len(items) - succeeded, "now": now},
                 )
                 if result.rowcount != 1:
                     if self._group_applied(conn, operation_id, writer_id, group):
@@ -257,25 +326,19 @@ class Store:
                 # The group's identity check. On PostgreSQL a COMMIT of the same group still in flight holds the
                 # operation row, so the UPDATE above waited for it and this sees it.
                 claimed = conn.execute(
-                    update(_WRITERS)
-                    .where(
-                        _WRITERS.c.operation_id == operation_id,
-                        _WRITERS.c.writer_id == writer_id,
-                        _WRITERS.c.last_group < group,
-                    )
-                    .values(last_group=group, heartbeat_at=now)
+                    _CLAIM_GROUP, {"op": operation_id, "writer": writer_id, "group": group, "now": now}
                 )
                 if claimed.rowcount != 1:
                     if self._group_applied(conn, operation_id, writer_id, group):
                         raise _AlreadyApplied()  # rolls the counter bump back
                     raise OperationClosed(f"operation {operation_id!r}: this writer is not registered")
                 if items:
-                    # The hot path: plain DBAPI executemany of tuples; SQLAlchemy's per-row parameter processing
-                    # cost as much as SQLite's own insert here.
-                    conn.exec_driver_sql(
-                        _insert_items_sql(conn),
-                        [(operation_id, *item) for item in items],
-                    )
+                    # The hot path: plain DBAPI executemany of the buffered rows as they are; SQLAlchemy's per-row
+                    # parameter processing cost as much as SQLite's own insert here. SQLite binds the int flags a
+                    # handle buffers without the adapter lookup a bool costs; PostgreSQL's boolean column needs bools.
+                    if conn.dialect.name != "sqlite":
+                        items = [(op, bool(ok), *rest) for op, ok, *rest in items]
+                    conn.exec_driver_sql(_insert_items_sql(conn), items)
                 return True
         except _AlreadyApplied:
             return False
@@ -372,23 +435,65 @@ class Store:
 
     def get_with_first_items(
         self, operation_id: str, succeeded_limit: int, failed_limit: int, viewer: Viewer = EVERYONE
-    ) -> tuple[OperationRecord, list[ItemRecord], list[ItemRecord]] | None:
-        """An operation and the first items of each outcome, read in one transaction (one snapshot, so the lists
-        agree with the counts; and one connection instead of three, which halves a status read's cost)."""
+    ) -> tuple[StatusRecord, list[ItemRecord], list[ItemRecord]] | None:
+        """An operation as its status shows it and the first items of each outcome (a success's row_number and
+        error are not read: a success has none), in one transaction (one snapshot, so the lists agree with the
+        counts; and one connection instead of three, which halves a status read's cost). On SQLite the hot path
+        of every status poll: SQL text compiled once, on the DBAPI connection."""
+        params = {"operation_id": operation_id, **viewer_params(viewer)}
+        if self.engine.dialect.name == "sqlite":
+            return self._sqlite_status(params, succeeded_limit, failed_limit, viewer.scope)
         with self.engine.connect() as conn:
-            row = conn.execute(
-                _GET_SUMMARY_BY_ID[viewer.scope], {"operation_id": operation_id, **viewer_params(viewer)}
-            ).first()
+            row = conn.execute(_STATUS_BY_ID[viewer.scope], params).first()
             if row is None:
                 return None
-            record = record_from_row(row, OperationRecord)
-            first: dict[bool, list[ItemRecord]] = {True: [], False: []}
-            wanted = ((True, record.succeeded_count, succeeded_limit), (False, record.failed_count, failed_limit))
-            for ok, count, limit in wanted:
-                if count:  # most operations have no failures: skip the query
-                    params = {"operation_id": operation_id, "ok": ok, "limit": limit}
-                    first[ok] = [ItemRecord(*item) for item in conn.execute(_FIRST_ITEMS, params)]
-        return record, first[True], first[False]
+            record = StatusRecord(*row)
+            successes: list[ItemRecord] = []
+            failures: list[ItemRecord] = []
+            if record.succeeded_count:  # skipped when there is none (most operations have no failures)
+                page = conn.execute(_FIRST_SUCCESSES, {"operation_id": operation_id, "limit": succeeded_limit})
+                successes = [ItemRecord(seq, True, item_id, None, None) for seq, item_id in page]
+            if record.failed_count:
+                page = conn.execute(_FIRST_FAILURES, {"operation_id": operation_id, "limit": failed_limit})
+                failures = [ItemRecord(seq, False, *rest) for seq, *rest in page]
+        return record, successes, failures
+
+    def _sqlite_status(
+        self, params: dict[str, Any], succeeded_limit: int, failed_limit: int, scope: str
+    ) -> tuple[StatusRecord, list[ItemRecord], list[ItemRecord]] | None:
+        """get_with_first_items on SQLite: the same statements as SQL text on the DBAPI connection, and the rows
+        converted as the columns' types would (UTCTimestamp's text to datetimes)."""
+        statement = SQLITE_STATUS_BY_ID[scope]
+        successes: list[Any] = []
+        failures: list[Any] = []
+        with sqlite_read(self.engine) as raw:
+            row = raw.execute(statement.sql, statement.params(params)).fetchone()
+            if row is None:
+                return None
+            op_id, kind, op_type, status, total, succeeded, failed, started_at, completed_at, ms, error = row
+            record = StatusRecord(
+                op_id, kind, op_type, status, total, succeeded, failed,
+                parse_iso(started_at), None if completed_at is None else parse_iso(completed_at), ms, error,
+            )
+            if succeeded:
+                successes = raw.execute(
+                    SQLITE_FIRST_SUCCESSES.sql, SQLITE_FIRST_SUCCESSES.params({**params, "limit": succeeded_limit})
+                ).fetchall()
+            if failed:
+                failures = raw.execute(
+                    SQLITE_FIRST_FAILURES.sql, SQLITE_FIRST_FAILURES.params({**params, "limit": failed_limit})
+                ).fetchall()
+        return (
+            record,
+            [ItemRecord(seq, True, item_id, None, None) for seq, item_id in successes],
+            [ItemRecord(seq, False, *rest) for seq, *rest in failures],
+        )
+
+    def status_read_at_once(self) -> bool:
+        """Whether get_with_first_items would run now without waiting for a connection, a lock or the network
+        (db.reads_at_once): then it is bounded by its own work, one primary-key row and two index ranges of at most
+        the limits' rows."""
+        return reads_at_once(self.engine)
 
     def get_by_request_id(self, request_id: str, viewer: Viewer = EVERYONE) -> RunRecord | None:
         """A run by its upstream request_id, with the outputs its status shows (not its inputs)."""
