@@ -6,6 +6,8 @@ these machines are shared and noisy: read the ratios, not the absolute numbers.
     ./dev bench --quick    about a minute (CI runs it so it keeps working; nothing is asserted about speed)
     ./dev bench --only 1   one figure (repeatable)
     ./dev bench --scaling  per-item and per-read costs at several sizes instead (about 5 minutes)
+    ./dev bench --peers    figures P1-P3 only: tracker against Celery and huey (`pip install -e '.[bench]'`);
+                           with --quick, small sizes (about a minute)
 
 Figures (one module each): 1 and 4 recording (bench_recording.py), 2 status reads at scale (bench_status.py),
 3 purge (bench_purge.py), 5 remote runs against the fake upstream (bench_runs.py), 6 server memory
@@ -15,7 +17,9 @@ and tasks/get round trips against a plain tools/call, and 1,000 working tasks po
 Figures 2 and 3 use a database of 1,000,000 finished operations and 5,000,000 items made by bench_data.py (about a
 minute) and cached in the system temp dir (tracker-bench-cache/, keyed by schema revision, sizes and generator
 version): later runs reuse it, and figure 3 purges a copy; figure 8 reads the cached database of figure 2's quick
-mode.
+mode. Figures P1-P3 (bench_peers.py, library models in bench_peer_libs.py) run the recording, status and purge
+workloads through tracker, Celery's database result backend and huey's SqliteStorage, and print tracker's ratio to
+each.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from bench_common import median_spread, sqlite_module  # (first: puts this check
 from bench_http import figure_8_http
 from bench_large_batch import figure_7_large_batch
 from bench_memory import figure_6_memory
+from bench_peer_libs import missing_peers
 from bench_purge import figure_3_purge
 from bench_recording import figure_1_recording, figure_4_contention, recording_runs
 from bench_runs import figure_5_runs
@@ -108,7 +113,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, about a minute in all")
     parser.add_argument("--only", type=int, action="append", help="run only this figure (repeatable)")
     parser.add_argument("--scaling", action="store_true", help="the costs at several sizes instead of the figures")
+    parser.add_argument("--peers", action="store_true", help="run figures P1-P3 (tracker against Celery and huey)")
     args = parser.parse_args()
+    if args.peers:
+        return peers(args.quick)
     if args.scaling:
         print(f"tracker bench scaling, SQLite {sqlite_module().sqlite_version}")
         with tempfile.TemporaryDirectory(prefix="tracker-bench-scaling-") as workdir:
@@ -123,6 +131,23 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix=f"tracker-bench-{number}-") as workdir:
             started = time.perf_counter()
             line = FIGURES[number](Path(workdir), args.quick)
+            print(f"{line} [{time.perf_counter() - started:.0f} s]", flush=True)
+    return 0
+
+
+def peers(quick: bool) -> int:
+    missing = missing_peers()
+    if missing:
+        print(f"bench --peers needs {' and '.join(missing)}: pip install -e '.[bench]'", file=sys.stderr)
+        return 2
+    from bench_peers import PEER_FIGURES, peers_header
+
+    print(f"tracker bench --peers ({'quick' if quick else 'full'} mode), SQLite {sqlite_module().sqlite_version},"
+          f" {peers_header()}")
+    for name, figure in PEER_FIGURES.items():
+        with tempfile.TemporaryDirectory(prefix=f"tracker-bench-{name}-") as workdir:
+            started = time.perf_counter()
+            line = figure(Path(workdir), quick)
             print(f"{line} [{time.perf_counter() - started:.0f} s]", flush=True)
     return 0
 

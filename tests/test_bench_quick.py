@@ -3,6 +3,7 @@ Nothing about speed is asserted (the machines are shared); the full and quick ru
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 from .conftest import PYTHON, REPO
@@ -27,3 +28,16 @@ def test_unknown_figure_is_a_usage_error() -> None:
         capture_output=True, text=True, timeout=60, cwd=str(REPO),
     )
     assert result.returncode == 2 and "no figure 99" in result.stderr
+
+
+def test_peers_without_the_bench_extra_says_what_to_install(tmp_path) -> None:
+    for name in ("celery", "huey"):  # packages of these names that fail to import, first on the path
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("raise ImportError('not installed')\n")
+    result = subprocess.run(
+        [PYTHON, str(REPO / "scripts" / "bench.py"), "--peers", "--quick"],
+        capture_output=True, text=True, timeout=60, cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == ["bench --peers needs celery and huey: pip install -e '.[bench]'"]
