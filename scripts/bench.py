@@ -2,7 +2,7 @@
 """tracker benchmarks. Each figure is printed as one line, with its baseline measured in the same run, because
 these machines are shared and noisy: read the ratios, not the absolute numbers.
 
-    ./dev bench            full mode (within 10 minutes on 2 cores)
+    ./dev bench            full mode (about 20 minutes on 2 cores, figure 3's three runs 5-10 of them)
     ./dev bench --quick    about a minute (CI runs it so it keeps working; nothing is asserted about speed)
     ./dev bench --only 1   one figure (repeatable)
     ./dev bench --scaling  per-item and per-read costs at several sizes instead (about 5 minutes)
@@ -10,9 +10,9 @@ these machines are shared and noisy: read the ratios, not the absolute numbers.
                            with --quick, small sizes (about a minute)
 
 Figures (one module each): 1 and 4 recording (bench_recording.py), 2 status reads at scale (bench_status.py),
-3 purge (bench_purge.py), 5 remote runs against the fake upstream (bench_runs.py), 6 server memory
-(bench_memory.py), 7 status of a batch with 100 MB of input rows (bench_large_batch.py), 8 Streamable HTTP against
-stdio and the library, and two HTTP servers against one (bench_http.py), 9 MCP tasks (SEP-2663) over HTTP: create
+3 purge (bench_purge.py: median of 3 runs, and in full mode the per-row cost at two sizes), 5 remote runs against
+the fake upstream (bench_runs.py), 6 server memory (bench_memory.py), 7 status of a batch with 100 MB of input rows
+(bench_large_batch.py), 8 Streamable HTTP against stdio and the library, and two HTTP servers against one (bench_http.py), 9 MCP tasks (SEP-2663) over HTTP: create
 and tasks/get round trips against a plain tools/call, and 1,000 working tasks polled by 4 clients (bench_tasks.py).
 Figures 2 and 3 use a database of 1,000,000 finished operations and 5,000,000 items made by bench_data.py (about a
 minute) and cached in the system temp dir (tracker-bench-cache/, keyed by schema revision, sizes and generator
@@ -54,7 +54,7 @@ FIGURES = {
     3: lambda workdir, quick: (
         figure_3_purge(workdir, 20_000, 100_000, 30.0)
         if quick
-        else figure_3_purge(workdir, 1_000_000, 5_000_000, 180.0)
+        else figure_3_purge(workdir, 1_000_000, 5_000_000, 180.0, scaling=True)
     ),
     # Full size in quick mode too (about 5 s): with 5,000 items a worker's whole run is one or two flushes, and
     # the figure measures SQLite's busy-wait backoff more than recording.

@@ -45,20 +45,25 @@ from .store.reaping import ChunkResult, ReapingStore, RunningOperation, WriterSi
 log = logging.getLogger(__name__)
 
 ORPHAN_ERROR = "interrupted: owner process exited"
-CHUNK_ITEMS = 10000  # item rows per purge transaction (at most)
-CHUNK_OPERATIONS = 1000  # operation rows per purge transaction (at most; chunks shrink to CHUNK_TARGET_S)
+CHUNK_ITEMS = 20_000  # item rows per purge transaction (at most)
+CHUNK_OPERATIONS = 2_000  # operation rows per purge transaction (at most; chunks also stop at CHUNK_TARGET_S)
 CHECKPOINT_MIN_ROWS = 10_000  # a purge this large folds the WAL back into the file afterwards
-# A chunk holds the write lock for about this long at most; chunks shrink to fit (a chunk's cost varies with the
-# data more than with its row count: old databases hold random ids, whose rows sit on index pages all over the file).
-CHUNK_TARGET_S = 0.03
+# A chunk holds the write lock for about this long at most: it commits after the group of operations that reaches
+# it (store.reaping.GROUP_ROWS), and chunks that end whole but late shrink (a chunk's cost varies with the data more
+# than with its row count: old databases hold random ids, whose rows sit on index pages all over the file).
+CHUNK_TARGET_S = 0.025
 # Between chunks the purger lets go of the write lock for at least this long (plus up to half again, jittered), so
 # that a writer waiting for it gets in: writers poll the lock every 2 ms at most (db.WRITE_LOCK_POLL_S). The pause
 # grows with the chunk (PAUSE_RATIO of the time it held the lock) to leave other writers a share of the time.
 PAUSE_S = 0.003
 PAUSE_RATIO = 0.1
 WAL_FRAMES_TARGET = 800  # WAL pages one chunk may add (SQLite checkpoints automatically at 1,000)
-# Past this many pages the WAL is made to start over between chunks: at 0, after every chunk, so recorders'
-# commits never find it past the automatic-checkpoint size and never run a checkpoint themselves.
+# The WAL is checkpointed between chunks before it could grow past this many pages (below SQLite's automatic
+# checkpoint at 1,000, which a recorder's commit would otherwise run): every second chunk or so, not after each.
+WAL_CHECKPOINT_FRAMES = 900
+# Past this many pages the WAL is made to start over (RESTART) at a checkpoint between chunks that another writer's
+# commit kept from copying all of it: at 0, always, so recorders' commits never find the WAL past the
+# automatic-checkpoint size and never run a checkpoint themselves.
 WAL_RESTART_FRAMES = 0
 ATTEMPTS = 3  # tries per chunk when the database stays busy past its busy timeout
 # On the owner's host a dead pid fails the operation at once, but only after the heartbeat has been quiet this
@@ -80,6 +85,10 @@ class PurgeSummary:
     checkpoint: str | None  # 'truncate' or 'passive' when the WAL was checkpointed afterwards
     locked_s: float = 0.0  # time spent inside chunk transactions (holding the write lock on SQLite)
     longest_chunk_s: float = 0.0
+    locked_cpu_s: float = 0.0  # CPU time the purging thread used inside them (the rest: waiting for a CPU or I/O)
+    checkpoints: int = 0  # WAL checkpoints between chunks
+    checkpoint_s: float = 0.0  # time they took
+    paused_s: float = 0.0  # time slept between chunks (beyond the checkpoints) for other writers to get in
 
     @property
     def rows_per_s(self) -> float:
@@ -145,10 +154,14 @@ def purge(
     DatabaseUnavailable is raised saying how far the purge got; every chunk already committed is whole, so
     running it again finishes the job.
 
-    Other writers wait while a chunk holds the write lock, so chunks shrink when one takes longer than
-    chunk_target_s or adds more than WAL_FRAMES_TARGET pages to the WAL (and grow back up to the limits when
-    cheap), and after each chunk the purge pauses about pause_ratio times as long as it held the lock (at least
-    pause_s), for waiting writers to get in. A set `stop` event ends it early, after a whole chunk."""
+    Other writers wait while a chunk holds the write lock, so a chunk commits once it has held the lock
+    chunk_target_s (after the group of operations it is deleting: on a busy machine the purging thread may wait
+    for a CPU while it holds the lock, and the chunk then ends sooner), and chunks shrink when one adds more than
+    WAL_FRAMES_TARGET pages to the WAL or, whole, took longer than chunk_target_s (and grow back up to the limits
+    when cheap). After each chunk the purge checkpoints the WAL if it nears WAL_CHECKPOINT_FRAMES pages, and
+    pauses (the checkpoint included) about pause_ratio times as long as it held the lock (at least pause_s), for
+    waiting writers to get in. All chunks run on one connection (ReapingStore.purge_session). A set `stop` event
+    ends it early, after a whole chunk."""
     if older_than_s < 0:
         raise ValueError("older_than_s must be >= 0")
     store = store or ReapingStore(engine, busy_timeout_s)
@@ -158,63 +171,117 @@ def purge(
     if dry_run:
         operations, items = _with_retries(store, attempts, lambda: store.count_expired(cutoff), "count expired")
         return PurgeSummary(operations, items, time.monotonic() - started, True, cutoff, 0, None)
-    operations = items = chunks = 0
-    locked = longest = 0.0
-    wal_frames = 0
+    totals = _Totals()
     sizer = _ChunkSizer(chunk_items, chunk_operations, chunk_target_s)
-    while True:
-        max_items, max_operations = sizer.limits()
-        began = time.monotonic()
-        try:
-            result: ChunkResult = _with_retries(
-                store, attempts, lambda: store.delete_expired_chunk(cutoff, max_items, max_operations), "purge"
-            )
-        except DatabaseUnavailable as exc:
-            raise DatabaseUnavailable(
-                f"{exc}; purge stopped after {operations} operations and {items} items "
-                "(what was purged is whole: run it again)"
-            ) from None
-        held = time.monotonic() - began
-        if result.nothing:
-            break
-        operations += result.operations
-        items += result.items
-        chunks += 1
-        locked += held
-        longest = max(longest, held)
-        if stop is not None and stop.is_set():
-            break
-        # Outside the lock: fold this chunk's pages into the file (PASSIVE blocks no one), so the WAL stays small
-        # and no recorder's commit inherits a large automatic checkpoint. That time counts towards the pause.
-        # The pause is jittered, so a waiting writer's polls cannot fall into step with our chunks.
-        pause = max(pause_s, held * pause_ratio) * random.uniform(1.0, 1.5)
-        began = time.monotonic()
-        try:
-            wal = store.checkpoint_between_chunks(WAL_RESTART_FRAMES)
-        except SQLAlchemyError as exc:
-            log.debug("%s; the purge goes on", unavailable(store.location, exc, "checkpoint during purge"))
-            wal = None
-        added = None
-        if wal is not None:
-            # The chunk's own pages: the WAL's growth since the last look, or all of it if it restarted since (a
-            # long reader can keep it from restarting; its whole length would then shrink chunks for nothing).
-            frames, restarted = wal
-            added = frames - wal_frames if frames >= wal_frames else frames
-            wal_frames = 0 if restarted else frames
-        sizer.observe(held, added)
-        time.sleep(max(0.0, pause - (time.monotonic() - began)))
+    wal = _WalBudget()
+    with store.purge_session() as session:
+        while True:
+            max_items, max_operations = sizer.limits()
+            began, cpu_began = time.monotonic(), time.thread_time()
+            try:
+                result: ChunkResult = _with_retries(
+                    store, attempts, lambda: session.delete_chunk(cutoff, max_items, max_operations, chunk_target_s),
+                    "purge",
+                )
+            except DatabaseUnavailable as exc:
+                raise DatabaseUnavailable(
+                    f"{exc}; purge stopped after {totals.operations} operations and {totals.items} items "
+                    "(what was purged is whole: run it again)"
+                ) from None
+            held = time.monotonic() - began
+            if result.nothing:
+                break
+            totals.add_chunk(result, held, time.thread_time() - cpu_began)
+            if stop is not None and stop.is_set():
+                break
+            # Outside the lock, when the WAL nears its budget: fold the pages of the chunks since into the file
+            # (PASSIVE blocks no one), so no recorder's commit inherits a large automatic checkpoint. That time
+            # counts towards the pause; the pause is jittered, so a waiting writer's polls cannot fall into step
+            # with our chunks.
+            pause = max(pause_s, held * pause_ratio) * random.uniform(1.0, 1.5)
+            began = time.monotonic()
+            rows = result.operations + result.items + result.batch_rows
+            wal.wrote(rows)
+            if wal.due(next_rows=rows * 5 // 4):  # the next chunk: at most a quarter larger (_ChunkSizer)
+                try:
+                    wal.checkpointed(store.checkpoint_between_chunks(WAL_RESTART_FRAMES))
+                except SQLAlchemyError as exc:
+                    log.debug("%s; the purge goes on", unavailable(store.location, exc, "checkpoint during purge"))
+                totals.add_checkpoint(time.monotonic() - began)
+            sizer.observe(held, wal.chunk_frames(rows), result.timed_out)
+            rest = max(0.0, pause - (time.monotonic() - began))
+            totals.paused_s += rest
+            time.sleep(rest)
     checkpoint = None
-    if operations + items >= checkpoint_min_rows:
+    if totals.operations + totals.items >= checkpoint_min_rows:
         try:
             checkpoint = store.checkpoint()
         except SQLAlchemyError as exc:  # the purge itself is done; a later checkpoint will fold the WAL
             log.warning("%s", unavailable(store.location, exc, "WAL checkpoint after purge"))
-    summary = PurgeSummary(
-        operations, items, time.monotonic() - started, False, cutoff, chunks, checkpoint, locked, longest
-    )
-    if operations:
-        log.info("purged %d operations and %d items in %.2fs", operations, items, summary.seconds)
+    summary = totals.summary(time.monotonic() - started, cutoff, checkpoint)
+    if summary.operations:
+        log.info("purged %d operations and %d items in %.2fs", summary.operations, summary.items, summary.seconds)
     return summary
+
+
+class _Totals:
+    """What a purge did and where its time went (PurgeSummary)."""
+
+    def __init__(self) -> None:
+        self.operations = self.items = self.chunks = self.checkpoints = 0
+        self.locked_s = self.longest_s = self.locked_cpu_s = self.checkpoint_s = self.paused_s = 0.0
+
+    def add_chunk(self, result: ChunkResult, held_s: float, cpu_s: float) -> None:
+        self.operations += result.operations
+        self.items += result.items
+        self.chunks += 1
+        self.locked_s += held_s
+        self.longest_s = max(self.longest_s, held_s)
+        self.locked_cpu_s += cpu_s
+
+    def add_checkpoint(self, seconds: float) -> None:
+        self.checkpoints += 1
+        self.checkpoint_s += seconds
+
+    def summary(self, seconds: float, cutoff: datetime, checkpoint: str | None) -> PurgeSummary:
+        return PurgeSummary(
+            self.operations, self.items, seconds, False, cutoff, self.chunks, checkpoint, self.locked_s,
+            self.longest_s, self.locked_cpu_s, self.checkpoints, self.checkpoint_s, self.paused_s,
+        )
+
+
+class _WalBudget:
+    """When to checkpoint between chunks: before the WAL could reach WAL_CHECKPOINT_FRAMES pages, by the pages per
+    purged row the checkpoints so far found (each checkpoint mostly waits for two fsyncs, whatever it copies, so
+    one after every chunk took a third of a purge's time under load). Until a checkpoint has measured that, after
+    every chunk."""
+
+    def __init__(self) -> None:
+        self.frames_per_row: float | None = None
+        self.rows = 0  # rows purged since the WAL last started over
+
+    def wrote(self, rows: int) -> None:
+        self.rows += rows
+
+    def due(self, next_rows: int) -> bool:
+        per_row = self.frames_per_row
+        return per_row is None or (self.rows + next_rows) * per_row > WAL_CHECKPOINT_FRAMES
+
+    def checkpointed(self, wal: tuple[int, bool] | None) -> None:
+        if wal is None:  # not SQLite: nothing to budget
+            self.frames_per_row, self.rows = 0.0, 0
+            return
+        frames, restarted = wal
+        if self.rows:
+            # Up at once, down gently: a WAL past SQLite's automatic checkpoint costs a recorder a checkpoint.
+            measured = frames / self.rows
+            previous = self.frames_per_row
+            self.frames_per_row = measured if previous is None or measured > previous else (previous + measured) / 2
+        if restarted:
+            self.rows = 0
+
+    def chunk_frames(self, rows: int) -> int | None:
+        return None if self.frames_per_row is None else int(rows * self.frames_per_row)
 
 
 class _ChunkSizer:
@@ -225,17 +292,23 @@ class _ChunkSizer:
 
     def __init__(self, max_items: int, max_operations: int, target_s: float) -> None:
         self.max_items, self.max_operations, self.target_s = max(1, max_items), max(1, max_operations), target_s
-        self.scale = 0.2  # start small: the first chunks read cold pages and cost more than later ones
+        # Start small: the first chunks read cold pages, and the oldest expired operations may be scattered over
+        # the file (the cancelled ones, picked first: 'cancelled' sorts first in the index), a page or more each.
+        self.scale = 0.1
 
     def limits(self) -> tuple[int, int]:
         return max(1, int(self.max_items * self.scale)), max(1, int(self.max_operations * self.scale))
 
-    def observe(self, held_s: float, frames: int | None) -> None:
-        over = max(held_s / self.target_s, (frames or 0) / WAL_FRAMES_TARGET)
+    def observe(self, held_s: float, frames: int | None, timed_out: bool = False) -> None:
+        """timed_out: the chunk stopped at its time limit before deleting all it picked; its length then says
+        nothing about the limits (a smaller chunk would have stopped no sooner)."""
+        over = (frames or 0) / WAL_FRAMES_TARGET
+        if not timed_out:
+            over = max(over, held_s / self.target_s)
         if over > 1:
             self.scale = max(0.01, self.scale * max(0.25, 1 / over))
-        elif over < 0.75:
-            self.scale = min(1.0, self.scale * 1.15)
+        elif over < 0.75 and not timed_out:
+            self.scale = min(1.0, self.scale * min(1.25, 0.75 / max(over, 0.01)))
 
 
 def _with_retries(store: ReapingStore, attempts: int, fn: Callable[[], T], what: str) -> T:
