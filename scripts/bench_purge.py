@@ -10,12 +10,16 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench_common import REPO, raw_connection
 from bench_data import copy_database, status_database
 from tracker import Settings
 from tracker.db import open_engine
 from tracker.timeutil import iso
+
+if TYPE_CHECKING:
+    from bench_postgres import BenchPostgres
 
 RETENTION_S = 3600.0  # the default: every operation in the generated file ended at least two hours before
 
@@ -54,7 +58,7 @@ print(json.dumps({"calls": calls, "worst_ms": worst * 1000, "slow": slow, "error
 class Recorder:
     """A process recording items into its own batch on `db` until stopped; reports its slowest record call."""
 
-    def __init__(self, db: Path, workdir: Path, name: str) -> None:
+    def __init__(self, db: Path | str, workdir: Path, name: str) -> None:
         self.stop_file = workdir / f"stop-{name}"
         self.stop_file.unlink(missing_ok=True)
         self.log = workdir / f"recorder-{name}.log"
@@ -100,15 +104,21 @@ def raw_delete(path: Path, cutoff: str) -> tuple[int, float]:
     return operations + items, elapsed
 
 
-def figure_3_purge(workdir: Path, operations: int, items: int, budget_s: float, log=print) -> str:
+def figure_3_purge(
+    workdir: Path, operations: int, items: int, budget_s: float, log=print, pg: BenchPostgres | None = None
+) -> str:
     """The purge is stopped (after a whole chunk) once it has run `budget_s`, so the figure fits the time budget
     of the full mode whatever the purge rate; the line then says how far it got."""
     from tracker.reaper import purge
 
-    source, _reused = status_database(operations, items, log=log)
-    reaped, raw = workdir / "reaped.db", workdir / "raw.db"
-    copy_database(source, reaped)
-    copy_database(source, raw)
+    if pg is None:
+        source, _reused = status_database(operations, items, log=log)
+        reaped, raw = workdir / "reaped.db", workdir / "raw.db"
+        copy_database(source, reaped)
+        copy_database(source, raw)
+    else:
+        source_url = pg.status_database(operations, items, log=log)
+        reaped, raw = pg.copy(source_url, "reaped"), pg.copy(source_url, "raw")
 
     engine = open_engine(Settings.from_env({}, db=str(reaped), reap_interval_s=0))
     recorder = Recorder(reaped, workdir, "reaper")
@@ -121,13 +131,17 @@ def figure_3_purge(workdir: Path, operations: int, items: int, budget_s: float, 
         timer.cancel()
         during_purge = recorder.stop()
         engine.dispose()
-    cutoff = iso(summary.cutoff)
     purged = summary.operations + summary.items
     rate = purged / summary.seconds
 
     recorder = Recorder(raw, workdir, "raw")
     try:
-        raw_rows, raw_seconds = raw_delete(raw, cutoff)
+        if pg is None:
+            raw_rows, raw_seconds = raw_delete(raw, iso(summary.cutoff))
+        else:
+            import bench_postgres
+
+            raw_rows, raw_seconds = bench_postgres.raw_delete(raw, summary.cutoff)
     finally:
         during_raw = recorder.stop()
     raw_rate = raw_rows / raw_seconds
@@ -137,17 +151,20 @@ def figure_3_purge(workdir: Path, operations: int, items: int, budget_s: float, 
         "all" if complete
         else f"STOPPED at the {budget_s:.0f} s budget after {purged / (operations + items):.1%} of the rows"
     )
+    lock = "holding the write lock" if pg is None else "in its delete transactions"
+    retried_after = " after 'database is locked'" if pg is None else ""
     return (
-        f"3 purge of {operations:,} expired operations + {items:,} items by tracker.reaper.purge ({progress}):"
+        f"3 purge{'' if pg is None else ' on PostgreSQL'} of {operations:,} expired operations + {items:,} items by"
+        f" tracker.reaper.purge ({progress}):"
         f" {rate:,.0f} rows/s ({purged:,} rows in {summary.seconds:.1f} s, {summary.chunks:,} chunks,"
-        f" {summary.locked_s:.1f} s of it holding the write lock, longest chunk"
+        f" {summary.locked_s:.1f} s of it {lock}, longest chunk"
         f" {summary.longest_chunk_s * 1000:.0f} ms);"
         f" concurrent recorder ({RECORDING_RATE:,} items/s) worst stall"
         f" {stall_ms:,.0f} ms over {during_purge['calls']:,} record calls ({during_purge['errors']} errors,"
         f" {during_purge['flush_retries']} flushes retried)"
         f" | one raw DELETE on an equal copy: {raw_rate:,.0f} rows/s ({raw_seconds:.1f} s), recorder worst stall"
         f" {during_raw['worst_ms']:,.0f} ms ({during_raw['errors']} errors, {during_raw['flush_retries']} background"
-        " flushes retried after 'database is locked')"
+        f" flushes retried{retried_after})"
         f" | ratio {rate / raw_rate:.2f} (target >= 0.5: {'met' if rate >= 0.5 * raw_rate else 'MISSED'})"
         f" | worst stall target <= 100 ms: {'met' if stall_ms <= 100 else 'MISSED'}"
         + ("" if raw_rows == operations + items else f" | RAW DELETE INCOMPLETE: {raw_rows:,} rows")
