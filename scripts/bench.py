@@ -8,6 +8,7 @@ these machines are shared and noisy: read the ratios, not the absolute numbers.
     ./dev bench --scaling  per-item and per-read costs at several sizes instead (about 5 minutes)
     ./dev bench --peers    figures P1-P3 only: tracker against Celery and huey (`pip install -e '.[bench]'`);
                            with --quick, small sizes (about a minute)
+    ./dev bench --backend postgresql [--quick]   figures 1-4 and 6 on a PostgreSQL server the script starts
 
 Figures (one module each): 1 and 4 recording (bench_recording.py), 2 status reads at scale (bench_status.py),
 3 purge (bench_purge.py: median of 3 runs, and in full mode the per-row cost at two sizes), 5 remote runs against
@@ -19,7 +20,9 @@ minute) and cached in the system temp dir (tracker-bench-cache/, keyed by schema
 version): later runs reuse it, and figure 3 purges a copy; figure 8 reads the cached database of figure 2's quick
 mode. Figures P1-P3 (bench_peers.py, library models in bench_peer_libs.py) run the recording, status and purge
 workloads through tracker, Celery's database result backend and huey's SqliteStorage, and print tracker's ratio to
-each.
+each. With --backend postgresql, figures 1-4 and 6 run on a server initdb'd into a temporary directory for the run
+(PostgreSQL's default durability: fsync and synchronous_commit on; 127.0.0.1, a free port), with figure 2's
+database loaded by COPY (bench_postgres.py); the other figures say "SQLite only".
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from bench_common import median_spread, sqlite_module  # (first: puts this checkout on sys.path)
@@ -45,34 +49,35 @@ from bench_tasks import figure_9_tasks
 FIGURES = {
     # Full size in quick mode too: its 3 runs take a few seconds, and a smaller batch has deciles shorter than one
     # flush interval, which makes the last/first decile ratio meaningless.
-    1: lambda workdir, quick: figure_1_recording(workdir, 100_000),
-    2: lambda workdir, quick: (
-        figure_2_status(workdir, 20_000, 100_000, 500)
+    1: lambda workdir, quick, pg: figure_1_recording(workdir, 100_000, pg=pg),
+    2: lambda workdir, quick, pg: (
+        figure_2_status(workdir, 20_000, 100_000, 500, pg=pg)
         if quick
-        else figure_2_status(workdir, 1_000_000, 5_000_000, 3_000)
+        else figure_2_status(workdir, 1_000_000, 5_000_000, 3_000, pg=pg)
     ),
-    3: lambda workdir, quick: (
-        figure_3_purge(workdir, 20_000, 100_000, 30.0)
+    3: lambda workdir, quick, pg: (
+        figure_3_purge(workdir, 20_000, 100_000, 30.0, pg=pg)
         if quick
-        else figure_3_purge(workdir, 1_000_000, 5_000_000, 180.0, scaling=True)
+        else figure_3_purge(workdir, 1_000_000, 5_000_000, 180.0, scaling=True, pg=pg)
     ),
     # Full size in quick mode too (about 5 s): with 5,000 items a worker's whole run is one or two flushes, and
     # the figure measures SQLite's busy-wait backoff more than recording.
-    4: lambda workdir, quick: figure_4_contention(workdir, 8, 25_000),
-    5: lambda workdir, quick: (
+    4: lambda workdir, quick, pg: figure_4_contention(workdir, 8, 25_000, pg),
+    5: lambda workdir, quick, pg: (
         figure_5_runs(workdir, 200, 20, 4, 10.0) if quick else figure_5_runs(workdir, 1_000, 100, 4, 60.0)
     ),
-    6: lambda workdir, quick: figure_6_memory(workdir, 100_000 if quick else 1_000_000),
-    7: lambda workdir, quick: (
+    6: lambda workdir, quick, pg: figure_6_memory(workdir, 100_000 if quick else 1_000_000, pg),
+    7: lambda workdir, quick, pg: (
         figure_7_large_batch(workdir, 1_000, 10_000, 30) if quick else figure_7_large_batch(workdir, 10_000, 10_000, 100)
     ),
     # Quick mode is about 25 s, most of it starting the three servers; full mode about 2.5 minutes.
-    8: lambda workdir, quick: figure_8_http(workdir, 60, 1.0) if quick else figure_8_http(workdir, 1_000, 10.0),
+    8: lambda workdir, quick, pg: figure_8_http(workdir, 60, 1.0) if quick else figure_8_http(workdir, 1_000, 10.0),
     # Quick mode is about 20 s (100 tasks, 1 s windows); full mode about 2 minutes (1,000 tasks, 5 s windows).
-    9: lambda workdir, quick: (
+    9: lambda workdir, quick, pg: (
         figure_9_tasks(workdir, 30, 100, 1.0) if quick else figure_9_tasks(workdir, 300, 1_000, 5.0)
     ),
 }
+POSTGRESQL_FIGURES = (1, 2, 3, 4, 6)  # the others measure what only SQLite has, or the upstream and the protocol
 
 
 SCALING_ITEMS = (10_000, 100_000, 1_000_000)
@@ -114,6 +119,10 @@ def main() -> int:
     parser.add_argument("--only", type=int, action="append", help="run only this figure (repeatable)")
     parser.add_argument("--scaling", action="store_true", help="the costs at several sizes instead of the figures")
     parser.add_argument("--peers", action="store_true", help="run figures P1-P3 (tracker against Celery and huey)")
+    parser.add_argument(
+        "--backend", choices=("sqlite", "postgresql"), default="sqlite",
+        help="postgresql: figures 1-4 and 6 on a PostgreSQL server started for the run (default durability)",
+    )
     args = parser.parse_args()
     if args.peers:
         return peers(args.quick)
@@ -126,12 +135,22 @@ def main() -> int:
     unknown = [n for n in chosen if n not in FIGURES]
     if unknown:
         parser.error(f"no figure {unknown[0]}; figures are {', '.join(map(str, sorted(FIGURES)))}")
-    print(f"tracker bench ({'quick' if args.quick else 'full'} mode), SQLite {sqlite_module().sqlite_version}")
-    for number in chosen:
-        with tempfile.TemporaryDirectory(prefix=f"tracker-bench-{number}-") as workdir:
-            started = time.perf_counter()
-            line = FIGURES[number](Path(workdir), args.quick)
-            print(f"{line} [{time.perf_counter() - started:.0f} s]", flush=True)
+    with ExitStack() as stack:
+        pg = None
+        if args.backend == "postgresql":
+            from bench_postgres import BenchPostgres
+
+            pg = stack.enter_context(BenchPostgres())
+        backend = f"SQLite {sqlite_module().sqlite_version}" if pg is None else pg.describe()
+        print(f"tracker bench ({'quick' if args.quick else 'full'} mode), {backend}", flush=True)
+        for number in chosen:
+            if pg is not None and number not in POSTGRESQL_FIGURES:
+                print(f"{number} SQLite only (skipped)", flush=True)
+                continue
+            with tempfile.TemporaryDirectory(prefix=f"tracker-bench-{number}-") as workdir:
+                started = time.perf_counter()
+                line = FIGURES[number](Path(workdir), args.quick, pg)
+                print(f"{line} [{time.perf_counter() - started:.0f} s]", flush=True)
     return 0
 
 

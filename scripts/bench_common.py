@@ -41,7 +41,9 @@ def median_spread(values: list[float], fmt: str) -> str:
 
 
 @asynccontextmanager
-async def mcp_session(db: Path, env: Mapping[str, str] | None = None, errlog: Path | None = None) -> AsyncIterator[Any]:
+async def mcp_session(
+    db: Path | str, env: Mapping[str, str] | None = None, errlog: Path | None = None
+) -> AsyncIterator[Any]:
     """A ToolClient (tracker.testing.client) on a fresh `python -m tracker serve` subprocess on `db`."""
     from tracker.testing.client import stdio
 

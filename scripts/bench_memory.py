@@ -7,10 +7,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
 from bench_common import REPO, mcp_session, memory_kb, reset_peak_rss, server_pid
+
+if TYPE_CHECKING:
+    from bench_postgres import BenchPostgres
 
 RECORDER = """
 import sys
@@ -32,8 +36,8 @@ with tracker.Tracker.open(db) as t:
 POLL_EVERY_S = 0.1  # twenty times the rate an agent is told to poll at: the server sees many more reads
 
 
-def figure_6_memory(workdir: Path, items: int) -> str:
-    db = workdir / "memory.db"
+def figure_6_memory(workdir: Path, items: int, pg: BenchPostgres | None = None) -> str:
+    db = str(workdir / "memory.db") if pg is None else pg.database("memory")
 
     async def measure() -> dict[str, float]:
         async with mcp_session(db, errlog=workdir / "serve.log") as session:
@@ -45,7 +49,7 @@ def figure_6_memory(workdir: Path, items: int) -> str:
             idle = memory_kb(pid)["VmRSS"]
             hwm_reset = reset_peak_rss(pid)
             recorder = subprocess.Popen(
-                [sys.executable, "-c", RECORDER, str(REPO), str(db), str(items)],
+                [sys.executable, "-c", RECORDER, str(REPO), db, str(items)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             )
             assert recorder.stdin is not None and recorder.stdout is not None
@@ -76,7 +80,8 @@ def figure_6_memory(workdir: Path, items: int) -> str:
     growth_mb = (m["peak"] - m["idle"]) / 1024
     exact = m["completed"] == items and m["status"] == "completed" and m["recorder_rc"] == 0
     return (
-        f"6 memory of tracker serve while {items:,} items are recorded by another process"
+        f"6 memory of tracker serve{'' if pg is None else ' on PostgreSQL'} while {items:,} items are recorded by"
+        f" another process"
         f" ({m['polls']:,} get_batch_status polls over {m['elapsed']:.0f} s): peak RSS {m['peak'] / 1024:.1f} MB"
         f"{' (VmHWM)' if m['hwm'] else ' (sampled VmRSS)'}, after {m['after'] / 1024:.1f} MB"
         f" | same process idle {m['idle'] / 1024:.1f} MB | growth {growth_mb:.1f} MB"

@@ -20,12 +20,16 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench_common import REPO, median_spread, raw_connection
 from bench_data import copy_database, status_database
 from tracker import Settings
 from tracker.db import open_engine
 from tracker.timeutil import iso
+
+if TYPE_CHECKING:
+    from bench_postgres import BenchPostgres
 
 RETENTION_S = 3600.0  # the default: every operation in the generated file ended at least two hours before
 RUNS = 3
@@ -69,7 +73,7 @@ print(json.dumps({"calls": calls, "worst_ms": worst * 1000, "over_50ms": over, "
 class Recorder:
     """A process recording items into its own batch on `db` until stopped; reports its slowest record call."""
 
-    def __init__(self, db: Path, workdir: Path, name: str) -> None:
+    def __init__(self, db: Path | str, workdir: Path, name: str) -> None:
         self.stop_file = workdir / f"stop-{name}"
         self.stop_file.unlink(missing_ok=True)
         self.log = workdir / f"recorder-{name}.log"
@@ -146,13 +150,18 @@ class Run:
         return self.during_purge["worst_ms"]
 
 
-def one_run(source: Path, workdir: Path, n: int, budget_s: float) -> Run:
-    """One purge and one raw DELETE, each on its own fresh copy of `source`, each with the recorder running."""
+def one_run(source: Path | str, workdir: Path, n: int, budget_s: float, pg: BenchPostgres | None = None) -> Run:
+    """One purge and one raw DELETE, each on its own fresh copy of `source` (a file, or on PostgreSQL a database
+    URL), each with the recorder running."""
     from tracker.reaper import purge
 
-    reaped, raw = workdir / f"reaped-{n}.db", workdir / f"raw-{n}.db"
-    copy_database(source, reaped)
-    copy_database(source, raw)
+    if pg is None:
+        reaped, raw = workdir / f"reaped-{n}.db", workdir / f"raw-{n}.db"
+        copy_database(source, reaped)
+        copy_database(source, raw)
+    else:
+        reaped, raw = pg.copy(str(source), "reaped"), pg.copy(str(source), "raw")
+        pg.settle()
     load_before = os.getloadavg()[0]
 
     def run_purge():
@@ -172,10 +181,15 @@ def one_run(source: Path, workdir: Path, n: int, budget_s: float) -> Run:
             engine.dispose()
         return summary, during, alone
 
-    def run_raw(cutoff: str):
+    def run_raw(cutoff: datetime):
         recorder = Recorder(raw, workdir, f"raw-{n}")
         try:
-            rows, seconds = raw_delete(raw, cutoff)
+            if pg is None:
+                rows, seconds = raw_delete(raw, iso(cutoff))
+            else:
+                import bench_postgres
+
+                rows, seconds = bench_postgres.raw_delete(raw, cutoff)
         finally:
             during = recorder.stop()
         return rows, seconds, during
@@ -184,24 +198,32 @@ def one_run(source: Path, workdir: Path, n: int, budget_s: float) -> Run:
     # before either cutoff, so both delete all of them.
     if n % 2 == 0:
         summary, during_purge, alone = run_purge()
-        raw_rows, raw_seconds, during_raw = run_raw(iso(summary.cutoff))
+        raw_rows, raw_seconds, during_raw = run_raw(summary.cutoff)
     else:
-        raw_rows, raw_seconds, during_raw = run_raw(iso(datetime.now(timezone.utc) - timedelta(seconds=RETENTION_S)))
+        raw_rows, raw_seconds, during_raw = run_raw(datetime.now(timezone.utc) - timedelta(seconds=RETENTION_S))
         summary, during_purge, alone = run_purge()
-    for leftover in workdir.glob(f"*-{n}.db*"):
-        leftover.unlink()
+    if pg is None:
+        for leftover in workdir.glob(f"*-{n}.db*"):
+            leftover.unlink()
+    else:
+        pg.drop(reaped)
+        pg.drop(raw)
     return Run(
         (load_before, os.getloadavg()[0]), summary, during_purge, alone, raw_rows, raw_seconds, during_raw
     )
 
 
 def figure_3_purge(
-    workdir: Path, operations: int, items: int, budget_s: float, scaling: bool = False, log=print
+    workdir: Path, operations: int, items: int, budget_s: float, scaling: bool = False, log=print,
+    pg: BenchPostgres | None = None,
 ) -> str:
     """The purge is stopped (after a whole chunk) once it has run `budget_s`, so the figure fits the time budget
     of the full mode whatever the purge rate; the line then says how far it got."""
-    source, _reused = status_database(operations, items, log=log)
-    runs = [one_run(source, workdir, n, budget_s) for n in range(RUNS)]
+    if pg is None:
+        source: Path | str = status_database(operations, items, log=log)[0]
+    else:
+        source = pg.status_database(operations, items, log=log)
+    runs = [one_run(source, workdir, n, budget_s, pg) for n in range(RUNS)]
     median = sorted(runs, key=lambda r: r.ratio)[RUNS // 2]
     ratios = [r.ratio for r in runs]
     stalls = [r.stall_ms for r in runs]
@@ -213,13 +235,15 @@ def figure_3_purge(
         f" {min(r.rows for r in runs) / (operations + items):.1%} of the rows in one run at least"
     )
     line = (
-        f"3 purge of {operations:,} expired operations + {items:,} items by tracker.reaper.purge ({progress}),"
+        f"3 purge{'' if pg is None else ' on PostgreSQL'} of {operations:,} expired operations + {items:,} items by tracker.reaper.purge ({progress}),"
         f" median (min-max) of {RUNS} runs, each on fresh copies, load {min(loads):.1f}-{max(loads):.1f}:"
         f" {median_spread([r.rate for r in runs], ',.0f')} rows/s"
         f" | median run: {median.rows:,} rows in {p.seconds:.1f} s, {p.chunks:,} chunks, {p.locked_s:.1f} s of it"
-        f" holding the write lock ({p.locked_cpu_s:.1f} s of CPU time: the rest waiting for a CPU or the disk),"
-        f" longest chunk {p.longest_chunk_s * 1000:.0f} ms; {p.checkpoints:,} WAL checkpoints between chunks"
-        f" {p.checkpoint_s:.1f} s; pauses {p.paused_s:.1f} s"
+        f" {'holding the write lock' if pg is None else 'in its delete transactions'}"
+        f" ({p.locked_cpu_s:.1f} s of CPU time: the rest waiting for a CPU, the disk or the server),"
+        f" longest chunk {p.longest_chunk_s * 1000:.0f} ms;"
+        + (f" {p.checkpoints:,} WAL checkpoints between chunks {p.checkpoint_s:.1f} s;" if pg is None else "")
+        + f" pauses {p.paused_s:.1f} s"
         f" | concurrent recorder ({RECORDING_RATE:,} items/s) worst stall {median_spread(stalls, ',.0f')} ms"
         f" ({sum(r.during_purge['over_50ms'] for r in runs)} calls over 50 ms in"
         f" {sum(r.during_purge['calls'] for r in runs):,},"
@@ -240,7 +264,7 @@ def figure_3_purge(
             f" | RAW DELETE INCOMPLETE in a run: {r.raw_rows:,} rows" for r in runs if r.raw_rows != operations + items
         )
     )
-    if scaling:
+    if scaling and pg is None:
         line += " | " + scaling_rows(workdir, [(100_000, 500_000), (operations, items)], {(operations, items): runs},
                                      budget_s, log)
     return line

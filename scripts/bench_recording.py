@@ -7,9 +7,13 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench_common import REPO, median_spread, raw_connection
 from tracker import Settings, Tracker
+
+if TYPE_CHECKING:
+    from bench_postgres import BenchPostgres
 
 RUNS = 3
 OP_ID = "batch_import_" + "0" * 32
@@ -21,14 +25,19 @@ def work_items(items: int) -> list[tuple[str, int | None]]:
     return [(f"item-{n:07d}", n + 1 if n % 10 == 9 else None) for n in range(items)]
 
 
-def raw_executemany_rate(path: Path, work: list[tuple[str, int | None]]) -> float:
-    """Baseline: the same rows into an identically indexed table with plain sqlite3, one executemany, one txn. The
-    rows bind what the fastest raw code would: the flag as an int (a bool goes through the driver's adapter
-    lookup), built before the clock as the library's caller has its ids before it records them."""
-    rows = [
-        (OP_ID, 1, item_id, None, None) if row_number is None else (OP_ID, 0, item_id, row_number, "rejected")
+def raw_rows(work: list[tuple[str, int | None]], flag: type = int) -> list[tuple]:
+    """The rows a raw baseline inserts, built before its clock as the library's caller has its ids before it
+    records them. The flag binds as the fastest raw code binds it: an int on SQLite (a bool goes through the
+    driver's adapter lookup), a bool for PostgreSQL's boolean column."""
+    return [
+        (OP_ID, flag(1), item_id, None, None) if row_number is None else (OP_ID, flag(0), item_id, row_number, "rejected")
         for item_id, row_number in work
     ]
+
+
+def raw_executemany_rate(path: Path, work: list[tuple[str, int | None]]) -> float:
+    """Baseline: the same rows into an identically indexed table with plain sqlite3, one executemany, one txn."""
+    rows = raw_rows(work)
     conn = raw_connection(path)
     conn.execute(
         "CREATE TABLE operation_items (seq INTEGER PRIMARY KEY, operation_id TEXT NOT NULL, ok BOOLEAN NOT NULL,"
@@ -46,12 +55,14 @@ def raw_executemany_rate(path: Path, work: list[tuple[str, int | None]]) -> floa
     return len(rows) / elapsed
 
 
-def api_record(path: Path, work: list[tuple[str, int | None]]) -> tuple[float, float]:
+def api_record(db: Path | str, work: list[tuple[str, int | None]], pg: BenchPostgres | None = None) -> tuple[float, float]:
     """Items recorded into one batch through the library API at its default durability, through bound methods as
     a tight caller would: (items/s, last decile's / first decile's per-item cost)."""
     items = len(work)
     decile = max(1, items // 10)
-    with Tracker(Settings.from_env({}, db=str(path))) as tracker:
+    with Tracker(Settings.from_env({}, db=str(db))) as tracker:
+        if pg is not None:
+            pg.settle()  # the migrations' and the previous measure's work is not done during this one
         batch = tracker.start_batch("import", total=items)
         success, failure = batch.record_success, batch.record_failure
         marks = [time.perf_counter()]
@@ -69,14 +80,26 @@ def api_record(path: Path, work: list[tuple[str, int | None]]) -> tuple[float, f
     return decile * 10 / elapsed, (marks[-1] - marks[-2]) / (marks[1] - marks[0])
 
 
-def recording_runs(workdir: Path, items: int, runs: int = RUNS) -> dict[str, list[float]]:
-    """`runs` runs of the baseline and the library, alternating, each on a fresh file."""
+def recording_runs(
+    workdir: Path, items: int, runs: int = RUNS, pg: BenchPostgres | None = None
+) -> dict[str, list[float]]:
+    """`runs` runs of the baseline and the library, alternating, each on a fresh file (on PostgreSQL a fresh
+    database; the baseline is a raw COPY, and a raw executemany is measured beside it)."""
     workdir.mkdir(parents=True, exist_ok=True)
     work = work_items(items)
-    measured: dict[str, list[float]] = {"raw": [], "api": [], "flat": [], "ratio": []}
+    measured: dict[str, list[float]] = {"raw": [], "api": [], "flat": [], "ratio": [], "executemany": []}
     for run in range(runs):
-        raw = raw_executemany_rate(workdir / f"raw-{run}.db", work)
-        api, flat = api_record(workdir / f"api-{run}.db", work)
+        if pg is None:
+            raw = raw_executemany_rate(workdir / f"raw-{run}.db", work)
+            db: Path | str = workdir / f"api-{run}.db"
+        else:
+            from bench_postgres import raw_insert_rate
+
+            rows = raw_rows(work, bool)
+            raw = raw_insert_rate(pg, rows, "copy")
+            measured["executemany"].append(raw_insert_rate(pg, rows, "executemany"))
+            db = pg.database("api")
+        api, flat = api_record(db, work, pg)
         measured["raw"].append(raw)
         measured["api"].append(api)
         measured["flat"].append(flat)
@@ -84,12 +107,30 @@ def recording_runs(workdir: Path, items: int, runs: int = RUNS) -> dict[str, lis
     return measured
 
 
-def figure_1_recording(workdir: Path, items: int, runs: int = RUNS) -> str:
-    """Items recorded into one batch through the library API at its default durability, vs raw executemany."""
+def figure_1_recording(workdir: Path, items: int, runs: int = RUNS, pg: BenchPostgres | None = None) -> str:
+    """Items recorded into one batch through the library API at its default durability, vs raw executemany (on
+    PostgreSQL vs a raw COPY, the target's baseline there)."""
     load_before = os.getloadavg()[0]
-    measured = recording_runs(workdir, items, runs)
+    measured = recording_runs(workdir, items, runs, pg)
     load_after = os.getloadavg()[0]
     _SINGLE_RATE["api"] = statistics.median(measured["api"])
+    if pg is not None:
+        from bench_postgres import copy_per_executemany
+
+        per_group = copy_per_executemany(pg, raw_rows(work_items(items), bool))
+        ratio = statistics.median(measured["ratio"])
+        over_executemany = [api / raw for api, raw in zip(measured["api"], measured["executemany"])]
+        return (
+            f"1 recording {items:,} items on PostgreSQL: api {median_spread(measured['api'], ',.0f')} items/s"
+            f" | raw psycopg COPY {median_spread(measured['raw'], ',.0f')} rows/s, executemany"
+            f" {median_spread(measured['executemany'], ',.0f')} rows/s (one transaction each)"
+            f" | ratio api/COPY {median_spread(measured['ratio'], '.2f')} (target >= 0.70:"
+            f" {'met' if ratio >= 0.7 else 'MISSED'}), api/executemany {median_spread(over_executemany, '.2f')}"
+            f" | last 10% / first 10% per-item cost {median_spread(measured['flat'], '.2f')} (target <= 1.2)"
+            f" | a flush group's transaction, COPY time / executemany time:"
+            f" {', '.join(f'{size:,} items {r:.2f}' for size, r in per_group.items())}"
+            f" | median (min-max) of {runs} runs, load {load_before:.1f}-{load_after:.1f} on {os.cpu_count()} cores"
+        )
     return (
         f"1 recording {items:,} items: api {median_spread(measured['api'], ',.0f')} items/s"
         f" | raw sqlite3 executemany (int flags) {median_spread(measured['raw'], ',.0f')} rows/s"
@@ -102,10 +143,10 @@ def figure_1_recording(workdir: Path, items: int, runs: int = RUNS) -> str:
 _SINGLE_RATE: dict[str, float] = {}
 
 
-def _api_record_rate(workdir: Path, items: int) -> float:
+def _api_record_rate(workdir: Path, items: int, pg: BenchPostgres | None) -> float:
     """Figure 1's measure (one run), reused as the single-process baseline of figure 4."""
     workdir.mkdir(parents=True, exist_ok=True)
-    return api_record(workdir / "api.db", work_items(items))[0]
+    return api_record(workdir / "api.db" if pg is None else pg.database("single"), work_items(items), pg)[0]
 
 
 RECORDER = """
@@ -140,24 +181,26 @@ print(polls)
 """
 
 
-def figure_4_contention(workdir: Path, processes: int, items: int) -> str:
+def figure_4_contention(workdir: Path, processes: int, items: int, pg: BenchPostgres | None = None) -> str:
     """N processes each recording into its own batch at once, while 2 processes poll all of them."""
     import subprocess
 
-    single = _SINGLE_RATE.get("api") or _api_record_rate(workdir / "single", 100_000 if items >= 25_000 else items)
-    db = workdir / "contention.db"
-    with Tracker(Settings.from_env({}, db=str(db))) as tracker:
+    single = _SINGLE_RATE.get("api") or _api_record_rate(
+        workdir / "single", 100_000 if items >= 25_000 else items, pg
+    )
+    db = str(workdir / "contention.db") if pg is None else pg.database("contention")
+    with Tracker(Settings.from_env({}, db=db)) as tracker:
         ids = [tracker.start_batch("import", total=items).id for _ in range(processes)]
     repo = str(REPO)
     workers = [
-        subprocess.Popen([sys.executable, "-c", RECORDER, repo, str(db), op_id, str(items)],
+        subprocess.Popen([sys.executable, "-c", RECORDER, repo, db, op_id, str(items)],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for op_id in ids
     ]
     for worker in workers:  # the clock starts once every interpreter has imported tracker and attached
         assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
     pollers = [
-        subprocess.Popen([sys.executable, "-c", POLLER, repo, str(db), ",".join(ids)],
+        subprocess.Popen([sys.executable, "-c", POLLER, repo, db, ",".join(ids)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(2)
     ]
@@ -173,14 +216,15 @@ def figure_4_contention(workdir: Path, processes: int, items: int) -> str:
     elapsed = (max(finished) if len(finished) == len(workers) else time.time()) - start_at
     polls = [int(p.communicate()[0] or 0) for p in pollers]
     failed = [e for w, e in zip(workers, errors) if w.returncode != 0 or e.strip()]
-    with Tracker(Settings.from_env({}, db=str(db))) as tracker:
+    with Tracker(Settings.from_env({}, db=db)) as tracker:
         exact = all(
             tracker.get(op_id).succeeded_count == items and tracker.store.count_items(op_id) == (items, 0)
             for op_id in ids
         )
     rate = processes * items / elapsed
     return (
-        f"4 contention {processes} processes x {items:,} items + 2 pollers ({sum(polls):,} status reads):"
+        f"4 contention{'' if pg is None else ' on PostgreSQL'} {processes} processes x {items:,} items + 2 pollers"
+        f" ({sum(polls):,} status reads):"
         f" aggregate {rate:,.0f} items/s | single process {single:,.0f} items/s | ratio {rate / single:.2f}"
         f" (target >= 0.5) | errors {len(failed)} | exact counts {'yes' if exact else 'NO'}"
         + (f" | first error: {failed[0].strip().splitlines()[-1][:200]}" if failed else "")

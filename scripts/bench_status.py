@@ -1,7 +1,8 @@
 """Figure 2: get_batch_status of random operations in a large database of finished operations, through the library
 (tracker.status.StatusService.batch_status, the function the MCP tool calls) and through a real stdio MCP session,
 against two baselines with raw sqlite3 on the same file: the same statements tracker's status read runs, and a
-primary-key lookup of the operation row. The four are interleaved call by call; median (min-max) of 3 runs."""
+primary-key lookup of the operation row (on PostgreSQL with raw psycopg on the same database: the one statement
+tracker runs there, and the same lookup). The four are interleaved call by call; median (min-max) of 3 runs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -21,6 +22,9 @@ from bench_data import status_database
 from tracker import Settings, Tracker
 from tracker.status import STATUS_PAGE_FAILURES, STATUS_PAGE_IDS, StatusService
 from tracker.store.operations import SQLITE_FIRST_FAILURES, SQLITE_FIRST_SUCCESSES, SQLITE_STATUS_BY_ID, STATUS_COLUMNS
+
+if TYPE_CHECKING:
+    from bench_postgres import BenchPostgres
 
 RUNS = 3
 
@@ -90,12 +94,22 @@ def raw_same_statements(conn) -> Callable[[str], Any]:  # noqa: ANN001 (a sqlite
     return read
 
 
-async def _status_runs(path: Path, warm: list[str], ids: list[str], workdir: Path, runs: int, mcp: bool) -> list[dict]:
+async def _status_runs(
+    path: Path | str, warm: list[str], ids: list[str], workdir: Path, runs: int, mcp: bool, postgres: bool
+) -> list[dict]:
     """`runs` runs over `ids`, each id through the four measures in turn (call by call, so that a noisy moment hits
     all alike), in a new random order each run; one MCP session and one Tracker for all of them, warmed on `warm`
     first (imports, statement caches, connection pools)."""
-    pk_conn, same_conn = raw_connection(path), raw_connection(path)
-    calls: dict[str, Callable[[str], Any]] = {"pk": raw_lookup(pk_conn), "same": raw_same_statements(same_conn)}
+    if postgres:
+        import bench_postgres
+
+        pk_conn, same_conn = bench_postgres.raw_connection(str(path)), bench_postgres.raw_connection(str(path))
+        calls: dict[str, Callable[[str], Any]] = {
+            "pk": bench_postgres.raw_lookup(pk_conn), "same": bench_postgres.raw_same_statement(same_conn)
+        }
+    else:
+        pk_conn, same_conn = raw_connection(path), raw_connection(path)
+        calls = {"pk": raw_lookup(pk_conn), "same": raw_same_statements(same_conn)}
     try:
         with Tracker(Settings.from_env(READ_ONLY_ENV, db=str(path))) as tracker:
             service = StatusService(tracker)
@@ -134,17 +148,26 @@ async def _status_runs(path: Path, warm: list[str], ids: list[str], workdir: Pat
 
 
 def status_runs(workdir: Path, operations: int, items: int, samples: int, runs: int = RUNS, mcp: bool = True,
-                log=print) -> tuple[list[dict], int]:
-    path, _reused = status_database(operations, items, log=log)
-    warm = sample_ids(path, 200, seed=1)
-    ids = sample_ids(path, samples)
-    touch(path, warm + ids)
-    return anyio.run(_status_runs, path, warm, ids, workdir, runs, mcp), len(ids)
+                log=print, pg: BenchPostgres | None = None) -> tuple[list[dict], int]:
+    if pg is None:
+        db: Path | str = status_database(operations, items, log=log)[0]
+        sample, warm_up = sample_ids, touch
+    else:
+        import bench_postgres
+
+        db = pg.status_database(operations, items, log=log)
+        sample, warm_up = bench_postgres.sample_ids, bench_postgres.touch
+    warm = sample(db, 200, seed=1)
+    ids = sample(db, samples)
+    warm_up(db, warm + ids)
+    return anyio.run(_status_runs, db, warm, ids, workdir, runs, mcp, pg is not None), len(ids)
 
 
-def figure_2_status(workdir: Path, operations: int, items: int, samples: int, log=print) -> str:
+def figure_2_status(
+    workdir: Path, operations: int, items: int, samples: int, log=print, pg: BenchPostgres | None = None
+) -> str:
     load_before = os.getloadavg()[0]
-    rounds, count = status_runs(workdir, operations, items, samples, log=log)
+    rounds, count = status_runs(workdir, operations, items, samples, log=log, pg=pg)
     load_after = os.getloadavg()[0]
 
     def spread(key: str, fmt: str = ".3f") -> str:
@@ -154,19 +177,26 @@ def figure_2_status(workdir: Path, operations: int, items: int, samples: int, lo
         return median_spread([r[f"{over}50"] / r[f"{under}50"] for r in rounds], fmt) + "x"
 
     library_same = statistics.median(r["library50"] / r["same50"] for r in rounds)
+    library_pk = statistics.median(r["library50"] / r["pk50"] for r in rounds)
+    raw = "sqlite3" if pg is None else "psycopg"
     lib99 = statistics.median(r["library99"] for r in rounds)
     mcp50 = statistics.median(r["mcp50"] for r in rounds)
     return (
-        f"2 get_batch_status of {count:,} random operations among {operations:,} finished operations /"
-        f" {items:,} items, median (min-max) of {len(rounds)} runs: library p50 {spread('library50')} ms"
+        f"2 get_batch_status{'' if pg is None else ' on PostgreSQL'} of {count:,} random operations among"
+        f" {operations:,} finished operations / {items:,} items, median (min-max) of {len(rounds)} runs: library p50 {spread('library50')} ms"
         f" p99 {spread('library99')} ms | MCP stdio round trip p50 {spread('mcp50', '.2f')} ms"
-        f" p99 {spread('mcp99', '.2f')} ms | raw sqlite3 of the same statements (one transaction: the operation's"
-        f" shown columns, its first successes, its first failures) p50 {spread('same50')} ms p99 {spread('same99')} ms"
-        f" | raw sqlite3 primary-key lookup of the row p50 {spread('pk50')} ms p99 {spread('pk99')} ms"
-        f" | ratio p50 library/same statements {ratio('library', 'same', '.2f')} (target <= 3:"
-        f" {'met' if library_same <= 3 else 'MISSED'}), MCP/same statements {ratio('mcp', 'same', '.0f')},"
-        f" library/primary-key {ratio('library', 'pk')}"
-        f" | target library p99 <= 2 ms ({'met' if lib99 <= 2 else 'MISSED'}),"
+        f" p99 {spread('mcp99', '.2f')} ms | raw {raw} of the same "
+        + (
+            "statements (one transaction: the operation's shown columns, its first successes, its first failures)"
+            if pg is None else "statement (the operation's shown columns and its first items of each outcome)"
+        )
+        + f" p50 {spread('same50')} ms p99 {spread('same99')} ms"
+        f" | raw {raw} primary-key lookup of the row p50 {spread('pk50')} ms p99 {spread('pk99')} ms"
+        f" | ratio p50 library/same {ratio('library', 'same', '.2f')}"
+        + (f" (target <= 3: {'met' if library_same <= 3 else 'MISSED'})" if pg is None else "")
+        + f", MCP/same {ratio('mcp', 'same', '.0f')}, library/primary-key {ratio('library', 'pk')}"
+        + (f" (target <= 3: {'met' if library_pk <= 3 else 'MISSED'})" if pg is not None else "")
+        + f" | target library p99 <= 2 ms ({'met' if lib99 <= 2 else 'MISSED'}),"
         f" MCP p50 <= 5 ms ({'met' if mcp50 <= 5 else 'MISSED'})"
         f" | load {load_before:.1f}-{load_after:.1f} on {os.cpu_count()} cores"
     )

@@ -48,7 +48,7 @@ def tracker(settings: Settings):
 
 import itertools  # noqa: E402
 
-from .postgres_server import PostgresServer, find_bindir  # noqa: E402
+from tracker.testing.postgres import PostgresServer, find_bindir  # noqa: E402
 
 _database_numbers = itertools.count()
 

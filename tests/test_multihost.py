@@ -38,7 +38,7 @@ from tracker.testing.fake_upstream import busiest_second, input_key
 
 from .conftest import PYTHON, REPO, FakeUpstreamProcess
 from .hosts import Host, ServerGone, StdioServer, host_tool_problems
-from .postgres_server import find_bindir
+from tracker.testing.postgres import find_bindir
 
 HOSTS = [("hostA", 0.0), ("hostB", 40.0), ("hostC", -55.0)]
 LOSSY_HOST = "hostB"

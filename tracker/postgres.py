@@ -10,21 +10,31 @@ Each layer covers what the others miss:
 - TCP: keepalives and tcp_user_timeout make the kernel drop a connection whose peer is gone (packets lost).
 - Client side: neither of those bounds a peer that accepts and ACKs at the TCP level but never answers (a hung
   server, a proxy that stopped forwarding: the kernel answers the keepalive probes for it). psycopg runs every
-  network exchange of a connection (execute, fetch, commit, rollback, the ping) through Connection.wait(gen,
+  network exchange of a connection (execute, fetch, commit, rollback, COPY) through Connection.wait(gen,
   timeout=...), so BoundedConnection.wait passes the deadline to all of them. We chose this over a watchdog
   thread that shuts the socket down: wait() is psycopg's own seam, it runs in the caller's thread and cannot
   race with the next statement. After a deadline the connection's protocol state is unknown, so it is closed;
   SQLAlchemy's psycopg dialect then sees a disconnect (`closed`) and the connection leaves the pool.
 - Connecting: connect_timeout, enforced by psycopg around libpq's non-blocking connect (whole seconds, >= 2).
-- Checkout: SQLAlchemy's pool_pre_ping reconnects after any failed ping, so a silent server would cost the
-  ping's deadline plus the connect's. Our ping reconnects only when the connection is broken (the server
-  restarted: every pooled connection goes); a ping that got no answer raises at once.
+- Transactions: the driver is in autocommit, and a write transaction (tracker.db.write_connection, marked
+  write=True) starts with an explicit BEGIN. A read runs each statement on its own: under READ COMMITTED each
+  statement of a transaction had its own snapshot anyway, and the implicit BEGIN and the pool's ROLLBACK cost a
+  read two round trips; the ROLLBACK also made psycopg drop its prepared statements, so no read was ever prepared
+  (the status read, then three statements: p50 1.32 -> 0.89 ms, measured interleaved under load). A transaction
+  begun without write=True is therefore no transaction on PostgreSQL: every write goes through write_connection.
+- Checkout: a pooled connection the server or the network ended (a restart, a cut) is replaced before use, and
+  without a round trip: an idle connection has nothing to read, so a readable socket is the server's goodbye (its
+  FATAL message) or the end of the stream. SQLAlchemy's pool_pre_ping sends an empty query instead, one more
+  round trip per checkout (measured: 0.16x of a primary-key lookup on every status read), and reconnects
+  after any failed ping, so a silent server would cost its deadline plus the connect's. A silent peer is
+  found by the first statement's deadline, as by a ping's: NoAnswer, then a new connection next time.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import select
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,7 +42,7 @@ from typing import Any
 import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import InvalidatePoolError
+from sqlalchemy.exc import DBAPIError, InvalidatePoolError
 
 from .errors import DatabaseUnavailable
 
@@ -63,7 +73,8 @@ class BoundedConnection(psycopg.Connection):
 
 def _connect(timeout_s: float, cargs: list[Any], cparams: dict[str, Any]) -> BoundedConnection:
     try:
-        conn = BoundedConnection.connect(*cargs, **cparams)
+        # Driver autocommit: the engine's begin event starts write transactions (module docstring).
+        conn = BoundedConnection.connect(*cargs, autocommit=True, **cparams)
     except psycopg.errors.ConnectionTimeout:
         raise NoAnswer(
             f"no answer from the server within {cparams['connect_timeout']}s of connecting (TRACKER_DB_TIMEOUT)"
@@ -95,23 +106,67 @@ def create_bounded_engine(url: URL, timeout_s: float) -> Engine:
     def do_connect(_dialect, _record, cargs, cparams):  # noqa: ANN001, ANN202
         return _connect(timeout_s, cargs, cparams)
 
+    event.listen(engine, "do_executemany", copy_from_stdin)
+
+    @event.listens_for(engine, "begin")
+    def begin(conn: Connection) -> None:
+        if conn.get_execution_options().get("write"):
+            conn.exec_driver_sql("BEGIN")
+
     @event.listens_for(engine, "connect")
     def on_connect(_dbapi_conn, record) -> None:  # noqa: ANN001
-        record.info["fresh"] = True  # just connected: no need to ping it on its first checkout
+        record.info["fresh"] = True  # just connected: no need to check it on its first checkout
 
     @event.listens_for(engine, "checkout")
-    def ping(dbapi_conn, record, _proxy) -> None:  # noqa: ANN001
-        if record.info.pop("fresh", False):
-            return
-        try:
-            with dbapi_conn.cursor() as cursor:
-                cursor.execute(";")  # what SQLAlchemy's pre-ping sends: an empty query
-        except NoAnswer:
-            raise  # a new connection would wait as long for nothing
-        except psycopg.Error as exc:
-            raise InvalidatePoolError(f"pooled connection broken: {exc}") from None
+    def replace_ended(dbapi_conn, record, _proxy) -> None:  # noqa: ANN001
+        if not record.info.pop("fresh", False) and _ended(dbapi_conn):
+            raise InvalidatePoolError("pooled connection ended by the server or the network")  # the pool reconnects
 
     return engine
+
+
+def _ended(conn: psycopg.Connection) -> bool:
+    """Whether an idle connection was ended by the server or the network (module docstring: Checkout)."""
+    if conn.closed or conn.broken:
+        return True
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def copy_from_stdin(cursor: psycopg.Cursor, statement: str, rows: Any, _context: Any) -> bool:
+    """Run a `COPY ... FROM STDIN` statement given to SQLAlchemy with two rows or more as its parameters
+    (exec_driver_sql's executemany; tracker.store.operations.COPY_FROM_ITEMS): they go through the COPY protocol.
+    In SQLAlchemy's execute, so its errors are handled as any statement's (wrapped, and a broken connection
+    invalidated). False for any other statement: SQLAlchemy runs it as usual."""
+    if not statement.startswith("COPY ") or not statement.endswith(" FROM STDIN"):
+        return False
+    with cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row(row)
+    return True
+
+
+@contextmanager
+def driver_connection(engine: Engine) -> Iterator[psycopg.Connection]:
+    """The psycopg connection of a pooled connection (checked out as any), for a hot read that runs SQL
+    text compiled once: without a SQLAlchemy Connection, whose events, compiled-cache lookup and result processing
+    cost more than PostgreSQL's own lookup (the status read, figure 2 of scripts/bench.py). Outside a transaction
+    (driver autocommit). A driver error is raised as SQLAlchemy's DBAPIError, as from any statement, and a broken
+    connection leaves the pool."""
+    try:
+        pooled = engine.raw_connection()
+    except psycopg.Error as exc:  # opening a new connection
+        raise DBAPIError.instance(None, None, exc, psycopg.Error) from None
+    try:
+        yield pooled.driver_connection
+    except psycopg.Error as exc:
+        broken = pooled.driver_connection.closed or pooled.driver_connection.broken
+        if broken:
+            pooled.invalidate(exc)
+        raise DBAPIError.instance(None, None, exc, psycopg.Error, connection_invalidated=broken) from None
+    finally:
+        pooled.close()
 
 
 @contextmanager

@@ -1,5 +1,7 @@
-"""A real PostgreSQL server for the tests: initdb in a temporary directory, listening on 127.0.0.1 on a free port,
-stopped at the end. As root (CI), the server runs as the `postgres` system user, since initdb refuses root."""
+"""A real PostgreSQL server for tests and benchmarks: initdb in a temporary directory, listening on 127.0.0.1 on a
+free port (and a unix socket in that directory), stopped and removed at the end. The tests' server runs with
+fsync off; a durable one (the benchmarks') keeps PostgreSQL's defaults, fsync and synchronous_commit on. As root
+(CI), the server runs as the `postgres` system user, since initdb refuses root."""
 
 from __future__ import annotations
 
@@ -28,8 +30,9 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, durable: bool = False) -> None:
         self.bindir = bindir
+        self.durable = durable
         self.root = Path(tempfile.mkdtemp(prefix="tracker-pg-"))
         self.data = self.root / "data"
         self.port = _free_port()
@@ -46,7 +49,9 @@ class PostgresServer:
 
     def start(self) -> None:
         self._run(self.bindir / "initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=200"
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off"  # a test's rows need not survive a power cut
         self._run(self.bindir / "pg_ctl", "-D", self.data, "-o", options, "-l", self.root / "log", "-w", "start")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -60,11 +65,17 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
-    def create_database(self, name: str) -> str:
+    def conninfo(self, database: str = "postgres") -> str:
+        """The libpq connection string of `database`, for a plain psycopg connection."""
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={database}"
+
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """A new database (a copy of `template` when given, which nothing may be connected to); returns its URL."""
         import psycopg
 
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True) as c:
-            c.execute(f'CREATE DATABASE "{name}"')
+        copy = f' TEMPLATE "{template}"' if template else ""
+        with psycopg.connect(self.conninfo(), autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"{copy}')
         return self.url(name)
 
     def stop(self) -> None:
@@ -72,3 +83,10 @@ class PostgresServer:
             self._run(self.bindir / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> PostgresServer:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
