@@ -1,8 +1,11 @@
 """Figure 6: memory of a `tracker serve` process while another process records a large batch and a client polls
-its status through MCP, against the same server process idle (after start-up and a first few calls)."""
+its status through MCP, against the same server process idle (after start-up and a first few calls). Median
+(min-max) of 3 runs, each with a fresh server on a fresh database."""
 
 from __future__ import annotations
 
+import os
+import statistics
 import subprocess
 import sys
 import time
@@ -11,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from bench_common import REPO, mcp_session, memory_kb, reset_peak_rss, server_pid
+from bench_common import REPO, mcp_session, median_spread, memory_kb, reset_peak_rss, server_pid
 
 if TYPE_CHECKING:
     from bench_postgres import BenchPostgres
@@ -36,8 +39,12 @@ with tracker.Tracker.open(db) as t:
 POLL_EVERY_S = 0.1  # twenty times the rate an agent is told to poll at: the server sees many more reads
 
 
-def figure_6_memory(workdir: Path, items: int, pg: BenchPostgres | None = None) -> str:
-    db = str(workdir / "memory.db") if pg is None else pg.database("memory")
+RUNS = 3
+
+
+def memory_run(workdir: Path, items: int, run: int, pg: BenchPostgres | None) -> dict[str, float]:
+    """One run on a fresh database: a fresh server, its idle RSS, then its peak while the batch is recorded."""
+    db = str(workdir / f"memory-{run}.db") if pg is None else pg.database("memory")
 
     async def measure() -> dict[str, float]:
         async with mcp_session(db, errlog=workdir / "serve.log") as session:
@@ -77,14 +84,29 @@ def figure_6_memory(workdir: Path, items: int, pg: BenchPostgres | None = None) 
             }
 
     m = anyio.run(measure)
-    growth_mb = (m["peak"] - m["idle"]) / 1024
-    exact = m["completed"] == items and m["status"] == "completed" and m["recorder_rc"] == 0
+    m["growth"] = (m["peak"] - m["idle"]) / 1024
+    m["exact"] = m["completed"] == items and m["status"] == "completed" and m["recorder_rc"] == 0
+    return m
+
+
+def figure_6_memory(workdir: Path, items: int, pg: BenchPostgres | None = None, runs: int = RUNS) -> str:
+    load_before = os.getloadavg()[0]
+    measured = [memory_run(workdir, items, run, pg) for run in range(runs)]
+    load_after = os.getloadavg()[0]
+
+    def mb(key: str) -> str:
+        return median_spread([m[key] / 1024 for m in measured], ".1f")
+
+    growth = statistics.median(m["growth"] for m in measured)
+    exact = all(m["exact"] for m in measured)
     return (
         f"6 memory of tracker serve{'' if pg is None else ' on PostgreSQL'} while {items:,} items are recorded by"
-        f" another process"
-        f" ({m['polls']:,} get_batch_status polls over {m['elapsed']:.0f} s): peak RSS {m['peak'] / 1024:.1f} MB"
-        f"{' (VmHWM)' if m['hwm'] else ' (sampled VmRSS)'}, after {m['after'] / 1024:.1f} MB"
-        f" | same process idle {m['idle'] / 1024:.1f} MB | growth {growth_mb:.1f} MB"
-        f" (target <= 50 MB: {'met' if growth_mb <= 50 else 'MISSED'}) | final status"
-        f" {m['status']} {m['completed']:,}/{items:,}{'' if exact else ' NOT EXACT'}"
+        f" another process ({sum(m['polls'] for m in measured):,} get_batch_status polls over"
+        f" {sum(m['elapsed'] for m in measured):.0f} s in {runs} runs), median (min-max) of {runs} runs:"
+        f" peak RSS {mb('peak')} MB{' (VmHWM)' if all(m['hwm'] for m in measured) else ' (sampled VmRSS)'},"
+        f" after {mb('after')} MB | same process idle {mb('idle')} MB"
+        f" | growth {median_spread([m['growth'] for m in measured], '.1f')} MB"
+        f" (target <= 50 MB: {'met' if growth <= 50 else 'MISSED'}) | final status"
+        f" {'completed' if exact else 'NOT EXACT'} {items:,}/{items:,} in every run"
+        f" | load {load_before:.1f}-{load_after:.1f} on {os.cpu_count()} cores"
     )

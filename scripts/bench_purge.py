@@ -235,7 +235,8 @@ def figure_3_purge(
         f" {min(r.rows for r in runs) / (operations + items):.1%} of the rows in one run at least"
     )
     line = (
-        f"3 purge{'' if pg is None else ' on PostgreSQL'} of {operations:,} expired operations + {items:,} items by tracker.reaper.purge ({progress}),"
+        f"3 purge{'' if pg is None else ' on PostgreSQL'} of {operations:,} expired operations + {items:,} items by"
+        f" tracker.reaper.purge ({progress}),"
         f" median (min-max) of {RUNS} runs, each on fresh copies, load {min(loads):.1f}-{max(loads):.1f}:"
         f" {median_spread([r.rate for r in runs], ',.0f')} rows/s"
         f" | median run: {median.rows:,} rows in {p.seconds:.1f} s, {p.chunks:,} chunks, {p.locked_s:.1f} s of it"

@@ -183,7 +183,8 @@ def figure_2_status(
     mcp50 = statistics.median(r["mcp50"] for r in rounds)
     return (
         f"2 get_batch_status{'' if pg is None else ' on PostgreSQL'} of {count:,} random operations among"
-        f" {operations:,} finished operations / {items:,} items, median (min-max) of {len(rounds)} runs: library p50 {spread('library50')} ms"
+        f" {operations:,} finished operations / {items:,} items, median (min-max) of {len(rounds)} runs:"
+        f" library p50 {spread('library50')} ms"
         f" p99 {spread('library99')} ms | MCP stdio round trip p50 {spread('mcp50', '.2f')} ms"
         f" p99 {spread('mcp99', '.2f')} ms | raw {raw} of the same "
         + (
