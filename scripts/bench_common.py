@@ -5,6 +5,7 @@ an MCP stdio session against `python -m tracker serve`, and process memory, CPU 
 from __future__ import annotations
 
 import os
+import random
 import statistics
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -26,6 +27,21 @@ def raw_connection(path: Path):
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     return conn
+
+
+def sample_keys(path: Path, table: str, key: str, count: int, seed: int) -> list[str]:
+    """`count` values of `key` from rows of `table` picked uniformly at random by rowid (with repeats allowed, as
+    polls are)."""
+    conn = sqlite_module().connect(str(path))
+    try:
+        last = conn.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0]
+        rng = random.Random(seed)
+        rowids = [rng.randint(1, last) for _ in range(count)]
+        wanted = ",".join(map(str, set(rowids)))
+        by_rowid = dict(conn.execute(f"SELECT rowid, {key} FROM {table} WHERE rowid IN ({wanted})"))
+    finally:
+        conn.close()
+    return [by_rowid[r] for r in rowids if r in by_rowid]
 
 
 def percentile(samples: list[float], fraction: float) -> float:

@@ -36,7 +36,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from bench_common import percentile  # (first: puts this checkout on sys.path)
+from bench_common import percentile, sample_keys  # (first: puts this checkout on sys.path)
 from tracker import Settings, Tracker
 from tracker.db import sqlite_module
 from tracker.status import StatusService
@@ -336,17 +336,7 @@ def stored_count(name: str, path: Path) -> int:
 
 def sample_ids(name: str, path: Path, count: int, seed: int) -> list[str]:
     """`count` task ids picked uniformly at random (with repeats allowed, as polls are)."""
-    table, key = RESULT_TABLES[name]
-    conn = sqlite_module().connect(str(path))
-    try:
-        last = conn.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0]
-        rng = random.Random(seed)
-        rowids = [rng.randint(1, last) for _ in range(count)]
-        wanted = ",".join(map(str, set(rowids)))
-        by_rowid = dict(conn.execute(f"SELECT rowid, {key} FROM {table} WHERE rowid IN ({wanted})"))
-    finally:
-        conn.close()
-    return [by_rowid[r] for r in rowids if r in by_rowid]
+    return sample_keys(path, *RESULT_TABLES[name], count, seed)
 
 
 WRITER_PREFIX = "live_"  # item ids of the recorder running during a purge: its rows are not the stored results

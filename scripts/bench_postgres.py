@@ -158,16 +158,21 @@ def raw_insert_rate(bench: BenchPostgres, rows: list[tuple], method: str) -> flo
     bench.settle()
     with psycopg.connect(conninfo(url)) as conn, conn.cursor() as cur:
         started = time.perf_counter()
-        if method == "copy":
-            with cur.copy(f"COPY operation_items ({ITEM_COLUMNS}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-        else:
-            cur.executemany(f"INSERT INTO operation_items ({ITEM_COLUMNS}) VALUES (%s, %s, %s, %s, %s)", rows)
+        _insert_items(cur, rows, method)
         conn.commit()
         elapsed = time.perf_counter() - started
         assert cur.execute("SELECT count(*) FROM operation_items").fetchone()[0] == len(rows)
     return len(rows) / elapsed
+
+
+def _insert_items(cur: psycopg.Cursor, rows: list[tuple], method: str) -> None:
+    """Rows into operation_items with plain psycopg: one COPY, or one executemany."""
+    if method == "copy":
+        with cur.copy(f"COPY operation_items ({ITEM_COLUMNS}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    else:
+        cur.executemany(f"INSERT INTO operation_items ({ITEM_COLUMNS}) VALUES (%s, %s, %s, %s, %s)", rows)
 
 
 GROUP_SIZES = (1, 5, 10, 20, 50, 100, 1_000, 5_000)  # a flush group is up to MAX_BUFFER (5,000) items, often fewer
@@ -185,12 +190,7 @@ def copy_per_executemany(bench: BenchPostgres, rows: list[tuple], sizes=GROUP_SI
             started = time.perf_counter()
             with conn.cursor() as cur:
                 cur.execute("UPDATE operations SET succeeded_count = succeeded_count + %s WHERE id = %s", (size, op_id))
-                if method == "copy":
-                    with cur.copy(f"COPY operation_items ({ITEM_COLUMNS}) FROM STDIN") as copy:
-                        for row in batch:
-                            copy.write_row(row)
-                else:
-                    cur.executemany(f"INSERT INTO operation_items ({ITEM_COLUMNS}) VALUES (%s, %s, %s, %s, %s)", batch)
+                _insert_items(cur, batch, method)
             conn.commit()
             return time.perf_counter() - started
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from bench_common import mcp_session, median_spread, percentile, raw_connection
+from bench_common import mcp_session, median_spread, percentile, raw_connection, sample_keys
 from bench_data import status_database
 from tracker import Settings, Tracker
 from tracker.status import STATUS_PAGE_FAILURES, STATUS_PAGE_IDS, StatusService
@@ -34,16 +34,7 @@ READ_ONLY_ENV = {"TRACKER_REAP_INTERVAL": "0", "TRACKER_RETENTION": "3650d"}
 
 def sample_ids(path: Path, count: int, seed: int = 2) -> list[str]:
     """`count` operation ids picked uniformly at random (with repeats allowed, as polls are)."""
-    conn = raw_connection(path)
-    try:
-        last = conn.execute("SELECT max(rowid) FROM operations").fetchone()[0]
-        rng = random.Random(seed)
-        rowids = [rng.randint(1, last) for _ in range(count)]
-        wanted = ",".join(map(str, set(rowids)))
-        by_rowid = dict(conn.execute(f"SELECT rowid, id FROM operations WHERE rowid IN ({wanted})"))
-    finally:
-        conn.close()
-    return [by_rowid[r] for r in rowids if r in by_rowid]
+    return sample_keys(path, "operations", "id", count, seed)
 
 
 def touch(path: Path, ids: list[str]) -> None:

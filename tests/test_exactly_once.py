@@ -9,7 +9,7 @@ import itertools
 import json
 import threading
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import httpx
@@ -35,6 +35,19 @@ from .tcp_proxy import TcpProxy
 pytestmark = pytest.mark.timeout(120)
 
 _names = itertools.count()
+
+
+@contextmanager
+def _through_proxy(postgres_server, name: str):  # noqa: ANN001, ANN202
+    """A migrated PostgreSQL database and a Tracker on it through a TcpProxy that can cut its connections, with no
+    time-based flush or heartbeat (every write of the test is its own): (proxy, tracker)."""
+    url = postgres_server.create_database(f"{name}_{next(_names)}")
+    Tracker(Settings.from_env({}, db=url)).close()  # migrated directly, not through the proxy
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    with TcpProxy("127.0.0.1", port) as proxy:
+        through = url.replace(f":{port}/", f":{proxy.port}/")
+        with Tracker(Settings.from_env({}, db=through, flush_interval_s=3600.0, heartbeat_lease_s=3600.0)) as tracker:
+            yield proxy, tracker
 
 
 def _mock_settings(settings: Settings, **overrides: Any) -> Settings:
@@ -74,71 +87,54 @@ def _counts(engine, operation_id: str) -> tuple[int, int, int]:
 def test_a_commit_whose_reply_is_lost_is_applied_once(postgres_server) -> None:
     """The proxy lets the flush's COMMIT reach PostgreSQL and drops the reply: the flush raises and keeps its
     group; the retry must find it applied instead of writing it again (the old code wrote 400 rows for 300)."""
-    url = postgres_server.create_database(f"lost_commit_{next(_names)}")
-    Tracker(Settings.from_env({}, db=url)).close()  # migrated directly, not through the proxy
-    port = int(url.rsplit(":", 1)[1].split("/")[0])
-    with TcpProxy("127.0.0.1", port) as proxy:
-        through = url.replace(f":{port}/", f":{proxy.port}/")
-        # No time-based flush or heartbeat may slip in: every write below is an explicit flush.
-        settings = Settings.from_env({}, db=through, flush_interval_s=3600.0, heartbeat_lease_s=3600.0)
-        with Tracker(settings) as tracker:
-            batch = tracker.start_batch("import", total=300)
-            for group in range(3):
-                for n in range(100):
-                    batch.record_success(f"item-{group}-{n}")
-                if group == 1:
-                    proxy.cut_after_commit()
-                    with pytest.raises(DatabaseUnavailable):
-                        batch.flush()
-                    assert proxy.commits_cut == 1
-                batch.flush()  # the retry (group 1) or the plain flush
-            assert batch.durable_count == 300
-            batch.finish()
-            assert _counts(tracker.engine, batch.id) == (300, 0, 300)
-            assert tracker.get(batch.id).status == "completed"
+    with _through_proxy(postgres_server, "lost_commit") as (proxy, tracker):
+        batch = tracker.start_batch("import", total=300)
+        for group in range(3):
+            for n in range(100):
+                batch.record_success(f"item-{group}-{n}")
+            if group == 1:
+                proxy.cut_after_commit()
+                with pytest.raises(DatabaseUnavailable):
+                    batch.flush()
+                assert proxy.commits_cut == 1
+            batch.flush()  # the retry (group 1) or the plain flush
+        assert batch.durable_count == 300
+        batch.finish()
+        assert _counts(tracker.engine, batch.id) == (300, 0, 300)
+        assert tracker.get(batch.id).status == "completed"
 
 
 def test_a_start_whose_commit_reply_is_lost_goes_on_with_the_operation_it_made(postgres_server) -> None:
     """start_batch's COMMIT reaches PostgreSQL and its reply is lost: the operation exists, so the call returns it
     (raising would make a caller that retries start a second operation: a batch tool answering an error for a
     batch that runs)."""
-    url = postgres_server.create_database(f"lost_create_{next(_names)}")
-    Tracker(Settings.from_env({}, db=url)).close()
-    port = int(url.rsplit(":", 1)[1].split("/")[0])
-    with TcpProxy("127.0.0.1", port) as proxy:
-        through = url.replace(f":{port}/", f":{proxy.port}/")
-        with Tracker(Settings.from_env({}, db=through, flush_interval_s=3600.0, heartbeat_lease_s=3600.0)) as tracker:
-            tracker.get("warm-up")  # the pool's connection is open before the cut is armed
-            proxy.cut_after_commit()
-            batch = tracker.start_batch("import", total=1)
-            assert proxy.commits_cut == 1
-            batch.record_success("a")
-            batch.finish()
-            assert [r.id for r in tracker.list()] == [batch.id]
-            assert _counts(tracker.engine, batch.id) == (1, 0, 1)
+    with _through_proxy(postgres_server, "lost_create") as (proxy, tracker):
+        tracker.get("warm-up")  # the pool's connection is open before the cut is armed
+        proxy.cut_after_commit()
+        batch = tracker.start_batch("import", total=1)
+        assert proxy.commits_cut == 1
+        batch.record_success("a")
+        batch.finish()
+        assert [r.id for r in tracker.list()] == [batch.id]
+        assert _counts(tracker.engine, batch.id) == (1, 0, 1)
 
 
 def test_a_finish_whose_commit_reply_is_lost_is_given_back_on_retry(postgres_server) -> None:
     """finish()'s COMMIT is applied and its reply lost: it raises, and the retry gets the end it made, not
     'already completed' (the simulation's recorder on the lossy host saw that)."""
-    url = postgres_server.create_database(f"lost_finish_{next(_names)}")
-    Tracker(Settings.from_env({}, db=url)).close()
-    port = int(url.rsplit(":", 1)[1].split("/")[0])
-    with TcpProxy("127.0.0.1", port) as proxy:
-        through = url.replace(f":{port}/", f":{proxy.port}/")
-        with Tracker(Settings.from_env({}, db=through, flush_interval_s=3600.0, heartbeat_lease_s=3600.0)) as tracker:
-            batch = tracker.start_batch("import", total=2)
-            batch.record_success("a")
-            batch.flush()
-            other = tracker.attach(batch.id)
-            proxy.cut_after_commit()
-            with pytest.raises(DatabaseUnavailable):
-                batch.finish()
-            assert proxy.commits_cut == 1
-            record = batch.finish()  # the retry
-            assert (record.status, record.completed) == ("completed", 1)
-            with pytest.raises(OperationClosed):  # another writer's finish is still refused
-                other.finish()
+    with _through_proxy(postgres_server, "lost_finish") as (proxy, tracker):
+        batch = tracker.start_batch("import", total=2)
+        batch.record_success("a")
+        batch.flush()
+        other = tracker.attach(batch.id)
+        proxy.cut_after_commit()
+        with pytest.raises(DatabaseUnavailable):
+            batch.finish()
+        assert proxy.commits_cut == 1
+        record = batch.finish()  # the retry
+        assert (record.status, record.completed) == ("completed", 1)
+        with pytest.raises(OperationClosed):  # another writer's finish is still refused
+            other.finish()
 
 
 def test_a_group_applied_twice_changes_nothing_the_second_time(backend_tracker: Tracker) -> None:
@@ -175,30 +171,24 @@ def test_a_group_large_enough_for_copy_is_applied_once_too(backend_tracker: Trac
 def test_a_copy_on_a_cut_connection_keeps_its_group_for_the_retry(postgres_server) -> None:
     """The connection dies as a flush's COPY starts: the error is the usual DatabaseUnavailable (SQLAlchemy saw
     the disconnect, the connection left the pool), the group stays, and the retry writes it once."""
-    url = postgres_server.create_database(f"cut_copy_{next(_names)}")
-    Tracker(Settings.from_env({}, db=url)).close()
-    port = int(url.rsplit(":", 1)[1].split("/")[0])
-    with TcpProxy("127.0.0.1", port) as proxy:
-        through = url.replace(f":{port}/", f":{proxy.port}/")
-        settings = Settings.from_env({}, db=through, flush_interval_s=3600.0, heartbeat_lease_s=3600.0)
-        with Tracker(settings) as tracker:
-            batch = tracker.start_batch("import", total=200)
-            for n in range(200):
-                batch.record_success(f"item-{n}")
-            armed = [True]
+    with _through_proxy(postgres_server, "cut_copy") as (proxy, tracker):
+        batch = tracker.start_batch("import", total=200)
+        for n in range(200):
+            batch.record_success(f"item-{n}")
+        armed = [True]
 
-            @event.listens_for(tracker.engine, "before_cursor_execute")
-            def cut(_conn, _cursor, statement, *_args) -> None:  # noqa: ANN001
-                if statement.startswith("COPY ") and armed:  # then tracker runs the COPY on the dead connection
-                    armed.clear()
-                    assert proxy.cut_all() == 1
+        @event.listens_for(tracker.engine, "before_cursor_execute")
+        def cut(_conn, _cursor, statement, *_args) -> None:  # noqa: ANN001
+            if statement.startswith("COPY ") and armed:  # then tracker runs the COPY on the dead connection
+                armed.clear()
+                assert proxy.cut_all() == 1
 
-            with pytest.raises(DatabaseUnavailable):
-                batch.flush()
-            assert not armed and batch.durable_count == 0
-            assert batch.flush() == 200  # the same group, on a new connection
-            batch.finish()
-            assert _counts(tracker.engine, batch.id) == (200, 0, 200)
+        with pytest.raises(DatabaseUnavailable):
+            batch.flush()
+        assert not armed and batch.durable_count == 0
+        assert batch.flush() == 200  # the same group, on a new connection
+        batch.finish()
+        assert _counts(tracker.engine, batch.id) == (200, 0, 200)
 
 
 # -- exactly-once run finishes ----------------------------------------------------------------------------------
