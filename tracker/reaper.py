@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import socket
 import threading
@@ -160,8 +161,9 @@ def purge(
     WAL_FRAMES_TARGET pages to the WAL or, whole, took longer than chunk_target_s (and grow back up to the limits
     when cheap). After each chunk the purge checkpoints the WAL if it nears WAL_CHECKPOINT_FRAMES pages, and
     pauses (the checkpoint included) about pause_ratio times as long as it held the lock (at least pause_s), for
-    waiting writers to get in. All chunks run on one connection (ReapingStore.purge_session). A set `stop` event
-    ends it early, after a whole chunk."""
+    waiting writers to get in. On PostgreSQL, where a chunk locks only the rows it deletes and no writer waits for
+    it, chunks have no time limit and no pause: they run at their size limits. All chunks run on one connection
+    (ReapingStore.purge_session). A set `stop` event ends it early, after a whole chunk."""
     if older_than_s < 0:
         raise ValueError("older_than_s must be >= 0")
     store = store or ReapingStore(engine, busy_timeout_s)
@@ -172,6 +174,10 @@ def purge(
         operations, items = _with_retries(store, attempts, lambda: store.count_expired(cutoff), "count expired")
         return PurgeSummary(operations, items, time.monotonic() - started, True, cutoff, 0, None)
     totals = _Totals()
+    if not store.is_sqlite:
+        # Measured on a durable PostgreSQL server, 1,000,000 operations: the 25 ms limit kept chunks at a few
+        # thousand rows and the pauses were 15% of the purge.
+        chunk_target_s, pause_s, pause_ratio = math.inf, 0.0, 0.0
     sizer = _ChunkSizer(chunk_items, chunk_operations, chunk_target_s)
     wal = _WalBudget()
     with store.purge_session() as session:
@@ -180,7 +186,9 @@ def purge(
             began, cpu_began = time.monotonic(), time.thread_time()
             try:
                 result: ChunkResult = _with_retries(
-                    store, attempts, lambda: session.delete_chunk(cutoff, max_items, max_operations, chunk_target_s),
+                    store, attempts, lambda: session.delete_chunk(
+                        cutoff, max_items, max_operations, None if math.isinf(chunk_target_s) else chunk_target_s
+                    ),
                     "purge",
                 )
             except DatabaseUnavailable as exc:
