@@ -2,10 +2,10 @@
 """tracker benchmarks. Each figure is printed as one line, with its baseline measured in the same run, because
 these machines are shared and noisy: read the ratios, not the absolute numbers.
 
-    ./dev bench            full mode (about 20 minutes on 2 cores, figure 3's three runs 5-10 of them)
-    ./dev bench --quick    about a minute (CI runs it so it keeps working; nothing is asserted about speed)
+    ./dev bench            full mode (about 15 minutes on 2 cores, figure 3's three runs 5 of them)
+    ./dev bench --quick    about 2.5 minutes (CI runs it so it keeps working; nothing is asserted about speed)
     ./dev bench --only 1   one figure (repeatable)
-    ./dev bench --scaling  per-item and per-read costs at several sizes instead (about 5 minutes)
+    ./dev bench --scaling  per-item and per-read costs at several sizes instead (about a minute with the databases cached)
     ./dev bench --peers    figures P1-P3 only: tracker against Celery and huey (`pip install -e '.[bench]'`);
                            with --quick, small sizes (about a minute)
     ./dev bench --backend postgresql [--quick]   figures 1-4 and 6 on a PostgreSQL server the script starts
@@ -115,7 +115,7 @@ def scaling(workdir: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes, about a minute in all")
+    parser.add_argument("--quick", action="store_true", help="small sizes, about 2.5 minutes in all")
     parser.add_argument("--only", type=int, action="append", help="run only this figure (repeatable)")
     parser.add_argument("--scaling", action="store_true", help="the costs at several sizes instead of the figures")
     parser.add_argument("--peers", action="store_true", help="run figures P1-P3 (tracker against Celery and huey)")
