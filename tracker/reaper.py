@@ -174,10 +174,11 @@ def purge(
         operations, items = _with_retries(store, attempts, lambda: store.count_expired(cutoff), "count expired")
         return PurgeSummary(operations, items, time.monotonic() - started, True, cutoff, 0, None)
     totals = _Totals()
+    hold_s: float | None = chunk_target_s
     if not store.is_sqlite:
         # Measured on a durable PostgreSQL server, 1,000,000 operations: the 25 ms limit kept chunks at a few
         # thousand rows and the pauses were 15% of the purge.
-        chunk_target_s, pause_s, pause_ratio = math.inf, 0.0, 0.0
+        hold_s, chunk_target_s, pause_s, pause_ratio = None, math.inf, 0.0, 0.0
     sizer = _ChunkSizer(chunk_items, chunk_operations, chunk_target_s)
     wal = _WalBudget()
     with store.purge_session() as session:
@@ -186,9 +187,7 @@ def purge(
             began, cpu_began = time.monotonic(), time.thread_time()
             try:
                 result: ChunkResult = _with_retries(
-                    store, attempts, lambda: session.delete_chunk(
-                        cutoff, max_items, max_operations, None if math.isinf(chunk_target_s) else chunk_target_s
-                    ),
+                    store, attempts, lambda: session.delete_chunk(cutoff, max_items, max_operations, hold_s),
                     "purge",
                 )
             except DatabaseUnavailable as exc:

@@ -472,25 +472,10 @@ class Store:
         counts; and one connection instead of three, which halves a status read's cost). On SQLite the hot path
         of every status poll: SQL text compiled once, on the DBAPI connection; on PostgreSQL one statement
         (_postgres_status)."""
-        params = {"operation_id": operation_id, **viewer_params(viewer)}
         if self.engine.dialect.name == "sqlite":
+            params = {"operation_id": operation_id, **viewer_params(viewer)}
             return self._sqlite_status(params, succeeded_limit, failed_limit, viewer.scope)
-        if self.engine.dialect.name == "postgresql":
-            return self._postgres_status(operation_id, succeeded_limit, failed_limit, viewer)
-        with self.engine.connect() as conn:
-            row = conn.execute(_STATUS_BY_ID[viewer.scope], params).first()
-            if row is None:
-                return None
-            record = StatusRecord(*row)
-            successes: list[ItemRecord] = []
-            failures: list[ItemRecord] = []
-            if record.succeeded_count:  # skipped when there is none (most operations have no failures)
-                page = conn.execute(_FIRST_SUCCESSES, {"operation_id": operation_id, "limit": succeeded_limit})
-                successes = [ItemRecord(seq, True, item_id, None, None) for seq, item_id in page]
-            if record.failed_count:
-                page = conn.execute(_FIRST_FAILURES, {"operation_id": operation_id, "limit": failed_limit})
-                failures = [ItemRecord(seq, False, *rest) for seq, *rest in page]
-        return record, successes, failures
+        return self._postgres_status(operation_id, succeeded_limit, failed_limit, viewer)
 
     def _sqlite_status(
         self, params: dict[str, Any], succeeded_limit: int, failed_limit: int, scope: str
